@@ -1,0 +1,154 @@
+"""Command line: argument parsing only; each subcommand calls one stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import HarnessError, InfraError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+
+
+def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kernel", default="",
+                        help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], or a bzImage")
+    parser.add_argument("--series", default=None,
+                        help="patch series: a name under patches/, a directory, a series file, "
+                             "an mbox, or 'none' (default: the kernel's default series)")
+    parser.add_argument("--config-fragment", action="append", default=[], metavar="FILE",
+                        help="extra Kconfig fragment merged after the base one (repeatable)")
+    parser.add_argument("-j", "--jobs", type=int, default=0, help="make -j (default: nproc)")
+
+
+def _build_request(args):
+    from .kernel import BuildRequest
+    return BuildRequest(kernel=args.kernel, series=args.series,
+                        fragments=tuple(args.config_fragment), jobs=args.jobs)
+
+
+def cmd_build(args) -> int:
+    from . import kernel
+    built = kernel.build(_build_request(args))
+    if args.json:
+        print(kernel.main_json(built))
+    else:
+        print(f"kernel   {built.label}{' + ' + built.series if built.series else ''}"
+              f"{' (cached)' if built.cached else ''}")
+        print(f"release  {built.release}")
+        for name, path in (("bzImage", built.bzimage), ("config", built.config),
+                           ("System.map", built.system_map), ("vmlinux", built.vmlinux),
+                           ("metadata", built.metadata)):
+            if path:
+                print(f"{name:<10} {path}")
+    return EXIT_OK
+
+
+def _add_machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--smp", type=int, default=1, help="vCPUs (default 1)")
+    parser.add_argument("--memory", type=int, default=0, help="guest memory in MiB")
+    parser.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    parser.add_argument("--tcg-threads", default="multi", choices=["multi", "single"],
+                        help="TCG threading: multi (true parallelism) or single (exact "
+                             "cross-modifying code)")
+    parser.add_argument("--oops-panic", action="store_true", help="boot with oops=panic")
+
+
+def _machine_spec(args):
+    from .vm import MachineSpec
+    return MachineSpec(smp=args.smp, memory_mb=args.memory, accel=args.accel,
+                       tcg_threads=args.tcg_threads, oops_panic=args.oops_panic)
+
+
+def cmd_boot(args) -> int:
+    """Boot a guest; run one command (exit with its status) or open an interactive shell."""
+    import subprocess
+
+    from . import image, kernel, vm
+    from .progress import Progress
+    progress = Progress.auto()
+    built = kernel.build(_build_request(args), progress)
+    img = image.build_image()
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    with vm.VM(built, img, _machine_spec(args), note=progress.note) as machine:
+        record = machine.record
+        progress.note(f"guest up in {machine.boot_seconds:.1f}s: {record.kernel_release}, "
+                      f"{record.vcpus_seen} vCPU(s), {record.accel}"
+                      f"{'/' + record.tcg_threads if record.tcg_threads else ''}, "
+                      f"ssh 127.0.0.1:{machine.port}, console {machine.console_log}")
+        if command:
+            import shlex
+            result = machine.ssh.run(shlex.join(command), timeout=args.timeout)
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            status = result.status
+        else:
+            known_hosts = machine.workdir / "known_hosts"
+            known_hosts.write_text(f"[127.0.0.1]:{machine.port} {img.host_key_line}\n")
+            status = subprocess.call([
+                "ssh", "-i", str(img.client_key), "-p", str(machine.port),
+                "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "IdentitiesOnly=yes", "root@127.0.0.1"])
+        findings = machine.watch.findings
+    for finding in findings:
+        print(f"uprobe-harness: kernel: {finding.title}", file=sys.stderr)
+    return status if not findings else EXIT_FAIL
+
+
+def cmd_image(args) -> int:
+    from . import image
+    return image.main(["--json"] if args.json else [])
+
+
+def cmd_console(args) -> int:
+    from . import console
+    return console.main([args.log] + (["--json"] if args.json else []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness",
+                                     description="uprobe-harness: build, boot and probe kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="build a kernel (cached)")
+    _add_kernel_options(p)
+    p.add_argument("--json", action="store_true", help="print the artefacts as JSON")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("image", help="build the guest initramfs (cached)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("boot", help="boot a guest: interactive shell, or `-- CMD`")
+    _add_kernel_options(p)
+    _add_machine_options(p)
+    p.add_argument("--timeout", type=float, default=600, help="timeout for CMD in seconds")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS... to run and exit")
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("console", help="print the crash verdicts of a saved console log")
+    p.add_argument("log")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_console)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InfraError as error:
+        print(f"uprobe-harness: infrastructure error: {error}", file=sys.stderr)
+        return EXIT_INFRA
+    except HarnessError as error:
+        print(f"uprobe-harness: error: {error}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("uprobe-harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,424 @@
+"""Kernel console watching: find splats (oops, WARNING, panic, lockups...) in serial output.
+
+What counts as a splat, and how a splat is reduced to a stable one-line title, is data:
+configs/console_patterns.toml. This module applies that table to a saved log (scan, scan_file,
+main) or incrementally to a live console (ConsoleWatch); both share one line-by-line scanner,
+so a live watch and a re-parse of its saved log always agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import string
+import sys
+import threading
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+from .errors import ConfigError
+from .paths import CONFIGS_DIR
+
+PATTERNS_FILE = CONFIGS_DIR / "console_patterns.toml"
+KINDS = ("crashed", "reboot")
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # includes \r; keeps \t
+_LOG_PREFIX = re.compile(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?(?:\[\s*[TC]\d+\]\s?)?")
+
+
+@dataclass(frozen=True)
+class ConsoleFinding:
+    """One kernel splat, or an unexpected reboot, found in a console log."""
+
+    kind: str  # "crashed" for splats, "reboot" for a second boot banner
+    signature: str  # name of the pattern that matched: "panic", "warning", "gpf"...
+    title: str  # stable one-line title, comparable across runs
+    line_no: int  # 1-based line of the matching line in the scanned text
+    excerpt: str  # the splat, from the matching line to its end marker (bounded)
+
+
+# -- the pattern table -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pattern:
+    """One [[pattern]] entry; the meaning of each field is documented in the TOML file."""
+
+    name: str
+    regex: re.Pattern[str]
+    title: str
+    fallback: str
+    context: re.Pattern[str] | None
+    absorb_within: int | None
+    kind: str
+    lines_before: int
+    max_lines: int
+
+    def render_title(self, match: re.Match[str], following: Iterable[str]) -> str:
+        fields = _named_groups(match)
+        if self.context is None:
+            return self.title.format(**fields)
+        for line in following:
+            found = self.context.search(line)
+            if found:
+                return self.title.format(**{**fields, **_named_groups(found)})
+        return self.fallback.format(**fields)
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    pattern: re.Pattern[str]
+    reason: str
+    link: str
+
+
+@dataclass(frozen=True)
+class PatternTable:
+    patterns: tuple[Pattern, ...]
+    end_of_splat: tuple[re.Pattern[str], ...]
+    volatile: tuple[tuple[re.Pattern[str], str], ...]
+    allow: tuple[AllowEntry, ...] = ()
+
+    def stable(self, title: str) -> str:
+        """The title without addresses, PIDs, offsets and other values that change per run."""
+        for regex, replacement in self.volatile:
+            title = regex.sub(replacement, title)
+        return " ".join(title.split())
+
+    def allows(self, title: str) -> bool:
+        return any(entry.pattern.search(title) for entry in self.allow)
+
+    def ends_splat(self, message: str) -> bool:
+        return any(regex.search(message) for regex in self.end_of_splat)
+
+
+def _named_groups(match: re.Match[str]) -> dict[str, str]:
+    return {name: value or "" for name, value in match.groupdict().items()}
+
+
+_TOP_KEYS = {"excerpt_lines", "end_of_splat", "pattern", "volatile", "allow"}
+_PATTERN_KEYS = {"name", "regex", "title"}
+_PATTERN_OPTIONAL = {"context", "fallback", "absorb_within", "kind", "lines_before", "max_lines"}
+
+
+def load_table(path: Path | str = PATTERNS_FILE) -> PatternTable:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the console pattern table {path}: {exc}") from exc
+    return parse_table(text, source=str(path))
+
+
+@cache
+def default_table() -> PatternTable:
+    return load_table(PATTERNS_FILE)
+
+
+def parse_table(toml_text: str, source: str = "console patterns") -> PatternTable:
+    """Parse and check a pattern table; any mistake raises ConfigError naming the entry."""
+    try:
+        data = tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    _check_keys(data, set(), _TOP_KEYS, source)
+    excerpt_lines = data.get("excerpt_lines", 80)
+    return PatternTable(
+        patterns=tuple(_parse_pattern(raw, excerpt_lines, f"{source}: pattern {n}")
+                       for n, raw in enumerate(data.get("pattern", []), 1)),
+        end_of_splat=tuple(_compile(raw, f"{source}: end_of_splat")
+                           for raw in data.get("end_of_splat", [])),
+        volatile=tuple(_parse_volatile(raw, f"{source}: volatile {n}")
+                       for n, raw in enumerate(data.get("volatile", []), 1)),
+        allow=tuple(_parse_allow(raw, f"{source}: allow {n}")
+                    for n, raw in enumerate(data.get("allow", []), 1)),
+    )
+
+
+def _parse_pattern(raw: object, excerpt_lines: int, where: str) -> Pattern:
+    _check_keys(raw, _PATTERN_KEYS, _PATTERN_OPTIONAL, where)
+    assert isinstance(raw, dict)
+    where = f"{where} ({raw['name']})"
+    regex = _compile(raw["regex"], where)
+    context = _compile(raw["context"], where) if "context" in raw else None
+    if context is not None and "fallback" not in raw:
+        raise ConfigError(f"{where}: a pattern with 'context' needs a 'fallback' title")
+    fallback = raw.get("fallback", raw["title"])
+    _check_title_fields(raw["title"], regex, context, where)
+    _check_title_fields(fallback, regex, None, where)
+    kind = raw.get("kind", "crashed")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    return Pattern(name=raw["name"], regex=regex, title=raw["title"], fallback=fallback,
+                   context=context, absorb_within=raw.get("absorb_within"), kind=kind,
+                   lines_before=raw.get("lines_before", 0),
+                   max_lines=raw.get("max_lines", excerpt_lines))
+
+
+def _parse_volatile(raw: object, where: str) -> tuple[re.Pattern[str], str]:
+    _check_keys(raw, {"regex", "replace"}, set(), where)
+    assert isinstance(raw, dict)
+    return _compile(raw["regex"], where), str(raw["replace"])
+
+
+def _parse_allow(raw: object, where: str) -> AllowEntry:
+    _check_keys(raw, {"pattern", "reason", "link"}, set(), where)
+    assert isinstance(raw, dict)
+    reason, link = str(raw["reason"]).strip(), str(raw["link"]).strip()
+    if not reason or not link:
+        raise ConfigError(f"{where}: an allow entry needs a non-empty reason and link")
+    return AllowEntry(_compile(raw["pattern"], where), reason, link)
+
+
+def _check_keys(raw: object, required: set[str], optional: set[str], where: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {raw!r}")
+    missing = sorted(required - raw.keys())
+    unknown = sorted(raw.keys() - required - optional)
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _compile(source: object, where: str) -> re.Pattern[str]:
+    if not isinstance(source, str):
+        raise ConfigError(f"{where}: a regex must be a string, got {source!r}")
+    try:
+        return re.compile(source)
+    except re.error as exc:
+        raise ConfigError(f"{where}: bad regex {source!r}: {exc}") from exc
+
+
+def _check_title_fields(template: str, regex: re.Pattern[str],
+                        context: re.Pattern[str] | None, where: str) -> None:
+    known = set(regex.groupindex) | set(context.groupindex if context else ())
+    try:
+        used = {field for _, field, _, _ in string.Formatter().parse(template) if field}
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad title template {template!r}: {exc}") from exc
+    if used - known:
+        raise ConfigError(f"{where}: title {template!r} uses {', '.join(sorted(used - known))}, "
+                          f"which no named group of its regex provides")
+
+
+# -- lines ----------------------------------------------------------------------------------
+
+def normalise_line(raw: str) -> str:
+    """A console line without CR, ANSI escape sequences or other control characters."""
+    return _CONTROL_CHARS.sub("", _ANSI_ESCAPE.sub("", raw))
+
+
+def normalise(text: str) -> str:
+    return "\n".join(normalise_line(line) for line in text.split("\n"))
+
+
+def message_of(line: str) -> str:
+    """The kernel message of a normalised line, without "[   12.345678] " and caller id."""
+    return _LOG_PREFIX.sub("", line, count=1)
+
+
+# -- the scanner ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _OpenSplat:
+    """A splat whose lines are still arriving; it extends to the last line seen so far."""
+
+    pattern: Pattern
+    match: re.Match[str]
+    start: int  # 0-based index of its first line
+
+
+class ConsoleWatch:
+    """Incremental scanner for a live console; thread-safe.
+
+    feed() returns the splats completed by that chunk (a splat is complete at its end marker,
+    at the start of the next one, after max_lines, or at finish()); `findings` is always what
+    scan(self.text) would report, including a splat still being printed.
+    """
+
+    def __init__(self, table: PatternTable | None = None, *, boot_banner_expected: bool = True):
+        self._table = table or default_table()
+        self._banner_pending = boot_banner_expected
+        self._lock = threading.Lock()
+        self._chunks: list[str] = []
+        self._partial = ""  # raw text after the last newline
+        self._lines: list[str] = []  # normalised complete lines
+        self._open: _OpenSplat | None = None
+        self._last_start: int | None = None
+        self._findings: list[ConsoleFinding] = []
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far, as fed."""
+        with self._lock:
+            joined = "".join(self._chunks)
+            self._chunks = [joined]
+            return joined
+
+    @property
+    def findings(self) -> list[ConsoleFinding]:
+        with self._lock:
+            if self._open is None and not self._partial:
+                return list(self._findings)
+            probe = copy.copy(self)
+            probe._lines, probe._findings = list(self._lines), list(self._findings)
+        probe._finish()
+        return probe._findings
+
+    def feed(self, chunk: str) -> list[ConsoleFinding]:
+        with self._lock:
+            self._chunks.append(chunk)
+            *complete, self._partial = (self._partial + chunk).split("\n")
+            known = len(self._findings)
+            for raw in complete:
+                self._add_line(raw)
+            return self._findings[known:]
+
+    def finish(self) -> list[ConsoleFinding]:
+        """End of the console stream: the last line and the splat in progress are complete."""
+        with self._lock:
+            known = len(self._findings)
+            self._finish()
+            return self._findings[known:]
+
+    def _finish(self) -> None:
+        if self._partial:
+            self._add_line(self._partial)
+            self._partial = ""
+        self._close(len(self._lines))
+
+    def _add_line(self, raw: str) -> None:
+        line = normalise_line(raw)
+        index = len(self._lines)
+        self._lines.append(line)
+        message = message_of(line)
+        opened = self._splat_starting(message, index)
+        if opened is not None:
+            self._close(index)
+            self._open, self._last_start = opened, index
+        splat = self._open
+        if splat is None:
+            return
+        at_end_marker = opened is None and self._table.ends_splat(message)
+        if at_end_marker or index + 1 - splat.start >= splat.pattern.max_lines:
+            self._close(index + 1)
+
+    def _splat_starting(self, message: str, index: int) -> _OpenSplat | None:
+        for pattern in self._table.patterns:
+            match = pattern.regex.search(message)
+            if match is None:
+                continue
+            if pattern.kind == "reboot" and self._banner_pending:
+                self._banner_pending = False  # the first banner is the boot itself
+                return None
+            if self._is_follow_up(pattern, index):
+                return None
+            return _OpenSplat(pattern, match, index)
+        return None
+
+    def _is_follow_up(self, pattern: Pattern, index: int) -> bool:
+        return (pattern.absorb_within is not None and self._last_start is not None
+                and index - self._last_start <= pattern.absorb_within)
+
+    def _close(self, end: int) -> None:
+        splat, self._open = self._open, None
+        if splat is None:
+            return
+        finding = self._finding(splat, end)
+        if not self._table.allows(finding.title):
+            self._findings.append(finding)
+
+    def _finding(self, splat: _OpenSplat, end: int) -> ConsoleFinding:
+        pattern = splat.pattern
+        following = (message_of(line) for line in self._lines[splat.start + 1:end])
+        title = self._table.stable(pattern.render_title(splat.match, following))
+        first = max(0, splat.start - pattern.lines_before)
+        return ConsoleFinding(kind=pattern.kind, signature=pattern.name, title=title,
+                              line_no=splat.start + 1, excerpt="\n".join(self._lines[first:end]))
+
+
+def scan(text: str, table: PatternTable | None = None, *,
+         boot_banner_expected: bool = True) -> list[ConsoleFinding]:
+    """All splats in a complete console log. With boot_banner_expected=False (a window cut
+    out of a log after boot) every boot banner counts as an unexpected reboot."""
+    watch = ConsoleWatch(table, boot_banner_expected=boot_banner_expected)
+    watch.feed(text)
+    watch.finish()
+    return watch.findings
+
+
+def read_log(path: Path | str) -> str:
+    """A saved console log; bytes that are not UTF-8 (serial line noise) become U+FFFD."""
+    return Path(path).read_bytes().decode("utf-8", errors="replace")
+
+
+def scan_file(path: Path | str, table: PatternTable | None = None, *,
+              boot_banner_expected: bool = True) -> list[ConsoleFinding]:
+    return scan(read_log(path), table, boot_banner_expected=boot_banner_expected)
+
+
+# -- attribution ----------------------------------------------------------------------------
+
+def window(text: str, begin_marker: str, end_marker: str | None) -> str:
+    """The normalised lines strictly between the last `begin_marker` line and the first
+    `end_marker` line after it; to the end of the log when end_marker is None or missing
+    (a test that crashed the guest never writes its END marker). ValueError when there is no
+    begin marker."""
+    lines = normalise(text).split("\n")
+    begin = _find_marker(lines, begin_marker, range(len(lines) - 1, -1, -1))
+    if begin is None:
+        raise ValueError(f"marker {begin_marker!r} is not in the console log")
+    end = None
+    if end_marker is not None:
+        end = _find_marker(lines, end_marker, range(begin + 1, len(lines)))
+    return "\n".join(lines[begin + 1:end])
+
+
+def _find_marker(lines: list[str], marker: str, order: Iterable[int]) -> int | None:
+    marker_line = re.compile(r"(?:^|\]\s?)" + re.escape(marker) + r"\s*$")
+    return next((index for index in order if marker_line.search(lines[index])), None)
+
+
+# -- output ---------------------------------------------------------------------------------
+
+def format_findings(findings: Sequence[ConsoleFinding], *, excerpts: bool = True) -> str:
+    if not findings:
+        return "clean: no kernel splats found"
+    out = [f"{len(findings)} finding(s):"]
+    for finding in findings:
+        out.append(f"line {finding.line_no}: {finding.kind} [{finding.signature}] "
+                   f"{finding.title}")
+        if excerpts:
+            out.extend(f"    | {line}" for line in finding.excerpt.split("\n"))
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`console LOG [--json]`: 0 when the log is clean, 1 when it has findings, 2 when the
+    log cannot be read."""
+    parser = argparse.ArgumentParser(prog="console",
+                                     description="Report the kernel splats in a console log.")
+    parser.add_argument("log", type=Path, help="saved console log")
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    args = parser.parse_args(list(argv))
+    try:
+        text = read_log(args.log)
+    except OSError as exc:
+        print(f"console: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    findings = scan(text)
+    if args.json:
+        print(json.dumps([asdict(finding) for finding in findings], indent=2))
+    else:
+        print(format_findings(findings))
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,268 @@
+"""pytest plugin: options, markers, fixtures (kernel, image, vm, guest, target, uprobe),
+kernel-log attribution, known-bug xfails, and the machine identity in every verdict."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from . import console, known_bugs
+from .errors import HarnessError
+from .guest import Guest, Hits
+from .probes import Probe, symbol_offset
+from .targets import compile_target
+
+MARKERS = {
+    "smp": "needs at least 2 vCPUs (runs on the SMP VMs)",
+    "threads": "multithreaded-hits family",
+    "stack": "stack-VMA family",
+    "fp": "FP/SIMD family",
+    "riprel": "RIP-relative family",
+    "slow": "takes long (kernel builds, many boots)",
+    "vm(smp=1, tcg='multi'|'single'|'exact'|'parallel')": "the machine a test needs",
+}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("uprobe-harness")
+    group.addoption("--kernel", default=os.environ.get("UPH_KERNEL", ""),
+                    help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], bzImage")
+    group.addoption("--series", default=os.environ.get("UPH_SERIES"),
+                    help="patch series (default: the kernel's default series; 'none')")
+    group.addoption("--config-fragment", action="append", default=[], dest="config_fragments")
+    group.addoption("--smp", default=os.environ.get("UPH_SMP", "1,4"),
+                    help="vCPU counts for SMP-parametrized scenarios, e.g. 1,4")
+    group.addoption("--accel", default=os.environ.get("UPH_ACCEL", "auto"))
+    group.addoption("--repeat", type=int, default=1, help="repeat race-sensitive checks N times")
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    config._uph_known_bugs = known_bugs.load()
+
+
+def _smp_values(config) -> list[int]:
+    try:
+        values = [int(v) for v in str(config.getoption("--smp")).split(",") if v.strip()]
+    except ValueError as error:
+        raise pytest.UsageError(f"--smp takes a comma-separated list of integers: {error}")
+    return values or [1]
+
+
+def pytest_generate_tests(metafunc):
+    if "smp" in metafunc.fixturenames:
+        params = [pytest.param(n, marks=[pytest.mark.smp] if n >= 2 else [], id=f"smp{n}")
+                  for n in _smp_values(metafunc.config)]
+        metafunc.parametrize("smp", params)
+
+
+# -- session objects ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def kernel(request):
+    from .kernel import BuildRequest, build
+    from .progress import Progress
+    config = request.config
+    try:
+        return build(BuildRequest(kernel=config.getoption("--kernel"),
+                                  series=config.getoption("--series"),
+                                  fragments=tuple(config.getoption("config_fragments"))),
+                     Progress.auto())
+    except HarnessError as error:
+        pytest.exit(f"uprobe-harness: cannot build the kernel under test: {error}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def image():
+    from .image import build_image
+    return build_image()
+
+
+@dataclass
+class _Slot:
+    vm: object
+    guest: Guest
+
+
+class VMPool:
+    """One VM per (smp, TCG threading), shared across tests; replaced after a crash."""
+
+    def __init__(self, kernel, image, accel: str, workdir):
+        self.kernel, self.image, self.accel, self.workdir = kernel, image, accel, workdir
+        self._slots: dict[tuple[int, str], _Slot] = {}
+        self._serial = 0
+
+    def get(self, smp: int, tcg: str) -> Guest:
+        from .vm import VM, MachineSpec
+        key = (smp, tcg)
+        slot = self._slots.get(key)
+        if slot is not None and slot.vm.alive():
+            return slot.guest
+        if slot is not None:
+            self.retire(slot.guest)
+        self._serial += 1
+        spec = MachineSpec(smp=smp, accel=self.accel, tcg_threads=tcg)
+        vm = VM(self.kernel, self.image, spec, name=f"smp{smp}-{tcg}-{self._serial}",
+                workdir=self.workdir / f"vm-smp{smp}-{tcg}-{self._serial}")
+        vm.start()
+        guest = Guest(vm)
+        guest.run_selfcheck()
+        self._slots[key] = _Slot(vm, guest)
+        return guest
+
+    def retire(self, guest: Guest) -> None:
+        for key, slot in list(self._slots.items()):
+            if slot.guest is guest:
+                slot.vm.shutdown()
+                del self._slots[key]
+
+    def close(self) -> None:
+        for slot in self._slots.values():
+            slot.vm.shutdown()
+        self._slots.clear()
+
+
+@pytest.fixture(scope="session")
+def vm_pool(request, kernel, image, tmp_path_factory):
+    pool = VMPool(kernel, image, request.config.getoption("--accel"),
+                  tmp_path_factory.mktemp("vms"))
+    yield pool
+    pool.close()
+
+
+def _wanted_machine(request) -> tuple[int, str]:
+    marker = request.node.get_closest_marker("vm")
+    kwargs = dict(marker.kwargs) if marker else {}
+    callspec = getattr(request.node, "callspec", None)
+    smp = callspec.params["smp"] if callspec and "smp" in callspec.params else \
+        kwargs.get("smp", 1)
+    return smp, kwargs.get("tcg", "exact")
+
+
+@pytest.fixture
+def guest(request, vm_pool) -> Guest:
+    """A guest whose machine suits the test. tcg='parallel' forces multi-threaded TCG (true
+    parallelism, for data races); 'exact' uses it only when the VM's cross-modifying-code
+    canary is clean there, else single-threaded TCG; 'single'/'multi' force a mode."""
+    smp, tcg = _wanted_machine(request)
+    mode = {"parallel": "multi"}.get(tcg, tcg)
+    if mode == "exact":
+        candidate = vm_pool.get(smp, "multi")
+        mode = "multi" if smp == 1 or candidate.selfcheck.xmc_exact else "single"
+    g = vm_pool.get(smp, mode)
+    record, check = g.record, g.selfcheck
+    for name, value in (("kernel", g.vm.kernel.label), ("kernel_identity", record.kernel_identity),
+                        ("kernel_release", record.kernel_release), ("accel", record.accel),
+                        ("tcg_threads", record.tcg_threads), ("vcpus", record.vcpus_seen),
+                        ("xmc_stale", check.xmc_stale), ("xmc_runs", check.xmc_runs)):
+        request.node.user_properties.append((name, value))
+    request.node._uph_guest = g
+    request.node._uph_console_start = len(g.vm.console_text())
+    g.kmsg_marker(f"BEGIN {request.node.nodeid}")
+    return g
+
+
+@pytest.fixture
+def target(guest):
+    """target('hits') -> guest path of the compiled, uploaded program (and host binary)."""
+    def make(name: str):
+        compiled = compile_target(name)
+        return guest.upload(compiled), compiled.binary
+    return make
+
+
+class UprobeSession:
+    def __init__(self, guest: Guest):
+        self.guest = guest
+        self.probes: list[Probe] = []
+        guest.reset_tracing()
+
+    def add(self, name: str, guest_path: str, host_binary, location: str,
+            kind: str = "p") -> Probe:
+        probe = Probe(name, guest_path, symbol_offset(host_binary, location), kind)
+        self.guest.add_probe(probe)
+        self.probes.append(probe)
+        return probe
+
+    def hits(self) -> dict[str, Hits]:
+        return self.guest.hits([p.name for p in self.probes])
+
+    def clear(self) -> None:
+        self.guest.remove_probes()
+        self.probes.clear()
+
+
+@pytest.fixture
+def uprobe(guest):
+    session = UprobeSession(guest)
+    yield session
+    if guest.vm.alive():
+        session.clear()
+
+
+@pytest.fixture
+def repeat(request) -> int:
+    return max(1, request.config.getoption("--repeat"))
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call":
+        return
+    g: Guest | None = getattr(item, "_uph_guest", None)
+    if g is not None:
+        _attribute_kernel_log(item, g, report)
+    kernel = item.funcargs.get("kernel") or (g.vm.kernel if g else None)
+    if kernel is None:
+        return
+    bug = known_bugs.match(item.config._uph_known_bugs, item.name, kernel)
+    if bug is None:
+        return
+    if report.failed and not getattr(report, "_uph_crashed", False):
+        report.outcome = "skipped"
+        report.wasxfail = f"known bug: {bug.reason} ({bug.link})"
+    elif report.passed:
+        report.wasxfail = f"known bug did not show (fixed?): {bug.reason}"
+
+
+def _attribute_kernel_log(item, g: Guest, report) -> None:
+    vm = g.vm
+    if vm.alive():
+        try:
+            g.kmsg_marker(f"END {item.nodeid}")
+            time.sleep(0.05)
+        except Exception:
+            pass
+    text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
+    findings = console.scan(text)
+    problem = None
+    if findings:
+        problem = f"crashed: kernel {findings[0].title}\n{findings[0].excerpt}"
+    elif not vm.alive():
+        problem = f"crashed: the VM died during the test (console: {vm.console_log})"
+    elif not vm.responsive():
+        problem = "crashed: guest unresponsive"
+    if problem is None:
+        return
+    item.user_properties.append(("verdict", "crashed"))
+    report.outcome = "failed"
+    report._uph_crashed = True
+    report.longrepr = f"{problem}\n\n(test output)\n{report.longreprtext}"
+    pool = item.funcargs.get("vm_pool")
+    if pool is not None:
+        pool.retire(g)
+
+
+def pytest_report_teststatus(report, config):
+    if getattr(report, "_uph_crashed", False) and report.when == "call":
+        return "failed", "C", "CRASHED"
+
+

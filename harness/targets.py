@@ -1,0 +1,55 @@
+"""Programs that get probed: compiled statically on the host from testcases/targets,
+cached by content hash, uploaded to each guest once."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HarnessError
+from .paths import TARGETS_DIR, cache_dir
+
+# target name -> sources (relative to testcases/targets) and extra flags; data, not code
+RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
+    "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    binary: Path          # on the host
+    digest: str
+
+    @property
+    def guest_path(self) -> str:
+        return f"/tmp/targets/{self.digest}/{self.name}"
+
+
+def compile_target(name: str) -> Target:
+    if name not in RECIPES:
+        raise HarnessError(f"unknown target '{name}'; known: {', '.join(sorted(RECIPES))}")
+    sources, flags = RECIPES[name]
+    paths = [TARGETS_DIR / s for s in sources]
+    h = hashlib.sha256(" ".join(flags).encode())
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest = h.hexdigest()[:16]
+    binary = cache_dir("targets", f"{name}-{digest}") / name
+    if not binary.exists():
+        tmp = binary.with_suffix(".tmp")
+        cmd = ["gcc", "-static", "-no-pie", "-O2", "-g", *flags, "-o", str(tmp),
+               *map(str, paths)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise HarnessError(f"target {name} did not compile: {' '.join(cmd)}\n"
+                               f"{result.stderr[-3000:]}")
+        tmp.rename(binary)
+    return Target(name, binary, digest)
+
+
+def target_from_binary(name: str, binary: Path, digest: str) -> Target:
+    return Target(name, binary, digest)

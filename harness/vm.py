@@ -1,0 +1,388 @@
+"""QEMU lifecycle: accelerator choice, ports, console capture, readiness, teardown.
+
+Lessons from QEMUMachine: a context manager; the console is drained on its own thread so
+QEMU never blocks on a full pty; shutdown is soft then hard through one cleanup path;
+launch failures carry the command line and QEMU's own output. QEMU gets PR_SET_PDEATHSIG,
+so it dies with the harness even when the harness is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pexpect
+
+from .console import ConsoleWatch
+from .errors import BootError, InfraError
+from .paths import CONFIGS_DIR, cache_dir
+from .ssh import SSHSession
+
+MACHINE = tomllib.loads((CONFIGS_DIR / "qemu_x86_64.toml").read_text())
+PR_SET_PDEATHSIG = 1
+_LIVE: set[VM] = set()
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    smp: int = 1
+    memory_mb: int = 0                 # 0 = the machine definition's default
+    accel: str = "auto"                # auto | tcg | kvm
+    tcg_threads: str = "multi"         # multi | single (only under TCG)
+    oops_panic: bool = False
+    extra_cmdline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: str                         # "tcg" or "kvm"
+    reason: str
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    """What a verdict must record about the machine that produced it."""
+    accel: str
+    tcg_threads: str                   # "multi", "single", or "" under KVM
+    vcpus_requested: int
+    vcpus_seen: int
+    kernel_identity: str
+    kernel_release: str
+
+
+def _set_pdeathsig() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def qemu_binary() -> str:
+    path = shutil.which(MACHINE["binary"])
+    if not path:
+        raise InfraError(f"{MACHINE['binary']} is not installed. On Debian: "
+                         f"apt-get install -y qemu-system-x86")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- accelerator -------------------------------------------------------------------------------
+
+def _kvm_device_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _host_key() -> str:
+    version = subprocess.run([qemu_binary(), "--version"], capture_output=True,
+                             text=True).stdout.splitlines()[0]
+    return f"{socket.gethostname()}|{os.uname().release}|{version}"
+
+
+def choose_accel(requested: str, bzimage: Path, note=print) -> AccelChoice:
+    """auto: KVM only when /dev/kvm opens AND a guest prints its banner under it within a
+    bounded time. The decision is cached per host (hostname, host kernel, QEMU version)."""
+    if requested == "tcg":
+        return AccelChoice("tcg", "requested")
+    if requested == "kvm":
+        if not _kvm_device_usable():
+            raise InfraError("--accel kvm was requested but /dev/kvm cannot be opened.")
+        return AccelChoice("kvm", "requested")
+    if requested != "auto":
+        raise InfraError(f"Unknown accelerator '{requested}': use auto, tcg or kvm.")
+    if not _kvm_device_usable():
+        return AccelChoice("tcg", "/dev/kvm not usable")
+    decisions_file = cache_dir("host") / "accel.json"
+    decisions = json.loads(decisions_file.read_text()) if decisions_file.exists() else {}
+    key = _host_key()
+    if key in decisions:
+        return AccelChoice(decisions[key]["accel"], decisions[key]["reason"] + " (cached)")
+    ok = _kvm_boots(bzimage, MACHINE["kvm_probe_s"])
+    choice = AccelChoice("kvm", "a guest booted under KVM") if ok else AccelChoice(
+        "tcg", f"/dev/kvm exists but a guest printed nothing within {MACHINE['kvm_probe_s']}s "
+               f"under KVM; using TCG")
+    note(f"accelerator: {choice.accel} ({choice.reason})")
+    decisions[key] = asdict(choice)
+    tmp = decisions_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(decisions, indent=2))
+    tmp.replace(decisions_file)
+    return choice
+
+
+def _kvm_boots(bzimage: Path, seconds: float) -> bool:
+    cmd = [qemu_binary(), "-accel", "kvm", "-cpu", MACHINE["cpu_kvm"], "-m", "256",
+           "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+           "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
+    seen = threading.Event()
+
+    def reader():
+        for line in proc.stdout:
+            if b"Linux version" in line:
+                seen.set()
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    seen.wait(seconds)
+    proc.kill()
+    proc.wait()
+    return seen.is_set()
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+class VM:
+    """One QEMU guest. Use as a context manager; `start()` returns once SSH answers."""
+
+    def __init__(self, kernel, image, spec: MachineSpec = MachineSpec(),
+                 workdir: Path | None = None, name: str = "vm", note=None):
+        self.kernel, self.image, self.spec, self.name = kernel, image, spec, name
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"uph-{name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.console_log = self.workdir / "console.log"
+        self.watch = ConsoleWatch()
+        self.note = note or (lambda message: None)
+        self.port = 0
+        self.accel: AccelChoice | None = None
+        self.record: GuestRecord | None = None
+        self.command: list[str] = []
+        self.boot_seconds = 0.0
+        self.last_output = time.monotonic()
+        self._child: pexpect.spawn | None = None
+        self._drain: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._ssh: SSHSession | None = None
+
+    # -- context manager ----------------------------------------------------------------------
+    def __enter__(self) -> VM:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # -- launch -------------------------------------------------------------------------------
+    def _cmdline(self) -> str:
+        args = [f"console={MACHINE['console']}", *MACHINE["cmdline"]]
+        if self.spec.oops_panic:
+            args.append("oops=panic")
+        args += list(self.spec.extra_cmdline)
+        return " ".join(args)
+
+    def _qemu_command(self) -> list[str]:
+        accel = self.accel.accel
+        if accel == "tcg":
+            accel_arg, cpu = f"tcg,thread={self.spec.tcg_threads}", MACHINE["cpu_tcg"]
+        else:
+            accel_arg, cpu = "kvm", MACHINE["cpu_kvm"]
+        net = (f"user,id=n0,restrict=on,"
+               f"hostfwd=tcp:127.0.0.1:{self.port}-:22")
+        return [qemu_binary(), "-machine", MACHINE["machine"], "-accel", accel_arg,
+                "-cpu", cpu, "-smp", str(self.spec.smp),
+                "-m", str(self.spec.memory_mb or MACHINE["memory_mb"]),
+                "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+                "-kernel", str(self.kernel.bzimage), "-initrd", str(self.image.initramfs),
+                "-append", self._cmdline(),
+                "-netdev", net, "-device", f"{MACHINE['nic']},netdev=n0",
+                "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off"]
+
+    def start(self, timeout: float | None = None) -> VM:
+        timeout = timeout or MACHINE["boot_timeout_s"]
+        self.accel = choose_accel(self.spec.accel, self.kernel.bzimage, self.note)
+        started = time.monotonic()
+        for attempt in range(5):
+            self.port = free_port()
+            self.command = self._qemu_command()
+            self._spawn()
+            try:
+                self._wait_ready(started + timeout)
+                break
+            except _PortClash:
+                self._kill()
+                continue
+        else:
+            raise InfraError(f"Could not bind a host port for SSH after 5 attempts: "
+                             f"{shlex.join(self.command)}")
+        self.boot_seconds = time.monotonic() - started
+        self._self_check()
+        return self
+
+    def _spawn(self) -> None:
+        self._ready.clear()
+        self.watch = ConsoleWatch()
+        self._log_handle = open(self.console_log, "ab")
+        self._child = pexpect.spawn(self.command[0], self.command[1:], echo=False,
+                                    timeout=None, preexec_fn=_set_pdeathsig)
+        _LIVE.add(self)
+        self._drain = threading.Thread(target=self._drain_console, daemon=True,
+                                       name=f"console-{self.name}")
+        self._drain.start()
+
+    def _drain_console(self) -> None:
+        child, marker = self._child, self.image.ready_marker
+        pending = ""
+        while True:
+            try:
+                data = child.read_nonblocking(65536, timeout=0.5)
+            except pexpect.TIMEOUT:
+                continue
+            except (pexpect.EOF, OSError, ValueError):
+                break
+            self.last_output = time.monotonic()
+            self._log_handle.write(data)
+            self._log_handle.flush()
+            text = data.decode(errors="replace")
+            with self._lock:
+                self.watch.feed(text)
+            pending = (pending + text)[-4096:]
+            if marker in pending:
+                self._ready.set()
+        self._log_handle.close()
+
+    def _wait_ready(self, deadline: float) -> None:
+        while not self._ready.is_set():
+            if not self.alive():
+                self._raise_boot_failure("QEMU exited before the guest was ready")
+            if self.watch.findings:
+                self._raise_boot_failure("the kernel crashed while booting")
+            if time.monotonic() > deadline:
+                self._raise_boot_failure("no ready marker within the boot timeout")
+            self._ready.wait(0.1)
+        self._ssh = SSHSession("127.0.0.1", self.port, self.image.client_key,
+                               self.image.host_key_line)
+        self._ssh.wait_ready(deadline, alive=self.alive)
+
+    def _raise_boot_failure(self, why: str) -> None:
+        text = self.console_text()
+        if "Could not set up host forwarding rule" in text:
+            raise _PortClash()
+        findings = self.watch.findings
+        tail = "\n".join(text.splitlines()[-30:])
+        self.shutdown()
+        crash = f" Kernel crash: {findings[0].title}." if findings else ""
+        raise BootError(f"Guest '{self.name}' did not boot: {why}.{crash} Kernel: "
+                        f"{self.kernel.label}. Console log: {self.console_log}. QEMU command: "
+                        f"{shlex.join(self.command)}\nLast console lines:\n{tail}")
+
+    def _self_check(self) -> None:
+        result = self.ssh.run("nproc; uname -r", timeout=30, check=True)
+        nproc_text, release = (result.stdout.split() + ["0", ""])[:2]
+        seen = int(nproc_text)
+        self.record = GuestRecord(self.accel.accel,
+                                  self.spec.tcg_threads if self.accel.accel == "tcg" else "",
+                                  self.spec.smp, seen, self.kernel.identity, release)
+        if seen != self.spec.smp:
+            self.shutdown()
+            raise BootError(
+                f"The guest sees {seen} CPU(s) but {self.spec.smp} were requested. The kernel "
+                f"({self.kernel.label}) probably lacks CONFIG_SMP, CONFIG_ACPI or "
+                f"CONFIG_X86_MPPARSE, or has a smaller CONFIG_NR_CPUS.")
+
+    # -- use ----------------------------------------------------------------------------------
+    @property
+    def ssh(self) -> SSHSession:
+        if self._ssh is None:
+            raise InfraError(f"VM '{self.name}' is not running.")
+        return self._ssh
+
+    def alive(self) -> bool:
+        return self._child is not None and self._child.isalive()
+
+    def console_text(self) -> str:
+        with self._lock:
+            return self.watch.text
+
+    def responsive(self, silence_s: float | None = None) -> bool:
+        """Alive and either printing on the console recently or answering SSH."""
+        if not self.alive():
+            return False
+        try:
+            return self.ssh.run("true", timeout=10).ok
+        except Exception:
+            silence = silence_s if silence_s is not None else MACHINE["unresponsive_s"]
+            return time.monotonic() - self.last_output < silence
+
+    # -- teardown -----------------------------------------------------------------------------
+    def shutdown(self, soft_timeout: float = 5.0) -> None:
+        """Soft (QMP quit), then hard (SIGKILL). Safe to call more than once."""
+        if self._ssh is not None:
+            self._ssh.close()
+        if self.alive():
+            self._qmp_quit()
+            deadline = time.monotonic() + soft_timeout
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._kill()
+
+    def _qmp_quit(self) -> None:
+        sock = self.workdir / "qmp.sock"
+        if not sock.exists():
+            return
+        try:
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+            qmp = QEMUMonitorProtocol(str(sock))
+            qmp.connect(negotiate=True)
+            qmp.cmd("quit")
+            qmp.close()
+        except Exception:
+            pass
+
+    def _kill(self) -> None:
+        child = self._child
+        if child is not None:
+            if child.isalive():
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                child.close(force=True)
+            except Exception:
+                pass
+        if self._drain is not None:
+            self._drain.join(timeout=5)
+        _LIVE.discard(self)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class _PortClash(Exception):
+    pass
+
+
+@atexit.register
+def _kill_all() -> None:
+    for vm in list(_LIVE):
+        vm._kill()
+
+
+def boot(kernel, image, spec: MachineSpec = MachineSpec(), **kwargs) -> VM:
+    return VM(kernel, image, spec, **kwargs).start()
+
+

@@ -1,0 +1,70 @@
+/* Multithreaded hits: N threads call one probed site ITERS times each, released together by a
+ * barrier. The program counts its own calls atomically and checks every result, so the
+ * harness compares the kernel's hit counts with an oracle the kernel cannot influence.
+ *
+ * usage: hits SITE NTHREADS ITERS      SITE = push | mov | riprel | ret
+ * prints: calls=<total> bad=<wrong results> threads=<n>
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern long site_push(long);
+extern long site_mov(long);
+extern long site_riprel(long);
+extern long site_ret(long);
+
+static long (*site)(long);
+static long expected_kind;       /* 0: returns arg (mov), 1: arg+1 (ret), 2: constant, 3: any */
+static long iterations;
+static pthread_barrier_t start_line;
+static uint64_t calls;
+static uint64_t bad;
+
+static void *worker(void *arg)
+{
+	long id = (long)arg;
+	pthread_barrier_wait(&start_line);
+	for (long i = 0; i < iterations; i++) {
+		long in = id * 1000003 + i;
+		long out = site(in);
+		long want = expected_kind == 0 ? in : expected_kind == 1 ? in + 1 : 0x1122334455667788;
+		__atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
+		if (expected_kind != 3 && out != want)
+			__atomic_fetch_add(&bad, 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 4) {
+		fprintf(stderr, "usage: %s push|mov|riprel|ret NTHREADS ITERS\n", argv[0]);
+		return 2;
+	}
+	if (!strcmp(argv[1], "push")) { site = site_push; expected_kind = 3; }
+	else if (!strcmp(argv[1], "mov")) { site = site_mov; expected_kind = 0; }
+	else if (!strcmp(argv[1], "riprel")) { site = site_riprel; expected_kind = 2; }
+	else if (!strcmp(argv[1], "ret")) { site = site_ret; expected_kind = 1; }
+	else { fprintf(stderr, "unknown site %s\n", argv[1]); return 2; }
+	long nthreads = atol(argv[2]);
+	iterations = atol(argv[3]);
+	if (nthreads < 1 || nthreads > 1024 || iterations < 0) {
+		fprintf(stderr, "bad thread count or iterations\n");
+		return 2;
+	}
+	pthread_t *tids = calloc(nthreads, sizeof(*tids));
+	pthread_barrier_init(&start_line, NULL, nthreads);
+	for (long t = 0; t < nthreads; t++)
+		if (pthread_create(&tids[t], NULL, worker, (void *)t)) {
+			perror("pthread_create");
+			return 2;
+		}
+	for (long t = 0; t < nthreads; t++)
+		pthread_join(tids[t], NULL);
+	printf("calls=%llu bad=%llu threads=%ld\n", (unsigned long long)calls,
+	       (unsigned long long)bad, nthreads);
+	return bad ? 1 : 0;
+}
