@@ -27,7 +27,8 @@ from .paths import CONFIGS_DIR
 PATTERNS_FILE = CONFIGS_DIR / "console_patterns.toml"
 KINDS = ("crashed", "reboot")
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_ANSI_ESCAPE = re.compile(  # CSI ("ESC [ 2 J"), OSC ("ESC ] ... BEL"), others ("ESC c", "ESC ( B")
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # includes \r; keeps \t
 _LOG_PREFIX = re.compile(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?(?:\[\s*[TC]\d+\]\s?)?")
 
@@ -126,7 +127,7 @@ def parse_table(toml_text: str, source: str = "console patterns") -> PatternTabl
         data = tomllib.loads(toml_text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    _check_keys(data, set(), _TOP_KEYS, source)
+    _entry(data, set(), _TOP_KEYS, source)
     excerpt_lines = data.get("excerpt_lines", 80)
     return PatternTable(
         patterns=tuple(_parse_pattern(raw, excerpt_lines, f"{source}: pattern {n}")
@@ -141,8 +142,7 @@ def parse_table(toml_text: str, source: str = "console patterns") -> PatternTabl
 
 
 def _parse_pattern(raw: object, excerpt_lines: int, where: str) -> Pattern:
-    _check_keys(raw, _PATTERN_KEYS, _PATTERN_OPTIONAL, where)
-    assert isinstance(raw, dict)
+    raw = _entry(raw, _PATTERN_KEYS, _PATTERN_OPTIONAL, where)
     where = f"{where} ({raw['name']})"
     regex = _compile(raw["regex"], where)
     context = _compile(raw["context"], where) if "context" in raw else None
@@ -161,21 +161,20 @@ def _parse_pattern(raw: object, excerpt_lines: int, where: str) -> Pattern:
 
 
 def _parse_volatile(raw: object, where: str) -> tuple[re.Pattern[str], str]:
-    _check_keys(raw, {"regex", "replace"}, set(), where)
-    assert isinstance(raw, dict)
+    raw = _entry(raw, {"regex", "replace"}, set(), where)
     return _compile(raw["regex"], where), str(raw["replace"])
 
 
 def _parse_allow(raw: object, where: str) -> AllowEntry:
-    _check_keys(raw, {"pattern", "reason", "link"}, set(), where)
-    assert isinstance(raw, dict)
+    raw = _entry(raw, {"pattern", "reason", "link"}, set(), where)
     reason, link = str(raw["reason"]).strip(), str(raw["link"]).strip()
     if not reason or not link:
         raise ConfigError(f"{where}: an allow entry needs a non-empty reason and link")
     return AllowEntry(_compile(raw["pattern"], where), reason, link)
 
 
-def _check_keys(raw: object, required: set[str], optional: set[str], where: str) -> None:
+def _entry(raw: object, required: set[str], optional: set[str], where: str) -> dict:
+    """`raw` itself, once it is known to be a table with exactly the keys allowed."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table, got {raw!r}")
     missing = sorted(required - raw.keys())
@@ -184,6 +183,7 @@ def _check_keys(raw: object, required: set[str], optional: set[str], where: str)
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    return raw
 
 
 def _compile(source: object, where: str) -> re.Pattern[str]:
