@@ -105,6 +105,48 @@ def cmd_console(args) -> int:
     return console.main([args.log] + (["--json"] if args.json else []))
 
 
+def cmd_main(args) -> int:
+    """The main job: build the kernel, run every scenario on it, write a report."""
+    import datetime
+    import subprocess
+    from pathlib import Path
+
+    from . import kernel, report
+    from .paths import REPO_ROOT
+    from .progress import Progress
+
+    progress = Progress.auto()
+    built = kernel.build(_build_request(args), progress)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results_dir = Path(args.results or Path("results") / stamp).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    junit = results_dir / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", "testcases", "-p", "no:cacheprovider",
+           f"--junitxml={junit}", "-o", "junit_family=xunit1", f"--kernel={args.kernel}",
+           f"--smp={args.smp}", f"--accel={args.accel}"]
+    if args.series is not None:
+        cmd.append(f"--series={args.series}")
+    for fragment in args.config_fragment:
+        cmd.append(f"--config-fragment={Path(fragment).resolve()}")
+    cmd += args.pytest_args
+    progress.note(f"running the scenarios: {' '.join(cmd[2:])}")
+    status = subprocess.call(cmd, cwd=REPO_ROOT)
+    if not junit.exists():
+        print(f"uprobe-harness: pytest wrote no results (exit {status})", file=sys.stderr)
+        return EXIT_INFRA
+    results = report.read_junit(junit)
+    title = f"uprobe-harness: {built.label}" + (f" + {built.series}" if built.series else "")
+    print(report.format_summary(results, title))
+    context = {"kernel": built.label, "series": built.series or "none",
+               "release": built.release, "identity": built.identity,
+               "pytest exit status": status}
+    html_path = report.render_html(results, title, context, results_dir / "report.html")
+    print(f"report: {html_path}\njunit:  {junit}")
+    if status == 5:
+        return EXIT_USAGE
+    return EXIT_OK if status == 0 else EXIT_FAIL
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness",
                                      description="uprobe-harness: build, boot and probe kernels")
@@ -125,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600, help="timeout for CMD in seconds")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS... to run and exit")
     p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("main", help="build, boot, run every scenario, write a report")
+    _add_kernel_options(p)
+    p.add_argument("--smp", default="1,4", help="vCPU counts for SMP scenarios")
+    p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    p.add_argument("--results", help="results directory (default results/TIMESTAMP)")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    p.set_defaults(func=cmd_main)
 
     p = sub.add_parser("console", help="print the crash verdicts of a saved console log")
     p.add_argument("log")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class Case:
     name: str
     asm: str
     data: str = ""
+    pre: str = ""                              # runs before the probe point
     gprs: tuple[tuple[str, int], ...] = ()     # overrides of DEFAULT_GPRS
     needs: tuple[str, ...] = ()                # cpu features, e.g. ("avx",)
     family: str = ""
@@ -73,6 +75,22 @@ class CaseState:
     fields: dict[str, str] = field(default_factory=dict)   # field name -> hex
 
 
+def load_cases(path: Path, family: str = "") -> list[Case]:
+    """Cases from a TOML file: [[case]] name, asm, pre, data, needs, gprs = [[reg, value]]."""
+    data = tomllib.loads(Path(path).read_text())
+    cases = []
+    for entry in data.get("case", []):
+        unknown = set(entry) - {"name", "asm", "pre", "data", "needs", "gprs"}
+        if unknown or "name" not in entry or "asm" not in entry:
+            raise HarnessError(f"{path}: case {entry.get('name', '?')}: needs name and asm; "
+                               f"unknown keys: {sorted(unknown)}")
+        cases.append(Case(entry["name"], entry["asm"], entry.get("data", ""),
+                          entry.get("pre", ""),
+                          tuple((r, int(v)) for r, v in entry.get("gprs", [])),
+                          tuple(entry.get("needs", [])), family or Path(path).stem))
+    return cases
+
+
 def _render(cases: list[Case], avx: bool, source: str) -> tuple[str, str]:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -82,7 +100,8 @@ def _render(cases: list[Case], avx: bool, source: str) -> tuple[str, str]:
             raise HarnessError(f"instruction case name {case.name!r} has unsafe characters")
         asm = case.asm.replace("{id}", str(index)).strip()
         data = case.data.replace("{id}", str(index)).strip()
-        items.append({"id": index, "name": case.name, "asm": asm, "data": data})
+        pre = case.pre.replace("{id}", str(index)).strip()
+        items.append({"id": index, "name": case.name, "asm": asm, "data": data, "pre": pre})
     assembly = env.get_template("insn_cases.S.j2").render(cases=items, avx=avx, source=source)
     rows = ",\n".join("\t{" + ", ".join(f"{v:#x}ULL" for v in case.initial_gprs()) + "}"
                       for case in cases)

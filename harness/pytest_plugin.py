@@ -204,6 +204,48 @@ def uprobe(guest):
         session.clear()
 
 
+@pytest.fixture(scope="session")
+def _insn_results():
+    return {}
+
+
+@pytest.fixture
+def insn_family(request, guest, _insn_results):
+    """insn_family('fp') -> (verdicts by case name, {unsupported case: missing flags}).
+    The family's cases run once per guest: unprobed, then all probed in one run."""
+    from . import insn, transparency
+    from .paths import REPO_ROOT
+
+    def run(family: str):
+        key = (id(guest), family)
+        if key not in _insn_results:
+            cases = insn.load_cases(REPO_ROOT / "testcases" / "cases" / f"{family}.toml")
+            flags = transparency.guest_cpu_flags(guest)
+            runnable, unsupported = transparency.supported(cases, flags)
+            program = insn.build_program(runnable, family)
+            from .targets import target_from_binary
+            path = guest.upload(target_from_binary(family, program.binary, program.digest))
+            verdicts = transparency.run_cases(guest, program, path)
+            missing = {c.name: [n for n in c.needs if n not in flags] for c in unsupported}
+            _insn_results[key] = (verdicts, missing)
+        return _insn_results[key]
+    return run
+
+
+def check_case(request, results, case: str) -> None:
+    """Shared assertion for instruction-case scenarios."""
+    verdicts, unsupported = results
+    if case in unsupported:
+        pytest.skip(f"guest CPU lacks {', '.join(unsupported[case])}")
+    verdict = verdicts[case]
+    request.node.user_properties.append(("outcome", verdict.outcome))
+    if verdict.fx_pointer_differs:
+        request.node.user_properties.append(("note", "x87 FIP/FDP show the XOL slot"))
+    if verdict.outcome == "refused":
+        pytest.skip(f"refused by the kernel: {verdict.detail}")
+    assert verdict.outcome == "identical", f"{verdict.outcome}: {verdict.detail}"
+
+
 @pytest.fixture
 def repeat(request) -> int:
     return max(1, request.config.getoption("--repeat"))
@@ -242,7 +284,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
         except Exception:
             pass
     text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
-    findings = console.scan(text)
+    findings = console.scan(text, boot_banner_expected=False)
     problem = None
     if findings:
         problem = f"crashed: kernel {findings[0].title}\n{findings[0].excerpt}"

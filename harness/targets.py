@@ -15,6 +15,7 @@ from .paths import TARGETS_DIR, cache_dir
 RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
+    "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
 }
 
 

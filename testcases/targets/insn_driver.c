@@ -4,11 +4,13 @@
  * known patterns, run the case, and print the complete resulting state as one line of hex:
  *   case <name> gpr=<18 x u64> fx=<512 bytes> ymm=<512 bytes or -> mem=<512 bytes> stk=<256 bytes>
  * The harness runs the program unprobed and probed and compares the lines field by field.
- * usage: insn [CASE-NAME...]   (no names: every case)
+ * usage: insn [--pause] [CASE-NAME...]   (no names: every case; --pause: stop with SIGSTOP
+ *        first, so probes can be enabled while the program maps its file)
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 
 #define STACK_BYTES 65536
@@ -98,6 +100,11 @@ static void run_case(uint64_t i)
 
 int main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "--pause")) {
+		raise(SIGSTOP);
+		argv++;
+		argc--;
+	}
 	init_fp_state();
 	if (argc == 1) {
 		for (uint64_t i = 0; i < case_count; i++)

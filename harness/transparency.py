@@ -1,0 +1,108 @@
+"""Run instruction cases in a guest unprobed and probed, and classify each case.
+
+One SSH round trip per run: the probed run starts the program stopped (--pause) so that
+enabling each probe analyses the instruction while the file is mapped; a refusal is then
+reported with its errno instead of silently leaving the probe uninstalled."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from . import insn, probes
+from .probes import TRACEFS, Probe, symbol_offset
+
+OUTCOMES = ("identical", "differs", "refused", "hits", "signal", "missing")
+
+
+@dataclass(frozen=True)
+class CaseVerdict:
+    name: str
+    outcome: str          # one of OUTCOMES
+    detail: str = ""
+    hits: int = 0
+    fx_pointer_differs: bool = False   # x87 FIP/FDP reveal the XOL slot (informational)
+
+
+def guest_cpu_flags(guest) -> set[str]:
+    text = guest.run("grep -m1 '^flags' /proc/cpuinfo", check=True).stdout
+    return set(text.split(":", 1)[1].split()) if ":" in text else set()
+
+
+def supported(cases: list[insn.Case], flags: set[str]) -> tuple[list[insn.Case], list[insn.Case]]:
+    ok = [c for c in cases if all(n in flags for n in c.needs)]
+    return ok, [c for c in cases if c not in ok]
+
+
+def probed_run_script(path: str, program_probes: list[Probe], output: str) -> str:
+    lines = [
+        f"{probes.remove_all_command()}",
+        f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
+        f"echo 1 > {TRACEFS}/tracing_on",
+        f"{shlex.quote(path)} --pause > {shlex.quote(output)} 2>&1 & pid=$!",
+        "n=0; while ! grep -q '^State:.*T' /proc/$pid/status 2>/dev/null && [ $n -lt 500 ]; "
+        "do sleep 0.01; n=$((n+1)); done",
+    ]
+    for probe in program_probes:
+        enable = f"{TRACEFS}/events/{probes.GROUP}/{probe.name}/enable"
+        lines.append(
+            f"if ! {probes.add_command(probe)} 2>/tmp/uph-err; then "
+            f"echo \"refused {probe.name} add $(cat /tmp/uph-err)\"; "
+            f"elif ! echo 1 > {enable} 2>/tmp/uph-err; then "
+            f"echo \"refused {probe.name} enable $(cat /tmp/uph-err)\"; fi")
+    lines += ["kill -CONT $pid; wait $pid; echo \"status=$?\"",
+              f"cat {shlex.quote(output)}",
+              f"echo ===; grep -v '^#' {TRACEFS}/trace | grep -o ' [A-Za-z0-9_]*: (' "
+              f"| sort | uniq -c",
+              f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
+              probes.remove_all_command()]
+    return "\n".join(lines)
+
+
+def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVerdict]:
+    unprobed = guest.run([guest_path], timeout=300)
+    expected = insn.parse_output(unprobed.stdout)
+    case_probes = {}
+    for index, case in enumerate(program.cases):
+        case_probes[case.name] = Probe(f"c{index}", guest_path,
+                                       symbol_offset(program.binary, f"probe_{index}"))
+    script = probed_run_script(guest_path, list(case_probes.values()), "/tmp/uph-insn.out")
+    result = guest.run(["sh", "-c", script], timeout=600)
+    main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
+    refused = {}
+    for line in main_text.splitlines():
+        if line.startswith("refused "):
+            _, name, step, *message = line.split(" ", 3)
+            refused[name] = f"{step}: {' '.join(message).strip()}"
+    actual = insn.parse_output(main_text)
+    counts = {}
+    for line in counts_text.splitlines():
+        words = line.split()
+        if len(words) >= 2:
+            counts[words[1].rstrip(":")] = int(words[0])
+    overruns = probes.parse_overruns(stats_text)
+    verdicts = {}
+    for case in program.cases:
+        probe = case_probes[case.name]
+        hits = counts.get(probe.name, 0)
+        verdicts[case.name] = _classify(case.name, expected.get(case.name),
+                                        actual.get(case.name), refused.get(probe.name),
+                                        hits, overruns, unprobed.status)
+    return verdicts
+
+
+def _classify(name, expected, actual, refused, hits, overruns, status) -> CaseVerdict:
+    if expected is None:
+        return CaseVerdict(name, "missing", f"the unprobed run printed no state (exit {status})")
+    if refused:
+        return CaseVerdict(name, "refused", refused)
+    if actual is None:
+        return CaseVerdict(name, "signal", "the probed run died before printing this case",
+                           hits)
+    differences = insn.diff_states(expected, actual)
+    pointer = insn.fx_pointer_differs(expected, actual)
+    if differences:
+        return CaseVerdict(name, "differs", "; ".join(differences), hits, pointer)
+    if overruns == 0 and hits != 1:
+        return CaseVerdict(name, "hits", f"probe hit {hits} times, expected 1", hits, pointer)
+    return CaseVerdict(name, "identical", "", hits, pointer)

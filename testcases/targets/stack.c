@@ -1,0 +1,145 @@
+/* Stack-VMA scenarios: a probed push/call whose store lands below the lowest page of the
+ * stack VMA (the kernel must grow the stack while handling the probe), at the stack rlimit,
+ * and in a thread stack's guard page. Prints key=value lines that must be identical with
+ * and without a probe; a fatal signal is caught on an alternate stack and printed with its
+ * si_code, si_addr and the instruction pointer.
+ *
+ * usage: stack SCENARIO SITE
+ *   SCENARIO: grow | rlimit | guard          SITE: push | push_r12 | push_rexw | pushw | call
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+long push_at(void *sp, long value);
+long push_r12_at(void *sp, long value);
+long push_rexw_at(void *sp, long value);
+long pushw_at(void *sp, long value);
+long call_at(void *sp);
+extern char call_return_label[];
+
+static const char *site;
+static __thread uintptr_t fault_reference;   /* the sp handed to the site */
+static const long pattern = 0x5ca1ab1e0ddba11L;
+
+static void stack_vma(uintptr_t *start, uintptr_t *end)
+{
+	FILE *maps = fopen("/proc/self/maps", "r");
+	char line[512];
+	*start = *end = 0;
+	while (maps && fgets(line, sizeof(line), maps))
+		if (strstr(line, "[stack]"))
+			sscanf(line, "%lx-%lx", start, end);
+	if (maps)
+		fclose(maps);
+}
+
+static void on_fatal(int sig, siginfo_t *info, void *context)
+{
+	ucontext_t *uc = context;
+	char text[200];
+	/* addresses relative to the sp given to the site, so runs compare despite ASLR */
+	int n = snprintf(text, sizeof(text), "signal=%d code=%d addr=sp%+ld ip=%#llx\n", sig,
+			 info->si_code, (long)((uintptr_t)info->si_addr - fault_reference),
+			 (unsigned long long)uc->uc_mcontext.gregs[REG_RIP]);
+	write(1, text, n);
+	_exit(0);
+}
+
+static void catch_fatal_signals(void)
+{
+	static __thread char *alt;
+	stack_t ss = {.ss_size = 65536};
+	if (!alt)
+		alt = malloc(ss.ss_size);
+	ss.ss_sp = alt;
+	sigaltstack(&ss, NULL);
+	struct sigaction sa = {.sa_sigaction = on_fatal, .sa_flags = SA_SIGINFO | SA_ONSTACK};
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGILL, &sa, NULL);
+	sigaction(SIGTRAP, &sa, NULL);
+}
+
+/* Run the site with the stack pointer at sp; print what the store left on the stack. */
+static void run_site(uintptr_t sp)
+{
+	long got;
+	fault_reference = sp;
+	if (!strcmp(site, "push"))
+		got = push_at((void *)sp, pattern);
+	else if (!strcmp(site, "push_r12"))
+		got = push_r12_at((void *)sp, pattern);
+	else if (!strcmp(site, "push_rexw"))
+		got = push_rexw_at((void *)sp, pattern);
+	else if (!strcmp(site, "pushw"))
+		got = pushw_at((void *)sp, pattern) & 0xffff;
+	else if (!strcmp(site, "call"))
+		got = call_at((void *)sp) == (long)call_return_label ? pattern : -1;
+	else {
+		printf("unknown site %s\n", site);
+		exit(2);
+	}
+	long want = !strcmp(site, "pushw") ? (pattern & 0xffff) : pattern;
+	printf("stored=%s\n", got == want ? "ok" : "WRONG");
+}
+
+static void *guard_thread(void *arg)
+{
+	(void)arg;
+	catch_fatal_signals();
+	pthread_attr_t attr;
+	void *base;
+	size_t size;
+	pthread_getattr_np(pthread_self(), &attr);
+	pthread_attr_getstack(&attr, &base, &size);
+	/* sp at the lowest usable address: the store lands in the guard page below it */
+	run_site((uintptr_t)base);
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 3) {
+		fprintf(stderr, "usage: %s grow|rlimit|guard SITE\n", argv[0]);
+		return 2;
+	}
+	site = argv[2];
+	setvbuf(stdout, NULL, _IONBF, 0);
+	catch_fatal_signals();
+	uintptr_t start, end, start_after, end_after;
+	stack_vma(&start, &end);
+	if (!start) {
+		printf("no [stack] mapping\n");
+		return 2;
+	}
+	if (!strcmp(argv[1], "grow")) {
+		run_site(start);
+		stack_vma(&start_after, &end_after);
+		printf("grew_pages=%lu\n", (unsigned long)((start - start_after) / 4096));
+	} else if (!strcmp(argv[1], "rlimit")) {
+		struct rlimit limit = {.rlim_cur = end - start, .rlim_max = RLIM_INFINITY};
+		if (setrlimit(RLIMIT_STACK, &limit)) {
+			perror("setrlimit");
+			return 2;
+		}
+		run_site(start);
+		printf("no fault at the stack limit\n");
+	} else if (!strcmp(argv[1], "guard")) {
+		pthread_t tid;
+		pthread_create(&tid, NULL, guard_thread, NULL);
+		pthread_join(tid, NULL);
+		printf("no fault in the guard page\n");
+	} else {
+		printf("unknown scenario %s\n", argv[1]);
+		return 2;
+	}
+	return 0;
+}

@@ -1,0 +1,19 @@
+"""Family 3 - FP and SIMD instructions executed out of line (x87, SSE, AVX).
+
+Oracle: the full FP/SIMD state (x87 stack, FCW/FSW/FTW, MXCSR, xmm, ymm upper halves),
+the GPRs, RFLAGS and memory after the probed instruction equal the unprobed run; each probe
+is hit exactly once. Cases are data: testcases/cases/fp.toml."""
+
+import pytest
+
+from harness.insn import load_cases
+from harness.paths import REPO_ROOT
+from harness.pytest_plugin import check_case
+
+pytestmark = [pytest.mark.fp, pytest.mark.vm(smp=1)]
+CASES = [c.name for c in load_cases(REPO_ROOT / "testcases" / "cases" / "fp.toml")]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fp_instruction_transparent(request, insn_family, case):
+    check_case(request, insn_family("fp"), case)

@@ -1,0 +1,20 @@
+"""Family 4 - RIP-relative instructions, rewritten by the kernel to use a scratch register.
+
+Oracle: register file (the scratch register included), RFLAGS, memory and the private stack
+after the probed instruction equal the unprobed run; each probe is hit exactly once.
+Cases are data: testcases/cases/riprel.toml (loads, stores, read-modify-write, cmp/test,
+indirect jmp/call, push, lea, implicit-register instructions, REX and VEX forms)."""
+
+import pytest
+
+from harness.insn import load_cases
+from harness.paths import REPO_ROOT
+from harness.pytest_plugin import check_case
+
+pytestmark = [pytest.mark.riprel, pytest.mark.vm(smp=1)]
+CASES = [c.name for c in load_cases(REPO_ROOT / "testcases" / "cases" / "riprel.toml")]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_riprel_instruction_transparent(request, insn_family, case):
+    check_case(request, insn_family("riprel"), case)

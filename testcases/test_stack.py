@@ -1,0 +1,34 @@
+"""Family 2 - stack-VMA faults: a probed push/call whose store lands below the stack.
+
+The kernel emulates `push %reg` (also with REX 41) and `call rel32` by writing the stack
+itself; when that write lands below the lowest page of the stack VMA it must grow the stack
+while handling the probe. At RLIMIT_STACK, or in a thread's guard page, the probed program
+must die exactly as the unprobed one. Non-emulated pushes (rex.W, 66) run out of line.
+
+Oracle: the unprobed run of the same program (output, fatal signal, si_code, si_addr
+relative to sp, faulting ip) and one hit per run in the trace buffer."""
+
+import pytest
+
+pytestmark = [pytest.mark.stack, pytest.mark.vm(smp=1)]
+
+SITES = ["push", "push_r12", "push_rexw", "pushw", "call"]
+SCENARIOS = ["grow", "rlimit", "guard"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("site", SITES)
+def test_probed_stack_write_is_transparent(guest, target, uprobe, scenario, site):
+    path, binary = target("stack")
+    unprobed = guest.run([path, scenario, site], timeout=60)
+    assert unprobed.status == 0, unprobed.stdout + unprobed.stderr
+    if scenario == "grow":
+        assert "stored=ok" in unprobed.stdout and "grew_pages=1" in unprobed.stdout
+    else:
+        assert "signal=11" in unprobed.stdout, "the unprobed run did not fault as designed"
+
+    uprobe.add("stack_site", path, binary, f"probe_{site}")
+    probed = guest.run([path, scenario, site], timeout=60)
+    hits = uprobe.hits()["stack_site"]
+    assert (probed.status, probed.stdout) == (unprobed.status, unprobed.stdout)
+    assert hits.trace == 1, f"probe hit {hits.trace} times in one run"

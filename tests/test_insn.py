@@ -1,0 +1,85 @@
+import subprocess
+
+import pytest
+
+from harness import insn
+from harness.errors import HarnessError
+from harness.paths import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def program():
+    cases = [insn.Case("load", "mov scratch+0x20(%rip), %rax"),
+             insn.Case("push", "push %rbp"),
+             insn.Case("fmul", "fmul %st(1), %st"),
+             insn.Case("div", "divq d_{id}(%rip)", data="d_{id}: .quad 0x10001",
+                       gprs=(("rdx", 0),))]
+    return insn.build_program(cases, "unit")
+
+
+def run(program, *args):
+    return subprocess.run([str(program.binary), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_program_is_deterministic(program):
+    first, second = run(program), run(program)
+    assert first == second
+    assert set(insn.parse_output(first)) == {"load", "push", "fmul", "div"}
+
+
+def test_state_reflects_the_instruction(program):
+    states = insn.parse_output(run(program))
+    gpr = bytes.fromhex(states["load"].fields["gpr"])
+    mem = bytes.fromhex(states["load"].fields["mem"])
+    assert gpr[0:8] == mem[0x20:0x28], "rax must hold the loaded scratch bytes"
+    push_gpr = bytes.fromhex(states["push"].fields["gpr"])
+    stack_in = int.from_bytes(bytes.fromhex(states["load"].fields["gpr"])[8 * 17:8 * 18], "little")
+    stack_out = int.from_bytes(push_gpr[8 * 17:8 * 18], "little")
+    assert stack_in - stack_out == 8
+
+
+def test_diff_names_registers_flags_and_bytes(program):
+    states = insn.parse_output(run(program))
+    expected = states["load"]
+    gpr = bytearray(bytes.fromhex(expected.fields["gpr"]))
+    gpr[8 * 5] ^= 1                     # rdi
+    mem = bytearray(bytes.fromhex(expected.fields["mem"]))
+    mem[7] ^= 0xFF
+    fx = bytearray(bytes.fromhex(expected.fields["fx"]))
+    fx[24] ^= 0x40                      # mxcsr
+    changed = insn.CaseState("load", dict(expected.fields, gpr=gpr.hex(), mem=mem.hex(),
+                                          fx=fx.hex()))
+    differences = insn.diff_states(expected, changed)
+    assert any(d.startswith("rdi:") for d in differences)
+    assert any(d.startswith("mxcsr:") for d in differences)
+    assert any(d.startswith("mem[7..7]") for d in differences)
+    assert insn.diff_states(expected, expected) == []
+
+
+def test_fx_pointer_bytes_are_separate(program):
+    expected = insn.parse_output(run(program))["fmul"]
+    fx = bytearray(bytes.fromhex(expected.fields["fx"]))
+    fx[8] ^= 0x10                       # FIP
+    moved = insn.CaseState("fmul", dict(expected.fields, fx=fx.hex()))
+    assert insn.diff_states(expected, moved) == []
+    assert insn.fx_pointer_differs(expected, moved)
+
+
+def test_selected_cases_only(program):
+    assert list(insn.parse_output(run(program, "div"))) == ["div"]
+
+
+@pytest.mark.parametrize("family", ["fp", "riprel"])
+def test_shipped_case_files_assemble(family):
+    cases = insn.load_cases(REPO_ROOT / "testcases" / "cases" / f"{family}.toml")
+    assert len(cases) >= 30
+    program = insn.build_program(cases, f"unit-{family}")
+    assert program.binary.exists()
+
+
+def test_case_file_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[case]]\nname = "x"\nasm = "nop"\nprobe = "y"\n')
+    with pytest.raises(HarnessError, match="unknown keys"):
+        insn.load_cases(path)

@@ -1,0 +1,65 @@
+import pytest
+
+from harness import kconfig, kernel, series, sources
+from harness.errors import SourceError
+
+
+def test_known_specs():
+    spec = sources.parse_spec("debian:6.1")
+    assert spec.kind == "debian" and spec.default_series == "uprobes-6.1-fixes"
+    assert sources.parse_spec("").text == "debian:6.1"
+    assert sources.parse_spec("debian:6.12").default_series == ""
+
+
+def test_unknown_debian_version():
+    with pytest.raises(SourceError, match="Unknown Debian kernel source 'debian:5.10'"):
+        sources.parse_spec("debian:5.10")
+
+
+def test_git_tree_and_revision(git_tree):
+    spec = sources.parse_spec(f"{git_tree}@HEAD~0")
+    assert spec.kind == "git" and spec.rev == "HEAD~0" and spec.path == git_tree
+
+
+def test_plain_directory_is_rejected(tmp_path):
+    with pytest.raises(SourceError, match="not a git repository"):
+        sources.parse_spec(str(tmp_path))
+
+
+def test_prebuilt_image(tmp_path):
+    image = tmp_path / "vmlinuz-6.1.0-test"
+    image.write_bytes(b"not really a kernel")
+    built = kernel.prebuilt(sources.parse_spec(str(image)))
+    assert built.bzimage == image and built.release == "6.1.0-test" and built.cached
+
+
+def test_artefact_key_depends_on_every_input(tmp_path):
+    frag = tmp_path / "f.config"
+    frag.write_text("CONFIG_A=y\n")
+    fragments = [kconfig.parse_fragment(frag)]
+    patched = series.load_series("uprobes-6.1-fixes")
+    base = kernel._artefact_key("src", series.NO_SERIES, fragments, "gcc 12")
+    assert base == kernel._artefact_key("src", series.NO_SERIES, fragments, "gcc 12")
+    assert base != kernel._artefact_key("src2", series.NO_SERIES, fragments, "gcc 12")
+    assert base != kernel._artefact_key("src", patched, fragments, "gcc 12")
+    assert base != kernel._artefact_key("src", series.NO_SERIES, fragments, "gcc 13")
+    frag.write_text("CONFIG_A=n\n")
+    assert base != kernel._artefact_key("src", series.NO_SERIES,
+                                        [kconfig.parse_fragment(frag)], "gcc 12")
+
+
+def test_git_source_never_touches_user_checkout(git_tree, isolated_cache):
+    import subprocess
+    head_before = subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_tree,
+                                 capture_output=True, text=True).stdout
+    (git_tree / "untracked.txt").write_text("user work in progress\n")
+    source = sources.prepare(sources.parse_spec(f"{git_tree}@HEAD"))
+    assert source.tree != git_tree and (source.tree / "kernel" / "counter.c").exists()
+    (source.tree / "kernel" / "counter.c").write_text("modified in the cache\n")
+    sources.prepare(sources.parse_spec(f"{git_tree}@HEAD"))
+    assert "nhit++" in (source.tree / "kernel" / "counter.c").read_text(), "reset to pristine"
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=git_tree,
+                            capture_output=True, text=True).stdout
+    assert status == "?? untracked.txt\n"
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_tree, capture_output=True,
+                          text=True).stdout == head_before

@@ -1,0 +1,64 @@
+import pytest
+
+from harness import probes
+from harness.targets import compile_target
+
+
+@pytest.fixture(scope="module")
+def hits_binary():
+    return compile_target("hits").binary
+
+
+@pytest.mark.parametrize("symbol, first_bytes", [
+    ("site_push", b"\x55"),                 # push %rbp
+    ("site_mov", b"\x48\x89\xf8"),          # mov %rdi,%rax
+    ("site_riprel", b"\x48\x8b\x05"),       # mov disp32(%rip),%rax
+])
+def test_symbol_offset_points_at_the_instruction(hits_binary, symbol, first_bytes):
+    offset = probes.symbol_offset(hits_binary, symbol)
+    data = hits_binary.read_bytes()
+    assert data[offset:offset + len(first_bytes)] == first_bytes
+
+
+def test_symbol_plus_offset(hits_binary):
+    base = probes.symbol_offset(hits_binary, "site_push")
+    assert probes.symbol_offset(hits_binary, "site_push+1") == base + 1
+    assert hits_binary.read_bytes()[base + 1] == 0x5D      # pop %rbp
+
+
+def test_unknown_symbol(hits_binary):
+    with pytest.raises(probes.ProbeError, match="not found"):
+        probes.symbol_offset(hits_binary, "no_such_symbol")
+
+
+def test_data_address_is_not_executable(hits_binary):
+    address = probes.symbol_address(hits_binary, "site_data")
+    with pytest.raises(probes.ProbeError, match="not in an executable segment"):
+        probes.address_to_offset(hits_binary, address)
+
+
+def test_definition_syntax_and_name_check():
+    probe = probes.Probe("hit", "/tmp/t/hits", 0x1139, "r")
+    assert probe.definition() == "r:uph/hit /tmp/t/hits:0x1139"
+    with pytest.raises(probes.ProbeError):
+        probes.Probe("bad name", "/x", 1).definition()
+
+
+def test_parse_profile_both_versions():
+    text = ("  /tmp/targets/abc/hits hit                                          "
+            "          12345\n  /tmp/t/x prof   7\n")
+    assert probes.parse_profile(text) == {"hit": 12345, "prof": 7}
+
+
+def test_count_trace_hits_ignores_header_and_other_events():
+    text = ("# tracer: nop\n#\n"
+            "            hits-97      [001] d....    12.345678: hit: (0x401126)\n"
+            "            hits-98      [000] d....    12.345679: hit: (0x401126)\n"
+            "            hits-98      [000] d....    12.345680: other: (0x401130)\n")
+    assert probes.count_trace_hits(text, "hit") == 2
+
+
+def test_parse_overruns_sums_cpus():
+    stats = ("entries: 10\noverrun: 3\ncommit overrun: 0\ndropped events: 1\n"
+             "entries: 4\noverrun: 0\ndropped events: 0\n")
+    assert probes.parse_overruns(stats) == 4
