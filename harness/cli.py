@@ -12,7 +12,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
 def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default="",
-                        help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], or a bzImage")
+                        help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], "
+                             "or a bzImage")
     parser.add_argument("--series", default=None,
                         help="patch series: a name under patches/, a directory, a series file, "
                              "an mbox, or 'none' (default: the kernel's default series)")

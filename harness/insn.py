@@ -123,8 +123,9 @@ def build_program(cases: list[Case], name: str, source: str = "") -> Program:
         (out_dir / "cases.S").write_text(assembly)
         (out_dir / "cases_init.c").write_text(table)
         tmp = out_dir / f".{name}.tmp"
-        cmd = ["gcc", "-static", "-no-pie", "-O1", "-o", str(tmp), str(TARGETS_DIR / "insn_driver.c"),
-               str(out_dir / "cases_init.c"), str(out_dir / "cases.S")]
+        cmd = ["gcc", "-static", "-no-pie", "-O1", "-o", str(tmp),
+               str(TARGETS_DIR / "insn_driver.c"), str(out_dir / "cases_init.c"),
+               str(out_dir / "cases.S")]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise HarnessError(f"instruction program {name} did not assemble "

@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import kconfig, series as series_mod, sources
+from . import kconfig, sources
+from . import series as series_mod
 from .errors import BuildError, PatchError
 from .paths import cache_dir
 from .progress import Progress
@@ -108,7 +109,8 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
         if (store / "metadata.json").is_file():
             return _load(store, cached=True)
 
-        build_dir = cache_dir("builds", f"{source.family}-{kconfig.fragments_digest(fragments)[:16]}")
+        config_id = kconfig.fragments_digest(fragments)[:16]
+        build_dir = cache_dir("builds", f"{source.family}-{config_id}")
         log_path = cache_dir("logs") / f"build-{key[:16]}.log"
         with open(log_path, "wb") as log:
             try:

@@ -13,14 +13,14 @@ from .paths import CONFIGS_DIR
 
 @dataclass(frozen=True)
 class KnownBug:
-    test: str
+    test: tuple[str, ...]
     kernels: tuple[str, ...]
     fixed_by: str
     reason: str
     link: str
 
     def applies(self, test_name: str, kernel_spec: str, patches: list[str]) -> bool:
-        if not fnmatch.fnmatch(test_name, self.test):
+        if not any(fnmatch.fnmatchcase(test_name, pattern) for pattern in self.test):
             return False
         if "*" not in self.kernels and kernel_spec not in self.kernels:
             return False
@@ -31,8 +31,12 @@ class KnownBug:
 
 def load(path: Path = CONFIGS_DIR / "known_bugs.toml") -> list[KnownBug]:
     data = tomllib.loads(path.read_text())
-    return [KnownBug(b["test"], tuple(b["kernels"]), b.get("fixed_by", ""), b["reason"],
+    return [KnownBug(_as_tuple(b["test"]), tuple(b["kernels"]), b.get("fixed_by", ""), b["reason"],
                      b.get("link", "")) for b in data.get("bug", [])]
+
+
+def _as_tuple(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def patches_of(kernel) -> list[str]:

@@ -49,7 +49,8 @@ def _smp_values(config) -> list[int]:
     try:
         values = [int(v) for v in str(config.getoption("--smp")).split(",") if v.strip()]
     except ValueError as error:
-        raise pytest.UsageError(f"--smp takes a comma-separated list of integers: {error}")
+        raise pytest.UsageError(f"--smp takes a comma-separated list of integers: {error}") \
+            from error
     return values or [1]
 
 

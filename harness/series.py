@@ -72,7 +72,8 @@ def load_series(spec: str | Path | None) -> Series:
         if path.name == "series":
             return parse_quilt(path)
         return parse_mbox(path)
-    known = sorted(p.name for p in PATCHES_DIR.iterdir() if p.is_dir()) if PATCHES_DIR.is_dir() else []
+    known = sorted(p.name for p in PATCHES_DIR.iterdir() if p.is_dir()) \
+        if PATCHES_DIR.is_dir() else []
     raise PatchError(
         f"Patch series '{spec}' was not found: it is neither a path nor a directory under "
         f"{PATCHES_DIR}. Known series: {', '.join(known) or 'none'}. Use --series none to "

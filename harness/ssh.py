@@ -8,6 +8,7 @@ must already be a well-formed shell command written by the harness, never user d
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 import socket
 import time
@@ -28,6 +29,9 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status == 0
+
+
+MAX_COMMAND = 4000    # longer commands travel as a script file
 
 
 class CommandTimeout(InfraError):
@@ -100,6 +104,11 @@ class SSHSession:
         command = shlex.join(cmd) if isinstance(cmd, list) else cmd
         if not self.connected:
             self.connect()
+        if len(command) > MAX_COMMAND and stdin is None:
+            # dropbear refuses long exec requests ("String too long"): send it as a script
+            script = f"/tmp/uph-cmd-{hashlib.sha256(command.encode()).hexdigest()[:16]}.sh"
+            self.put(command.encode() + b"\n", script, mode=0o700)
+            command = f"sh {script}"
         transport = self._client.get_transport()
         channel = transport.open_session(timeout=10)
         channel.settimeout(timeout)

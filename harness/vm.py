@@ -12,7 +12,7 @@ import atexit
 import ctypes
 import json
 import os
-
+import queue
 import shlex
 import shutil
 import signal
@@ -67,6 +67,43 @@ class GuestRecord:
 def _set_pdeathsig() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Spawner:
+    """Starts child processes from one long-lived thread. PR_SET_PDEATHSIG fires when the
+    *thread* that forked the child ends, so QEMU must not be forked from a short-lived
+    thread (parallel boots, helper threads): it would be killed when that thread ends."""
+
+    def __init__(self):
+        self._requests: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._requests.get()
+            try:
+                done.append((True, fn()))
+            except BaseException as error:  # handed back to the caller
+                done.append((False, error))
+
+    def call(self, fn):
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name="uph-spawner")
+                self._thread.start()
+        done: list = []
+        self._requests.put((fn, done))
+        while not done:
+            time.sleep(0.005)
+        ok, value = done[0]
+        if not ok:
+            raise value
+        return value
+
+
+_SPAWNER = _Spawner()
 
 
 def qemu_binary() -> str:
@@ -134,8 +171,9 @@ def _kvm_boots(bzimage: Path, seconds: float) -> bool:
     cmd = [qemu_binary(), "-accel", "kvm", "-cpu", MACHINE["cpu_kvm"], "-m", "256",
            "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
            "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
+    proc = _SPAWNER.call(lambda: subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=_set_pdeathsig))
     seen = threading.Event()
 
     def reader():
@@ -215,7 +253,7 @@ class VM:
         timeout = timeout or MACHINE["boot_timeout_s"]
         self.accel = choose_accel(self.spec.accel, self.kernel.bzimage, self.note)
         started = time.monotonic()
-        for attempt in range(5):
+        for _attempt in range(5):
             self.port = free_port()
             self.command = self._qemu_command()
             self._spawn()
@@ -236,8 +274,9 @@ class VM:
         self._ready.clear()
         self.watch = ConsoleWatch()
         self._log_handle = open(self.console_log, "ab")
-        self._child = pexpect.spawn(self.command[0], self.command[1:], echo=False,
-                                    timeout=None, preexec_fn=_set_pdeathsig)
+        command = self.command
+        self._child = _SPAWNER.call(lambda: pexpect.spawn(
+            command[0], command[1:], echo=False, timeout=None, preexec_fn=_set_pdeathsig))
         _LIVE.add(self)
         self._drain = threading.Thread(target=self._drain_console, daemon=True,
                                        name=f"console-{self.name}")
@@ -338,6 +377,8 @@ class VM:
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._kill()
+        if self._own_workdir and not self.watch.findings:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _qmp_quit(self) -> None:
         sock = self.workdir / "qmp.sock"

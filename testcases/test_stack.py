@@ -4,6 +4,9 @@ The kernel emulates `push %reg` (also with REX 41) and `call rel32` by writing t
 itself; when that write lands below the lowest page of the stack VMA it must grow the stack
 while handling the probe. At RLIMIT_STACK, or in a thread's guard page, the probed program
 must die exactly as the unprobed one. Non-emulated pushes (rex.W, 66) run out of line.
+`uffd`: the store lands on a page only a user-mode fault can populate (userfaultfd with
+UFFD_USER_MODE_ONLY): the emulation's kernel-mode store fails and the instruction is
+executed out of line instead, which must still resume at the next instruction.
 
 Oracle: the unprobed run of the same program (output, fatal signal, si_code, si_addr
 relative to sp, faulting ip) and one hit per run in the trace buffer."""
@@ -13,16 +16,20 @@ import pytest
 pytestmark = [pytest.mark.stack, pytest.mark.vm(smp=1)]
 
 SITES = ["push", "push_r12", "push_rexw", "pushw", "call"]
-SCENARIOS = ["grow", "rlimit", "guard"]
+SCENARIOS = ["grow", "rlimit", "guard", "uffd"]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_probed_stack_write_is_transparent(guest, target, uprobe, scenario, site):
     path, binary = target("stack")
     unprobed = guest.run([path, scenario, site], timeout=60)
+    if scenario == "uffd" and unprobed.status == 3:
+        pytest.skip(f"the kernel lacks userfaultfd (CONFIG_USERFAULTFD): {unprobed.stdout}")
     assert unprobed.status == 0, unprobed.stdout + unprobed.stderr
-    if scenario == "grow":
+    if scenario == "uffd":
+        assert "stored=ok" in unprobed.stdout and "after=ok" in unprobed.stdout
+    elif scenario == "grow":
         assert "stored=ok" in unprobed.stdout and "grew_pages=1" in unprobed.stdout
     else:
         assert "signal=11" in unprobed.stdout, "the unprobed run did not fault as designed"

@@ -8,7 +8,7 @@ def test_known_specs():
     spec = sources.parse_spec("debian:6.1")
     assert spec.kind == "debian" and spec.default_series == "uprobes-6.1-fixes"
     assert sources.parse_spec("").text == "debian:6.1"
-    assert sources.parse_spec("debian:6.12").default_series == ""
+    assert sources.parse_spec("debian:6.12").default_series == "uprobes-6.12-fixes"
 
 
 def test_unknown_debian_version():

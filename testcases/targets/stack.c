@@ -5,16 +5,28 @@
  * si_code, si_addr and the instruction pointer.
  *
  * usage: stack SCENARIO SITE
- *   SCENARIO: grow | rlimit | guard          SITE: push | push_r12 | push_rexw | pushw | call
+ *   SCENARIO: grow | rlimit | guard | uffd   SITE: push | push_r12 | push_rexw | pushw | call
+ *
+ * uffd: the stack pointer is put at the top of a missing page of a userfaultfd region
+ * registered with UFFD_USER_MODE_ONLY. A store from the kernel (an emulated push/call)
+ * fails there; the same store from user mode faults, the handler thread supplies a zero
+ * page, and the store succeeds. Exit status 3: userfaultfd is not available.
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -105,6 +117,49 @@ static void *guard_thread(void *arg)
 	return NULL;
 }
 
+static int uffd;
+
+static void *uffd_handler(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct pollfd pfd = {.fd = uffd, .events = POLLIN};
+		if (poll(&pfd, 1, -1) < 0)
+			return NULL;
+		struct uffd_msg msg;
+		if (read(uffd, &msg, sizeof(msg)) != sizeof(msg))
+			continue;
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		struct uffdio_zeropage zero = {
+			.range = {.start = msg.arg.pagefault.address & ~4095UL, .len = 4096}};
+		ioctl(uffd, UFFDIO_ZEROPAGE, &zero);
+	}
+}
+
+/* A region whose pages only user-mode faults can populate; returns its base or NULL. */
+static char *user_mode_only_region(size_t pages)
+{
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	if (uffd < 0)
+		return NULL;
+	struct uffdio_api api = {.api = UFFD_API};
+	if (ioctl(uffd, UFFDIO_API, &api))
+		return NULL;
+	char *region = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (region == MAP_FAILED)
+		return NULL;
+	struct uffdio_register reg = {
+		.range = {.start = (unsigned long)region, .len = pages * 4096},
+		.mode = UFFDIO_REGISTER_MODE_MISSING};
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		return NULL;
+	pthread_t tid;
+	pthread_create(&tid, NULL, uffd_handler, NULL);
+	return region;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 3) {
@@ -132,6 +187,15 @@ int main(int argc, char **argv)
 		}
 		run_site(start);
 		printf("no fault at the stack limit\n");
+	} else if (!strcmp(argv[1], "uffd")) {
+		char *region = user_mode_only_region(2);
+		if (!region) {
+			printf("userfaultfd unavailable: %s\n", strerror(errno));
+			return 3;
+		}
+		/* the page below sp is missing; the store must be served by the handler */
+		run_site((uintptr_t)(region + 4096));
+		printf("after=ok\n");
 	} else if (!strcmp(argv[1], "guard")) {
 		pthread_t tid;
 		pthread_create(&tid, NULL, guard_thread, NULL);

@@ -1,0 +1,92 @@
+"""Build benchmark: cache hit, one-file incremental rebuild, and (with --scratch) a
+from-scratch build, for one kernel source. Prints medians; run on an idle machine.
+
+  python benchmarks/bench_build.py [--kernel debian:6.1] [--runs 3] [--scratch]
+
+Incremental: each run applies a one-line patch to kernel/trace/trace_uprobe.c with a new
+comment, so the artefact key changes and make recompiles that file and relinks.
+From scratch: a fresh build directory (temporary cache), ccache disabled, sources already
+extracted (extraction is reported separately by the harness as prepare_s)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import kernel  # noqa: E402
+from harness.progress import Progress  # noqa: E402
+
+PATCH = """--- a/kernel/trace/trace_uprobe.c
++++ b/kernel/trace/trace_uprobe.c
+@@ -1,3 +1,4 @@
++// bench {stamp}
+"""
+
+
+def timed(request: kernel.BuildRequest) -> tuple[float, kernel.Kernel]:
+    started = time.monotonic()
+    built = kernel.build(request, Progress.quiet())
+    return time.monotonic() - started, built
+
+
+def one_line_series(directory: Path, stamp: str, source_tree: Path) -> Path:
+    first_lines = (source_tree / "kernel/trace/trace_uprobe.c").read_text().splitlines()[:3]
+    body = PATCH.format(stamp=stamp) + "".join(f" {line}\n" for line in first_lines)
+    series_dir = directory / f"bench-{stamp}"
+    series_dir.mkdir()
+    (series_dir / "0001-bench.patch").write_text(body)
+    (series_dir / "series").write_text("0001-bench.patch\n")
+    return series_dir
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kernel", default="debian:6.1")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scratch", action="store_true", help="also a from-scratch build")
+    args = parser.parse_args()
+
+    baseline_s, base = timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
+    print(f"{args.kernel}: baseline build {baseline_s:.1f}s (cached={base.cached})")
+
+    hits = [timed(kernel.BuildRequest(kernel=args.kernel, series="none"))[0]
+            for _ in range(args.runs)]
+    print(f"cache hit: median {statistics.median(hits):.2f}s of {args.runs} "
+          f"({', '.join(f'{h:.2f}' for h in hits)})")
+
+    from harness import sources
+    tree = sources.cache_dir("sources") / ("debian-" + args.kernel.split(":")[1])
+    incremental = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            series_dir = one_line_series(Path(tmp), f"{os.getpid()}-{time.time_ns()}-{run}", tree)
+            seconds, built = timed(kernel.BuildRequest(kernel=args.kernel,
+                                                       series=str(series_dir)))
+            incremental.append((seconds, built.durations.get("make_s", 0.0)))
+    print(f"one-file incremental: median {statistics.median(s for s, _ in incremental):.1f}s "
+          f"total, make {statistics.median(m for _, m in incremental):.1f}s "
+          f"({', '.join(f'{s:.1f}' for s, _ in incremental)})")
+    # back to the stock tree so the build directory matches the cached artefact again
+    timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
+
+    if args.scratch:
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["UPROBE_HARNESS_CACHE"] = cache
+            os.environ["CCACHE_DISABLE"] = "1"
+            seconds, built = timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
+            d = built.durations
+            print(f"from scratch: {seconds:.0f}s total (extract+commit {d['prepare_s']:.0f}s, "
+                  f"config {d['config_s']:.0f}s, make {d['make_s']:.0f}s), "
+                  f"bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
