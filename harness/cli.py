@@ -10,10 +10,10 @@ from .errors import HarnessError, InfraError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
 
-def _add_kernel_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kernel", default="",
-                        help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], "
-                             "or a bzImage")
+def _add_kernel_options(parser: argparse.ArgumentParser, kernel_default: str = "",
+                        kernel_help: str = "debian:6.1 (default), debian:6.12, "
+                                           "/path/to/linux[@REV], or a bzImage") -> None:
+    parser.add_argument("--kernel", default=kernel_default, help=kernel_help)
     parser.add_argument("--series", default=None,
                         help="patch series: a name under patches/, a directory, a series file, "
                              "an mbox, or 'none' (default: the kernel's default series)")
@@ -148,6 +148,69 @@ def cmd_main(args) -> int:
     return EXIT_OK if status == 0 else EXIT_FAIL
 
 
+def _add_bisect_options(parser: argparse.ArgumentParser, kernel_help: str) -> None:
+    _add_kernel_options(parser, ".", kernel_help)
+    parser.add_argument("--smp", default="1,4", help="vCPU counts for SMP scenarios")
+    parser.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    parser.add_argument("--repeat", type=int, default=1, metavar="K",
+                        help="run the selection K times per commit: bad if any run shows the "
+                             "original failure, good only if all K pass")
+    parser.add_argument("--find-fix", action="store_true",
+                        help="look for the commit that fixed the scenario")
+    parser.add_argument("--results", help="results directory (default results/bisect-TIMESTAMP)")
+    parser.add_argument("selection", nargs="*", help="-- PYTEST SELECTION (e.g. -m smp -k riprel)")
+
+
+def _scenario_options(args):
+    from . import bisect, sources
+    from .errors import SourceError
+    spec = sources.parse_spec(args.kernel or ".")
+    if spec.kind != "git" or "@" in args.kernel:
+        raise SourceError(f"--kernel {args.kernel}: give a git tree without @REV (bisect picks "
+                          f"the revisions).")
+    return bisect.absolute_options(str(spec.path), args.series, args.config_fragment,
+                                   smp=args.smp, accel=args.accel, repeat=max(1, args.repeat),
+                                   selection=tuple(args.selection), jobs=args.jobs)
+
+
+def cmd_bisect(args) -> int:
+    """Bisect in a private clone; exit 0 found, 3 aborted, 4 endpoints disagree, 5 only
+    skipped commits left (see harness.bisect)."""
+    from pathlib import Path
+
+    from . import bisect
+    options = _scenario_options(args)
+    results = Path(args.results).resolve() if args.results else bisect.default_results_dir()
+    request = bisect.BisectRequest(args.good, args.bad, options, results, args.find_fix)
+    outcome = bisect.run_bisect(request, bisect.HarnessRunner(options, results / "steps"))
+    print(bisect.format_outcome(outcome))
+    return bisect.exit_code(outcome)
+
+
+def cmd_bisect_step(args) -> int:
+    """One `git bisect run` step on HEAD of --kernel: exit 0 good/old, 1 bad/new, 125 skip,
+    128 abort (infrastructure error: git bisect run stops on codes >= 128)."""
+    from pathlib import Path
+
+    from . import bisect
+    try:
+        options = _scenario_options(args)
+        results = Path(args.results or "results/bisect-step").resolve()
+        reference = Path(args.reference).resolve() if args.reference else None
+        result, code = bisect.run_step(options, bisect.HarnessRunner(options, results),
+                                       args.find_fix, reference)
+    except HarnessError as error:
+        kind = "infrastructure error" if isinstance(error, InfraError) else "error"
+        print(f"uprobe-harness: bisect-step: {kind}: {error}\nuprobe-harness: bisect-step: "
+              f"exit {bisect.STEP_ABORT} (abort the bisect)", file=sys.stderr)
+        return bisect.STEP_ABORT
+    print(bisect.format_steps([result]))
+    if result.excerpt:
+        print(result.excerpt)
+    print(f"uprobe-harness: bisect-step: {result.verdict} -> exit {code}", file=sys.stderr)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness",
                                      description="uprobe-harness: build, boot and probe kernels")
@@ -176,6 +239,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results directory (default results/TIMESTAMP)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(func=cmd_main)
+
+    p = sub.add_parser("bisect", help="find the commit that broke (or fixed) a scenario",
+                       description="Bisect REPO between --good (the selection passes) and --bad "
+                                   "(it fails) in a private clone; --find-fix: --bad is the "
+                                   "older commit. Exit: 0 found, 3 aborted (infrastructure), "
+                                   "4 an endpoint disagrees, 5 only skipped commits left.")
+    _add_bisect_options(p, "the git tree to bisect (default: the current directory); it is "
+                           "never modified")
+    p.add_argument("--good", required=True, help="a commit where the selection passes")
+    p.add_argument("--bad", required=True, help="a commit where the selection fails")
+    p.set_defaults(func=cmd_bisect)
+
+    p = sub.add_parser("bisect-step", help="one `git bisect run` step: build HEAD, run the "
+                                           "selection, exit 0/1/125 (128 = abort)")
+    _add_bisect_options(p, "the git tree whose HEAD is built (default: the current directory)")
+    p.add_argument("--reference", metavar="JUNIT",
+                   help="JUnit XML from the bad commit: only the same failing tests (and crash "
+                        "titles) count as bad; other failures skip")
+    p.set_defaults(func=cmd_bisect_step)
 
     p = sub.add_parser("console", help="print the crash verdicts of a saved console log")
     p.add_argument("log")
