@@ -33,7 +33,8 @@ ARTEFACTS = {  # name in cache -> path in the build directory
     "System.map": "System.map",
     "vmlinux": "vmlinux",
 }
-REPRODUCIBLE_ENV = {"KBUILD_BUILD_TIMESTAMP": "@0", "KBUILD_BUILD_USER": "uprobe-harness",
+REPRODUCIBLE_ENV = {"KBUILD_BUILD_TIMESTAMP": "@0", "KBUILD_BUILD_VERSION": "1",
+                    "KBUILD_BUILD_USER": "uprobe-harness",
                     "KBUILD_BUILD_HOST": "uprobe-harness"}
 _COMPILE_LINE = re.compile(rb"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|OBJCOPY|GEN|UPD|CPP|VDSO\w*)\s")
 

@@ -209,6 +209,8 @@ class VM:
         self.record: GuestRecord | None = None
         self.command: list[str] = []
         self.boot_seconds = 0.0
+        self.marker_seconds = 0.0        # QEMU start -> ready marker on the console
+        self._started = 0.0
         self.last_output = time.monotonic()
         self._child: pexpect.spawn | None = None
         self._drain: threading.Thread | None = None
@@ -232,6 +234,11 @@ class VM:
         args += list(self.spec.extra_cmdline)
         return " ".join(args)
 
+    @staticmethod
+    def _firmware_args() -> list[str]:
+        bios = MACHINE.get("bios", "")
+        return ["-bios", bios] if bios and Path(bios).is_file() else []
+
     def _qemu_command(self) -> list[str]:
         accel = self.accel.accel
         if accel == "tcg":
@@ -243,6 +250,7 @@ class VM:
         return [qemu_binary(), "-machine", MACHINE["machine"], "-accel", accel_arg,
                 "-cpu", cpu, "-smp", str(self.spec.smp),
                 "-m", str(self.spec.memory_mb or MACHINE["memory_mb"]),
+                *self._firmware_args(),
                 "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
                 "-kernel", str(self.kernel.bzimage), "-initrd", str(self.image.initramfs),
                 "-append", self._cmdline(),
@@ -272,6 +280,7 @@ class VM:
 
     def _spawn(self) -> None:
         self._ready.clear()
+        self._started = time.monotonic()
         self.watch = ConsoleWatch()
         self._log_handle = open(self.console_log, "ab")
         command = self.command
@@ -299,7 +308,8 @@ class VM:
             with self._lock:
                 self.watch.feed(text)
             pending = (pending + text)[-4096:]
-            if marker in pending:
+            if marker in pending and not self._ready.is_set():
+                self.marker_seconds = time.monotonic() - self._started
                 self._ready.set()
         self._log_handle.close()
 

@@ -50,7 +50,7 @@ def test_patch_that_does_not_apply_is_reported_and_discarded(default_kernel, tmp
     bad.mkdir()
     (bad / "0001-broken.patch").write_text(
         "--- a/kernel/trace/trace_uprobe.c\n+++ b/kernel/trace/trace_uprobe.c\n"
-        "@@ -1,3 +1,3 @@\n-this line is not in the file\n+neither is this one\n context\n")
+        "@@ -1,2 +1,2 @@\n-this line is not in the file\n+neither is this one\n context\n")
     (bad / "series").write_text("0001-broken.patch\n")
     with pytest.raises(PatchError) as caught:
         kernel.build(kernel.BuildRequest(series=str(bad)))
