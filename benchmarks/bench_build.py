@@ -37,7 +37,10 @@ def timed(request: kernel.BuildRequest) -> tuple[float, kernel.Kernel]:
 
 
 def one_line_series(directory: Path, stamp: str, source_tree: Path) -> Path:
-    first_lines = (source_tree / "kernel/trace/trace_uprobe.c").read_text().splitlines()[:3]
+    import subprocess   # the work tree may still carry the previous run's patch: read HEAD
+    pristine = subprocess.run(["git", "show", "HEAD:kernel/trace/trace_uprobe.c"],
+                              cwd=source_tree, capture_output=True, text=True, check=True)
+    first_lines = pristine.stdout.splitlines()[:3]
     body = PATCH.format(stamp=stamp) + "".join(f" {line}\n" for line in first_lines)
     series_dir = directory / f"bench-{stamp}"
     series_dir.mkdir()

@@ -121,8 +121,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
                 raise
             patched = time.monotonic()
             make_args = _make_args(build_dir, request.jobs)
-            progress.note(f"configuring {source.label} in {build_dir}")
-            kconfig.make_config(source.tree, build_dir, fragments, make_args, log)
+            _configure(source, series, fragments, build_dir, make_args, log, progress)
             configured = time.monotonic()
             _run_make(source, make_args, log, log_path, progress, build_dir)
             built = time.monotonic()
@@ -144,6 +143,28 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
         }
         _store(store, build_dir, metadata)
         return _load(store, cached=False)
+
+
+_KCONFIG_PATH = re.compile(rb"^\+\+\+ \S*(Kconfig|Makefile)\S*", re.MULTILINE)
+
+
+def _configure(source, series, fragments, build_dir: Path, make_args, log, progress) -> None:
+    """Generate and verify .config, unless the build directory already holds the one these
+    inputs give: same pristine commit, same fragments, and no patch touching Kconfig or
+    Makefiles (a series that only changes C files cannot change the configuration)."""
+    h = hashlib.sha256(f"{source.commit}\0{kconfig.fragments_digest(fragments)}".encode())
+    for patch in series.patches:
+        if _KCONFIG_PATH.search(patch.text):
+            h.update(patch.text)
+    stamp_file = build_dir / ".uprobe-harness-config"
+    stamp = h.hexdigest()
+    if (build_dir / ".config").exists() and stamp_file.exists() \
+            and stamp_file.read_text() == stamp:
+        return
+    progress.note(f"configuring {source.label} in {build_dir}")
+    stamp_file.unlink(missing_ok=True)
+    kconfig.make_config(source.tree, build_dir, fragments, make_args, log)
+    stamp_file.write_text(stamp)
 
 
 def _artefact_key(source_identity: str, series, fragments, compiler: str) -> str:
