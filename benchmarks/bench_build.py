@@ -37,7 +37,7 @@ def timed(request: kernel.BuildRequest) -> tuple[float, kernel.Kernel]:
 
 
 def one_line_series(directory: Path, stamp: str, source_tree: Path) -> Path:
-    import subprocess   # the work tree may still carry the previous run's patch: read HEAD
+    import subprocess  # the work tree may still carry the previous run's patch: read HEAD
     pristine = subprocess.run(["git", "show", "HEAD:kernel/trace/trace_uprobe.c"],
                               cwd=source_tree, capture_output=True, text=True, check=True)
     first_lines = pristine.stdout.splitlines()[:3]

@@ -461,6 +461,19 @@ def pytest_command(options: ScenarioOptions, kernel_spec: str, junit: Path) -> l
     return cmd + list(options.selection)
 
 
+def kernel_digest(built) -> str:
+    """What the commit built, compared between culprit and parent: vmlinux with the kernel
+    release string masked (CONFIG_LOCALVERSION_AUTO puts the commit id into it, so the
+    images of two commits always differ there); the bzImage when there is no vmlinux."""
+    if built.vmlinux and Path(built.vmlinux).is_file():
+        data = Path(built.vmlinux).read_bytes()
+        if built.release:
+            release = built.release.encode()
+            data = data.replace(release, b"#" * len(release))
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(Path(built.bzimage).read_bytes()).hexdigest()
+
+
 @dataclass
 class HarnessRunner:
     """Builds with harness.kernel and runs the selection with pytest from the repo root."""
@@ -474,8 +487,7 @@ class HarnessRunner:
         built = build(BuildRequest(kernel=spec, series=self.options.series,
                                    fragments=self.options.fragments, jobs=self.options.jobs),
                       Progress.auto())
-        digest = hashlib.sha256(built.bzimage.read_bytes()).hexdigest()
-        return Built(sha, digest, spec)
+        return Built(sha, kernel_digest(built), spec)
 
     def test(self, built: Built, index: int) -> Run:
         self.steps_dir.mkdir(parents=True, exist_ok=True)

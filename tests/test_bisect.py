@@ -407,3 +407,17 @@ def test_bisect_step_aborts_git_bisect_run_on_infra_errors(history, monkeypatch,
                      "--", "-k", "riprel"])
     assert code == bisect.STEP_ABORT == 128
     assert "infrastructure error: qemu-system-x86_64" in capsys.readouterr().err
+
+
+def test_kernel_digest_ignores_the_release_string(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.bisect import kernel_digest
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(b"\x7fELF code Linux version 6.1.0-g111111111111 more code")
+    b.write_bytes(b"\x7fELF code Linux version 6.1.0-g222222222222 more code")
+    c.write_bytes(b"\x7fELF CODE Linux version 6.1.0-g333333333333 more code")
+    built = [SimpleNamespace(vmlinux=p, bzimage=p, release=f"6.1.0-g{d * 12}")
+             for p, d in ((a, "1"), (b, "2"), (c, "3"))]
+    assert kernel_digest(built[0]) == kernel_digest(built[1])
+    assert kernel_digest(built[0]) != kernel_digest(built[2])
