@@ -94,7 +94,8 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     assert result.status == 0, f"probe control failed ({result.status}): {result.stdout}"
     fields = dict(word.split("=") for word in lines if "=" in word)
     assert fields["status"] == "0", f"the probed program died: {result.stdout}"
-    assert int(fields["toggles"]) >= 2, f"the program ended before the probe was toggled: {result.stdout}"
+    assert int(fields["toggles"]) >= 2, \
+        f"the program ended before the probe was toggled: {result.stdout}"
     assert int(fields["bad"]) == 0
     traced = int(lines[-1])
     assert 0 < traced <= int(fields["calls"]) == 16 * ITERATIONS_TOGGLED, result.stdout
