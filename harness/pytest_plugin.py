@@ -111,7 +111,11 @@ class VMPool:
                 workdir=self.workdir / f"vm-smp{smp}-{tcg}-{self._serial}")
         vm.start()
         guest = Guest(vm)
-        guest.run_selfcheck()
+        try:
+            guest.run_selfcheck()
+        except BaseException:
+            vm.shutdown()
+            raise
         self._slots[key] = _Slot(vm, guest)
         return guest
 
@@ -258,9 +262,11 @@ def repeat(request) -> int:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    g: Guest | None = getattr(item, "_uph_guest", None)
+    if call.when == "teardown" and g is not None and report.passed:
+        _attribute_teardown(item, g, report)   # e.g. a splat while the probes were removed
     if call.when != "call":
         return
-    g: Guest | None = getattr(item, "_uph_guest", None)
     if g is not None:
         _attribute_kernel_log(item, g, report)
     kernel = item.funcargs.get("kernel") or (g.vm.kernel if g else None)
@@ -285,6 +291,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
         except Exception:
             pass
     text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
+    item._uph_console_start += len(text)      # the teardown is checked from here on
     findings = console.scan(text, boot_banner_expected=False)
     problem = None
     if findings:
@@ -299,6 +306,25 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
     report.outcome = "failed"
     report._uph_crashed = True
     report.longrepr = f"{problem}\n\n(test output)\n{report.longreprtext}"
+    pool = item.funcargs.get("vm_pool")
+    if pool is not None:
+        pool.retire(g)
+
+
+def _attribute_teardown(item, g: Guest, report) -> None:
+    vm = g.vm
+    text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
+    findings = console.scan(text, boot_banner_expected=False)
+    problem = None
+    if findings:
+        problem = f"crashed in teardown: kernel {findings[0].title}\n{findings[0].excerpt}"
+    elif not vm.alive():
+        problem = f"crashed in teardown: the VM died (console: {vm.console_log})"
+    if problem is None:
+        return
+    report.outcome = "failed"
+    report._uph_crashed = True
+    report.longrepr = problem
     pool = item.funcargs.get("vm_pool")
     if pool is not None:
         pool.retire(g)

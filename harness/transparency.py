@@ -81,6 +81,8 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
         if len(words) >= 2:
             counts[words[1].rstrip(":")] = int(words[0])
     overruns = probes.parse_overruns(stats_text)
+    status_words = [w for w in main_text.split() if w.startswith("status=")]
+    probed_status = int(status_words[-1].split("=")[1]) if status_words else -1
     verdicts = {}
     for case in program.cases:
         probe = case_probes[case.name]
@@ -88,6 +90,12 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
         verdicts[case.name] = _classify(case.name, expected.get(case.name),
                                         actual.get(case.name), refused.get(probe.name),
                                         hits, overruns, unprobed.status)
+    if probed_status != unprobed.status:     # e.g. a stray SIGTRAP after the last case
+        for name, verdict in verdicts.items():
+            if verdict.outcome == "identical":
+                verdicts[name] = CaseVerdict(
+                    name, "signal", f"the probed run exited with status {probed_status}, "
+                    f"the unprobed one with {unprobed.status}", verdict.hits)
     return verdicts
 
 

@@ -261,21 +261,25 @@ class VM:
         timeout = timeout or MACHINE["boot_timeout_s"]
         self.accel = choose_accel(self.spec.accel, self.kernel.bzimage, self.note)
         started = time.monotonic()
-        for _attempt in range(5):
-            self.port = free_port()
-            self.command = self._qemu_command()
-            self._spawn()
-            try:
-                self._wait_ready(started + timeout)
-                break
-            except _PortClash:
-                self._kill()
-                continue
-        else:
-            raise InfraError(f"Could not bind a host port for SSH after 5 attempts: "
-                             f"{shlex.join(self.command)}")
-        self.boot_seconds = time.monotonic() - started
-        self._self_check()
+        try:
+            for _attempt in range(5):
+                self.port = free_port()
+                self.command = self._qemu_command()
+                self._spawn()
+                try:
+                    self._wait_ready(started + timeout)
+                    break
+                except _PortClash:
+                    self._kill()
+                    continue
+            else:
+                raise InfraError(f"Could not bind a host port for SSH after 5 attempts: "
+                                 f"{shlex.join(self.command)}")
+            self.boot_seconds = time.monotonic() - started
+            self._self_check()
+        except BaseException:
+            self.shutdown()   # no QEMU survives a failed start, whatever failed
+            raise
         return self
 
     def _spawn(self) -> None:

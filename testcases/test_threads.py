@@ -3,8 +3,11 @@
 Oracles: the program's own atomic call counter (it also checks every result), the trace
 buffer (with ring-buffer overruns checked), and uprobe_profile's counter."""
 
+import shlex
+
 import pytest
 
+from harness import probes
 from harness.probes import Probe, symbol_offset
 
 pytestmark = pytest.mark.threads
@@ -77,13 +80,14 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     # disable = uprobe_unregister(): removed again. (Deleting the trace event itself would
     # also reset the trace buffer, so the event stays defined until the test ends.)
     script = (
-        f"echo '{probe.definition()}' >> {tracing}/uprobe_events || exit 90\n"
-        f"{path} {site} 16 {ITERATIONS_TOGGLED} > /tmp/uph-toggle.out 2>&1 & pid=$!\n"
+        f"{probes.add_command(probe)} || exit 90\n"
+        f"{shlex.quote(path)} {site} 16 {ITERATIONS_TOGGLED} > /tmp/uph-toggle.out 2>&1 &"
+        " pid=$!\n"
         "i=0\n"
         "while kill -0 $pid 2>/dev/null && [ $i -lt 12 ]; do\n"
-        f"  echo 1 > {tracing}/events/uph/toggled/enable || exit 91\n"
+        f"  {probes.enable_command(probe)} || exit 91\n"
         "  sleep 0.02\n"
-        f"  echo 0 > {tracing}/events/uph/toggled/enable || exit 92\n"
+        f"  {probes.enable_command(probe, on=False)} || exit 92\n"
         "  i=$((i+1))\n"
         "done\n"
         "wait $pid; status=$?\n"
