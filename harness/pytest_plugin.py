@@ -318,7 +318,7 @@ def _attribute_teardown(item, g: Guest, report) -> None:
     problem = None
     if findings:
         problem = f"crashed in teardown: kernel {findings[0].title}\n{findings[0].excerpt}"
-    elif not vm.alive():
+    elif not vm.alive() and not vm.closed:   # the last test's teardown closes the pool
         problem = f"crashed in teardown: the VM died (console: {vm.console_log})"
     if problem is None:
         return

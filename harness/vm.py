@@ -217,6 +217,7 @@ class VM:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._ssh: SSHSession | None = None
+        self.closed = False              # shut down on purpose (not a crash)
 
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> VM:
@@ -383,6 +384,7 @@ class VM:
     # -- teardown -----------------------------------------------------------------------------
     def shutdown(self, soft_timeout: float = 5.0) -> None:
         """Soft (QMP quit), then hard (SIGKILL). Safe to call more than once."""
+        self.closed = True
         if self._ssh is not None:
             self._ssh.close()
         if self.alive():
