@@ -3,7 +3,6 @@ uprobes through tracefs, mark test windows in the kernel log, run the VM self-ch
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,16 +95,12 @@ class Guest:
     def hits(self, names: list[str]) -> dict[str, Hits]:
         script = (f"cat {TRACEFS}/uprobe_profile; echo ===; "
                   f"cat {TRACEFS}/per_cpu/cpu*/stats; echo ===; "
-                  f"grep -v '^#' {TRACEFS}/trace | grep -o ' [A-Za-z0-9_]*: (' | sort | uniq -c")
+                  f"{probes.trace_counts_command()}")
         result = self.run(script, timeout=300, check=True)
         profile_text, stats_text, counts_text = result.stdout.split("===\n")
         profile = probes.parse_profile(profile_text)
         overruns = probes.parse_overruns(stats_text)
-        trace_counts = {}
-        for line in counts_text.splitlines():
-            match = re.match(r"\s*(\d+)\s+(\w+): \(", line)
-            if match:
-                trace_counts[match.group(2)] = int(match.group(1))
+        trace_counts = probes.parse_trace_counts(counts_text)
         return {name: Hits(trace_counts.get(name, 0), profile.get(name, 0), overruns)
                 for name in names}
 

@@ -106,10 +106,19 @@ def parse_profile(text: str) -> dict[str, int]:
     return hits
 
 
-def count_trace_hits(trace_text: str, name: str) -> int:
-    pattern = re.compile(rf"\s{re.escape(name)}:\s")
-    return sum(1 for line in trace_text.splitlines()
-               if not line.startswith("#") and pattern.search(line))
+def trace_counts_command(tracefs: str = TRACEFS) -> str:
+    """Shell: the number of events per event name in the trace buffer ('  COUNT NAME: (')."""
+    return (f"grep -v '^#' {tracefs}/trace | grep -o ' [A-Za-z0-9_]*: (' | sort | uniq -c")
+
+
+def parse_trace_counts(text: str) -> dict[str, int]:
+    """Output of trace_counts_command() -> {event name: events}."""
+    counts = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*(\d+)\s+(\w+): \(", line)
+        if match:
+            counts[match.group(2)] = int(match.group(1))
+    return counts
 
 
 def parse_overruns(stats_text: str) -> int:

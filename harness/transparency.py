@@ -52,8 +52,7 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
             f"echo \"refused {probe.name} enable $(cat /tmp/uph-err)\"; fi")
     lines += ["kill -CONT $pid; wait $pid; echo \"status=$?\"",
               f"cat {shlex.quote(output)}",
-              f"echo ===; grep -v '^#' {TRACEFS}/trace | grep -o ' [A-Za-z0-9_]*: (' "
-              f"| sort | uniq -c",
+              f"echo ===; {probes.trace_counts_command()}",
               f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
               probes.remove_all_command()]
     return "\n".join(lines)
@@ -75,11 +74,7 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
             _, name, step, *message = line.split(" ", 3)
             refused[name] = f"{step}: {' '.join(message).strip()}"
     actual = insn.parse_output(main_text)
-    counts = {}
-    for line in counts_text.splitlines():
-        words = line.split()
-        if len(words) >= 2:
-            counts[words[1].rstrip(":")] = int(words[0])
+    counts = probes.parse_trace_counts(counts_text)
     overruns = probes.parse_overruns(stats_text)
     status_words = [w for w in main_text.split() if w.startswith("status=")]
     probed_status = int(status_words[-1].split("=")[1]) if status_words else -1

@@ -50,12 +50,16 @@ def test_parse_profile_both_versions():
     assert probes.parse_profile(text) == {"hit": 12345, "prof": 7}
 
 
-def test_count_trace_hits_ignores_header_and_other_events():
-    text = ("# tracer: nop\n#\n"
-            "            hits-97      [001] d....    12.345678: hit: (0x401126)\n"
-            "            hits-98      [000] d....    12.345679: hit: (0x401126)\n"
-            "            hits-98      [000] d....    12.345680: other: (0x401130)\n")
-    assert probes.count_trace_hits(text, "hit") == 2
+def test_trace_counts_pipeline_on_a_recorded_trace(tmp_path):
+    import subprocess
+    (tmp_path / "trace").write_text(
+        "# tracer: nop\n#\n# entries-in-buffer/entries-written: 3/3   #P:2\n"
+        "            hits-97      [001] d....    12.345678: hit: (0x401126)\n"
+        "            hits-98      [000] d....    12.345679: hit: (0x401126)\n"
+        "            hits-98      [000] d....    12.345680: c12: (0x401130 <- 0x401000)\n")
+    out = subprocess.run(["sh", "-c", probes.trace_counts_command(str(tmp_path))],
+                         capture_output=True, text=True, check=True).stdout
+    assert probes.parse_trace_counts(out) == {"hit": 2, "c12": 1}
 
 
 def test_parse_overruns_sums_cpus():
