@@ -233,6 +233,9 @@ def insn_family(request, guest, _insn_results):
             verdicts = transparency.run_cases(guest, program, path)
             missing = {c.name: [n for n in c.needs if n not in flags] for c in unsupported}
             _insn_results[key] = (verdicts, missing)
+            # splats during the family run are attributed per case by run_cases (CASE
+            # markers); the first test's own window starts after the run
+            request.node._uph_console_start = len(guest.vm.console_text())
         return _insn_results[key]
     return run
 
@@ -248,6 +251,9 @@ def check_case(request, results, case: str) -> None:
         request.node.user_properties.append(("note", "x87 FIP/FDP show the XOL slot"))
     if verdict.outcome == "refused":
         pytest.skip(f"refused by the kernel: {verdict.detail}")
+    if verdict.outcome == "crashed":
+        request.node.user_properties.append(("verdict", "crashed"))
+        pytest.fail(f"crashed: kernel {verdict.detail} (while this case ran probed)")
     assert verdict.outcome == "identical", f"{verdict.outcome}: {verdict.detail}"
 
 

@@ -7,12 +7,13 @@ reported with its errno instead of silently leaving the probe uninstalled."""
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 
-from . import insn, probes
+from . import console, insn, probes
 from .probes import TRACEFS, Probe, symbol_offset
 
-OUTCOMES = ("identical", "differs", "refused", "hits", "signal", "missing")
+OUTCOMES = ("identical", "differs", "refused", "hits", "signal", "missing", "crashed")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
         f"{probes.remove_all_command()}",
         f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
         f"echo 1 > {TRACEFS}/tracing_on",
-        f"{shlex.quote(path)} --pause > {shlex.quote(output)} 2>&1 & pid=$!",
+        f"{shlex.quote(path)} --pause --kmsg > {shlex.quote(output)} 2>&1 & pid=$!",
         "n=0; while ! grep -q '^State:.*T' /proc/$pid/status 2>/dev/null && [ $n -lt 500 ]; "
         "do sleep 0.01; n=$((n+1)); done",
     ]
@@ -66,7 +67,10 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
         case_probes[case.name] = Probe(f"c{index}", guest_path,
                                        symbol_offset(program.binary, f"probe_{index}"))
     script = probed_run_script(guest_path, list(case_probes.values()), "/tmp/uph-insn.out")
+    console_start = len(guest.vm.console_text())
     result = guest.run(["sh", "-c", script], timeout=600)
+    time.sleep(0.1)                      # let the console drain the last lines
+    crashes = crashes_by_case(guest.vm.console_text()[console_start:])
     main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
     refused = {}
     for line in main_text.splitlines():
@@ -85,6 +89,9 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
         verdicts[case.name] = _classify(case.name, expected.get(case.name),
                                         actual.get(case.name), refused.get(probe.name),
                                         hits, overruns, unprobed.status)
+    for name, title in crashes.items():
+        if name in verdicts:
+            verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)
     if probed_status != unprobed.status:     # e.g. a stray SIGTRAP after the last case
         for name, verdict in verdicts.items():
             if verdict.outcome == "identical":
@@ -92,6 +99,28 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
                     name, "signal", f"the probed run exited with status {probed_status}, "
                     f"the unprobed one with {unprobed.status}", verdict.hits)
     return verdicts
+
+
+def crashes_by_case(console_text: str) -> dict[str, str]:
+    """Kernel splats in the console, attributed to the case whose CASE marker precedes
+    them (the driver writes one to /dev/kmsg before each case): {case name: title}."""
+    crashes: dict[str, str] = {}
+    current, lines = "", []
+
+    def flush():
+        if current and lines:
+            found = console.scan("\n".join(lines), boot_banner_expected=False)
+            if found:
+                crashes[current] = found[0].title
+
+    for line in console_text.splitlines():
+        if "uprobe-harness: CASE " in line:
+            flush()
+            current, lines = line.split("uprobe-harness: CASE ", 1)[1].strip(), []
+        else:
+            lines.append(line)
+    flush()
+    return crashes
 
 
 def _classify(name, expected, actual, refused, hits, overruns, status) -> CaseVerdict:

@@ -83,3 +83,18 @@ def test_case_file_rejects_unknown_keys(tmp_path):
     path.write_text('[[case]]\nname = "x"\nasm = "nop"\nprobe = "y"\n')
     with pytest.raises(HarnessError, match="unknown keys"):
         insn.load_cases(path)
+
+
+def test_console_splats_are_attributed_to_the_running_case():
+    from harness.transparency import crashes_by_case
+    log = ("[    1.0] uprobe-harness: CASE load\n[    1.1] all quiet\n"
+           "[    1.2] uprobe-harness: CASE push\n"
+           "[    1.3] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+           "[    1.4] #PF: supervisor read access in kernel mode\n"
+           "[    1.5] uprobe-harness: CASE fmul\n[    1.6] fine\n")
+    crashes = crashes_by_case(log)
+    assert list(crashes) == ["push"] and "NULL pointer dereference" in crashes["push"]
+
+
+def test_driver_writes_case_markers_only_when_asked(program):
+    assert "CASE" not in run(program)   # natively: no --kmsg, nothing sent to the host's log

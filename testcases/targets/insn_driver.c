@@ -4,14 +4,18 @@
  * known patterns, run the case, and print the complete resulting state as one line of hex:
  *   case <name> gpr=<18 x u64> fx=<512 bytes> ymm=<512 bytes or -> mem=<512 bytes> stk=<256 bytes>
  * The harness runs the program unprobed and probed and compares the lines field by field.
- * usage: insn [--pause] [CASE-NAME...]   (no names: every case; --pause: stop with SIGSTOP
- *        first, so probes can be enabled while the program maps its file)
+ * usage: insn [--pause] [--kmsg] [CASE-NAME...]   (no names: every case; --pause: stop with
+ *        SIGSTOP first, so probes can be enabled while the program maps its file; --kmsg:
+ *        write "uprobe-harness: CASE <name>" to /dev/kmsg before each case, so that a kernel
+ *        splat in the console log can be attributed to the case that caused it)
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #define STACK_BYTES 65536
 #define STACK_WINDOW 256
@@ -67,8 +71,17 @@ static void hex(const char *tag, const void *p, size_t n)
 		printf("%02x", b[i]);
 }
 
+static int kmsg_fd = -1;
+
 static void run_case(uint64_t i)
 {
+	if (kmsg_fd >= 0) {   /* one write() per record: /dev/kmsg rejects dprintf's pieces */
+		char marker[160];
+		int n = snprintf(marker, sizeof(marker), "<4>uprobe-harness: CASE %s\n",
+				 case_names[i]);
+		if (write(kmsg_fd, marker, n) != n)
+			kmsg_fd = -1;
+	}
 	memcpy(gpr_cur, case_gpr_init[i], sizeof(gpr_cur));
 	/* register values that name memory: resolved here so both runs agree */
 	for (int r = 0; r < 16; r++) {
@@ -102,6 +115,11 @@ int main(int argc, char **argv)
 {
 	if (argc > 1 && !strcmp(argv[1], "--pause")) {
 		raise(SIGSTOP);
+		argv++;
+		argc--;
+	}
+	if (argc > 1 && !strcmp(argv[1], "--kmsg")) {
+		kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 		argv++;
 		argc--;
 	}
