@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-from . import report
+from . import report, scenario_run
 from .errors import BuildError, ConfigError, HarnessError, InfraError, PatchError, SourceError
 from .paths import REPO_ROOT, cache_dir
 
@@ -452,13 +452,9 @@ def run_step(options: ScenarioOptions, runner: Runner, find_fix: bool = False,
 # -- the real runner ---------------------------------------------------------------------------
 
 def pytest_command(options: ScenarioOptions, kernel_spec: str, junit: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", "testcases", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-o", "junit_family=xunit1", f"--kernel={kernel_spec}",
-           f"--smp={options.smp}", f"--accel={options.accel}"]
-    if options.series is not None:
-        cmd.append(f"--series={options.series}")
-    cmd += [f"--config-fragment={fragment}" for fragment in options.fragments]
-    return cmd + list(options.selection)
+    return scenario_run.pytest_command(kernel_spec, junit, series=options.series,
+                                       fragments=options.fragments, smp=options.smp,
+                                       accel=options.accel, extra=tuple(options.selection))
 
 
 def kernel_digest(built) -> str:

@@ -66,6 +66,7 @@ def cmd_boot(args) -> int:
     import subprocess
 
     from . import image, kernel, vm
+    from .keys import ensure_keys
     from .progress import Progress
     progress = Progress.auto()
     built = kernel.build(_build_request(args), progress)
@@ -85,7 +86,8 @@ def cmd_boot(args) -> int:
             status = result.status
         else:
             known_hosts = machine.workdir / "known_hosts"
-            known_hosts.write_text(f"[127.0.0.1]:{machine.port} {img.host_key_line}\n")
+            line = ensure_keys().known_hosts_line("127.0.0.1", machine.port)
+            known_hosts.write_text(line + "\n")
             status = subprocess.call([
                 "ssh", "-i", str(img.client_key), "-p", str(machine.port),
                 "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
@@ -112,7 +114,7 @@ def cmd_main(args) -> int:
     import subprocess
     from pathlib import Path
 
-    from . import kernel, report
+    from . import kernel, report, scenario_run
     from .paths import REPO_ROOT
     from .progress import Progress
 
@@ -122,14 +124,10 @@ def cmd_main(args) -> int:
     results_dir = Path(args.results or Path("results") / stamp).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     junit = results_dir / "junit.xml"
-    cmd = [sys.executable, "-m", "pytest", "testcases", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-o", "junit_family=xunit1", f"--kernel={args.kernel}",
-           f"--smp={args.smp}", f"--accel={args.accel}"]
-    if args.series is not None:
-        cmd.append(f"--series={args.series}")
-    for fragment in args.config_fragment:
-        cmd.append(f"--config-fragment={Path(fragment).resolve()}")
-    cmd += args.pytest_args
+    cmd = scenario_run.pytest_command(
+        args.kernel, junit, series=args.series, smp=args.smp, accel=args.accel,
+        fragments=tuple(str(Path(f).resolve()) for f in args.config_fragment),
+        extra=tuple(args.pytest_args))
     progress.note(f"running the scenarios: {' '.join(cmd[2:])}")
     status = subprocess.call(cmd, cwd=REPO_ROOT)
     if not junit.exists():
