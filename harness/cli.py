@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .errors import HarnessError, InfraError
 
@@ -213,6 +214,73 @@ def cmd_bisect_step(args) -> int:
     return code
 
 
+def cmd_mutate(args) -> int:
+    """Build every known-bad mutant, run the scenario families on it, print the mutation
+    table; exit 1 if a declared family missed its mutant or the baseline was not clean."""
+    import datetime
+    from pathlib import Path
+
+    from . import mutate
+    from .progress import Progress
+    progress = Progress.auto()
+    mutants = mutate.load_mutants(tuple(args.mutants))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results_dir = Path(args.results or Path("results") / f"mutate-{stamp}").resolve()
+    options = mutate.RunOptions(results_dir, smp=args.smp, accel=args.accel, scope=args.scope,
+                                jobs=args.jobs)
+    start = time.monotonic()
+    baseline = None
+    if args.baseline_runs:
+        kernels = sorted({m.kernel for m in mutants}) or ["debian:6.1"]
+        baseline = mutate.run_baseline(kernels[0], args.baseline_runs, options, progress.note)
+    results = []
+    for mutant in mutants:
+        results.append(mutate.run_mutant(mutant, options, progress.note))
+    total = time.monotonic() - start
+    print(mutate.format_table(results))
+    if baseline:
+        print(f"baseline: {baseline.runs} run(s) of {max(baseline.tests_per_run, default=0)} "
+              f"tests, {sum(map(len, baseline.unexpected))} unexpected failure(s), flake rate "
+              f"{baseline.flake_rate:.2%}")
+        for index, failing in enumerate(baseline.unexpected, start=1):
+            for line in failing:
+                print(f"  baseline run {index}: {line}")
+    print(f"total {total / 60:.1f} min; results {results_dir}")
+    mutate.write_json(results, baseline, results_dir / "mutate.json")
+    (results_dir / "mutate.md").write_text(mutate.format_markdown(results) + "\n")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        why = r.error or f"not caught by {', '.join(r.missed) or 'a declared family (not run)'}"
+        print(f"uprobe-harness: mutant {r.name}: {why}", file=sys.stderr)
+    if baseline and not baseline.clean:
+        print("uprobe-harness: the baseline kernel has unexpected failures: the mutation "
+              "table cannot be trusted", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_sweep(args) -> int:
+    """Probe every generated instruction form, compare with an unprobed run; exit 1 if a
+    difference is not in the known-bugs table."""
+    from pathlib import Path
+
+    from . import image, kernel, sweep, vm
+    from .guest import Guest
+    from .progress import Progress
+    progress = Progress.auto()
+    built = kernel.build(_build_request(args), progress)
+    img = image.build_image()
+    spec = vm.MachineSpec(smp=1, memory_mb=args.memory, accel=args.accel)
+    with vm.VM(built, img, spec, note=progress.note) as machine:
+        report = sweep.sweep_guest(Guest(machine), built, args.filter, args.batch,
+                                   progress.note)
+    print(sweep.format_report(report, limit=args.limit))
+    if args.json:
+        sweep.write_json(report, Path(args.json))
+        print(f"json: {args.json}")
+    return EXIT_FAIL if report.unexpected() else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness",
                                      description="uprobe-harness: build, boot and probe kernels")
@@ -260,6 +328,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JUnit XML from the bad commit: only the same failing tests (and crash "
                         "titles) count as bad; other failures skip")
     p.set_defaults(func=cmd_bisect_step)
+
+    p = sub.add_parser("mutate", help="known-bad kernels: is every mutant caught by the "
+                                      "scenario families it declares?")
+    p.add_argument("mutants", nargs="*", help="names under patches/known-bad/ (default: all)")
+    p.add_argument("--scope", choices=["all", "declared"], default="all",
+                   help="run all families on each mutant (the full table, default) or only "
+                        "the declared ones (faster)")
+    p.add_argument("--baseline-runs", type=int, default=0, metavar="N",
+                   help="first run the full suite N times on the unmutated default kernel "
+                        "and report the flake rate")
+    p.add_argument("--smp", default="1,4", help="vCPU counts for SMP scenarios")
+    p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    p.add_argument("-j", "--jobs", type=int, default=0, help="make -j (default: nproc)")
+    p.add_argument("--results", help="results directory (default results/mutate-TIMESTAMP)")
+    p.set_defaults(func=cmd_mutate)
+
+    p = sub.add_parser("sweep", help="differential instruction sweep: probe every generated "
+                                     "instruction form, compare with an unprobed run")
+    _add_kernel_options(p)
+    p.add_argument("--filter", action="append", default=[], metavar="REGEX",
+                   help="only forms whose name, disassembly or class matches (repeatable; "
+                        "classes: onebyte twobyte x87 sse avx branch)")
+    p.add_argument("--json", metavar="FILE", help="write every verdict as JSON")
+    p.add_argument("--batch", type=int, default=700, help="forms per program and probed run")
+    p.add_argument("--limit", type=int, default=0, help="list at most N differences")
+    p.add_argument("--memory", type=int, default=0, help="guest memory in MiB")
+    p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("console", help="print the crash verdicts of a saved console log")
     p.add_argument("log")

@@ -21,7 +21,7 @@ from .errors import HarnessError
 from .paths import TARGETS_DIR, TEMPLATES_DIR, cache_dir
 
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
-             "r13", "r14", "r15", "rflags", "pad", "rsp")
+             "r13", "r14", "r15", "rflags", "rip", "rsp")    # rip: only set after a signal
 # Register values that stand for addresses, resolved by the driver at run time
 # (tag in the top 16 bits): 0x5c5c.. = scratch + low 16 bits, 0x57a7.. = stack + signed low 16.
 SCRATCH_BASE = 0x5C5C_0000_0000_0000
@@ -158,11 +158,17 @@ def diff_states(expected: CaseState, actual: CaseState) -> list[str]:
     for name, start, end in FX_FIELDS:
         if exp_fx[start:end] != act_fx[start:end]:
             differences.append(f"{name}: {exp_fx[start:end].hex()} != {act_fx[start:end].hex()}")
-    if expected.fields.get("ymm", "-") != actual.fields.get("ymm", "-"):
+    ymm = expected.fields.get("ymm", "-"), actual.fields.get("ymm", "-")
+    if "-" not in ymm and ymm[0] != ymm[1]:      # "-": no AVX state (or taken at a signal)
         exp_y, act_y = bytes.fromhex(expected.fields["ymm"]), bytes.fromhex(actual.fields["ymm"])
         for i in range(16):
             if exp_y[32 * i + 16:32 * i + 32] != act_y[32 * i + 16:32 * i + 32]:
                 differences.append(f"ymm{i}.high differs")
+    if expected.fields.get("sig", "0") != actual.fields.get("sig", "0"):
+        differences.append(f"signal: {_signal_text(expected.fields.get('sig', '0'))} != "
+                           f"{_signal_text(actual.fields.get('sig', '0'))}")
+    if expected.fields.get("memh") != actual.fields.get("memh"):
+        differences.append("mem[512..4095] differs")
     for tag in ("mem", "stk"):
         exp_b, act_b = bytes.fromhex(expected.fields[tag]), bytes.fromhex(actual.fields[tag])
         changed = [i for i in range(len(exp_b)) if exp_b[i] != act_b[i]]
@@ -170,6 +176,18 @@ def diff_states(expected: CaseState, actual: CaseState) -> list[str]:
             differences.append(f"{tag}[{changed[0]}..{changed[-1]}] differs "
                                f"({len(changed)} bytes)")
     return differences
+
+
+def _signal_text(note: str) -> str:
+    """'11.1.deadbeef' -> 'SIGSEGV code 1 addr 0xdeadbeef'; '0' -> 'none'."""
+    import signal
+    parts = note.split(".")
+    if parts[0] == "0" or not parts[0].isdigit():
+        return "none"
+    name = signal.Signals(int(parts[0])).name if int(parts[0]) in signal.valid_signals() \
+        else f"signal {parts[0]}"
+    addr = f" addr {int(parts[2], 16):#x}" if len(parts) > 2 and int(parts[2], 16) else ""
+    return f"{name} code {parts[1] if len(parts) > 1 else '?'}{addr}"
 
 
 def fx_pointer_differs(expected: CaseState, actual: CaseState) -> bool:

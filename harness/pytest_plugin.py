@@ -4,6 +4,7 @@ kernel-log attribution, known-bug xfails, and the machine identity in every verd
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ MARKERS = {
     "stack": "stack-VMA family",
     "fp": "FP/SIMD family",
     "riprel": "RIP-relative family",
+    "sweep": "differential instruction sweep (every generated instruction form)",
     "slow": "takes long (kernel builds, many boots)",
     "vm(smp=1, tcg='multi'|'single'|'exact'|'parallel')": "the machine a test needs",
 }
@@ -240,6 +242,21 @@ def insn_family(request, guest, _insn_results):
     return run
 
 
+@pytest.fixture
+def instruction_sweep(request, guest, kernel, _insn_results):
+    """The sweep report for this guest (run once per guest and session)."""
+    from . import sweep
+    key = (id(guest), "sweep")
+    if key not in _insn_results:
+        _insn_results[key] = sweep.sweep_guest(guest, kernel, note=_progress_note)
+        request.node._uph_console_start = len(guest.vm.console_text())
+    return _insn_results[key]
+
+
+def _progress_note(text: str) -> None:
+    print(f"uprobe-harness: {text}", file=sys.stderr)
+
+
 def check_case(request, results, case: str) -> None:
     """Shared assertion for instruction-case scenarios."""
     verdicts, unsupported = results
@@ -249,8 +266,8 @@ def check_case(request, results, case: str) -> None:
     request.node.user_properties.append(("outcome", verdict.outcome))
     if verdict.fx_pointer_differs:
         request.node.user_properties.append(("note", "x87 FIP/FDP show the XOL slot"))
-    if verdict.outcome == "refused":
-        pytest.skip(f"refused by the kernel: {verdict.detail}")
+    if verdict.outcome == "refused":      # every case is an insn uprobes should support
+        pytest.fail(f"refused by the kernel: {verdict.detail}")
     if verdict.outcome == "crashed":
         request.node.user_properties.append(("verdict", "crashed"))
         pytest.fail(f"crashed: kernel {verdict.detail} (while this case ran probed)")

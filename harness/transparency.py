@@ -134,7 +134,9 @@ def _classify(name, expected, actual, refused, hits, overruns, status) -> CaseVe
     differences = insn.diff_states(expected, actual)
     pointer = insn.fx_pointer_differs(expected, actual)
     if differences:
-        return CaseVerdict(name, "differs", "; ".join(differences), hits, pointer)
+        outcome = "signal" if expected.fields.get("sig", "0") != actual.fields.get("sig", "0") \
+            else "differs"
+        return CaseVerdict(name, outcome, "; ".join(differences), hits, pointer)
     if overruns == 0 and hits != 1:
         return CaseVerdict(name, "hits", f"probe hit {hits} times, expected 1", hits, pointer)
     return CaseVerdict(name, "identical", "", hits, pointer)

@@ -1,8 +1,10 @@
 /* Multithreaded hits: N threads call one probed site ITERS times each, released together by a
  * barrier. The program counts its own calls atomically and checks every result, so the
- * harness compares the kernel's hit counts with an oracle the kernel cannot influence.
+ * harness compares the kernel's hit counts with an oracle the kernel cannot influence. Every call
+ * also checks that the probe left all other general-purpose registers alone (call_checked).
  *
- * usage: hits SITE NTHREADS ITERS      SITE = push | mov | riprel | ret
+ * usage: hits SITE NTHREADS ITERS [SECONDS]   SITE = push | mov | riprel | ret
+ *        (with SECONDS, each thread also stops at that deadline: a fixed-length run)
  * prints: calls=<total> bad=<wrong results> threads=<n>
  */
 #include <pthread.h>
@@ -10,29 +12,42 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 extern long site_push(long);
 extern long site_mov(long);
 extern long site_riprel(long);
 extern long site_ret(long);
+extern long call_checked(long (*site)(long), long in, long *regs_ok);
 
 static long (*site)(long);
 static long expected_kind;       /* 0: returns arg (mov), 1: arg+1 (ret), 2: constant, 3: any */
 static long iterations;
+static double deadline;            /* CLOCK_MONOTONIC seconds; 0: none */
 static pthread_barrier_t start_line;
 static uint64_t calls;
 static uint64_t bad;
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 static void *worker(void *arg)
 {
 	long id = (long)arg;
 	pthread_barrier_wait(&start_line);
 	for (long i = 0; i < iterations; i++) {
+		if (deadline && (i & 255) == 0 && now() > deadline)
+			break;
 		long in = id * 1000003 + i;
-		long out = site(in);
+		long regs_ok = 0;
+		long out = call_checked(site, in, &regs_ok);
 		long want = expected_kind == 0 ? in : expected_kind == 1 ? in + 1 : 0x1122334455667788;
 		__atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
-		if (expected_kind != 3 && out != want)
+		if ((expected_kind != 3 && out != want) || !regs_ok)
 			__atomic_fetch_add(&bad, 1, __ATOMIC_RELAXED);
 	}
 	return NULL;
@@ -40,8 +55,9 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: %s push|mov|riprel|ret NTHREADS ITERS\n", argv[0]);
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: %s push|mov|riprel|ret NTHREADS ITERS [SECONDS]\n",
+			argv[0]);
 		return 2;
 	}
 	if (!strcmp(argv[1], "push")) { site = site_push; expected_kind = 3; }
@@ -55,6 +71,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bad thread count or iterations\n");
 		return 2;
 	}
+	if (argc == 5)
+		deadline = now() + atof(argv[4]);
 	pthread_t *tids = calloc(nthreads, sizeof(*tids));
 	pthread_barrier_init(&start_line, NULL, nthreads);
 	for (long t = 0; t < nthreads; t++)

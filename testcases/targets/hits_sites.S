@@ -33,6 +33,69 @@ site_ret:                       /* probed with a uretprobe */
 	ret
 	.size site_ret, .-site_ret
 
+/* long call_checked(long (*site)(long), long in, long *regs_ok)
+ * Calls site(in) with every other general-purpose register loaded with a value derived from
+ * `in` (so it differs between threads and calls) and sets *regs_ok to 1 if all of them,
+ * including %rdi, are unchanged afterwards: a probe must not disturb a register the probed
+ * code does not write (e.g. the scratch register of a rip-relative rewrite). */
+	.globl call_checked
+	.type call_checked, @function
+call_checked:
+	push %rbp
+	push %rbx
+	push %r12
+	push %r13
+	push %r14
+	push %r15
+	push %rdx                       /* 0x10(%rsp): regs_ok */
+	push %rsi                       /* 0x08(%rsp): in */
+	sub $8, %rsp                    /* 0x00(%rsp): result; %rsp is 16-byte aligned */
+	mov %rdi, %rax
+	mov %rsi, %rdi
+	mov %rsi, %rbx;  xor $0x0101, %rbx
+	mov %rsi, %rcx;  xor $0x0202, %rcx
+	mov %rsi, %rdx;  xor $0x0303, %rdx
+	mov %rsi, %rbp;  xor $0x0505, %rbp
+	mov %rsi, %r8;   xor $0x0808, %r8
+	mov %rsi, %r9;   xor $0x0909, %r9
+	mov %rsi, %r10;  xor $0x0a0a, %r10
+	mov %rsi, %r11;  xor $0x0b0b, %r11
+	mov %rsi, %r12;  xor $0x0c0c, %r12
+	mov %rsi, %r13;  xor $0x0d0d, %r13
+	mov %rsi, %r14;  xor $0x0e0e, %r14
+	mov %rsi, %r15;  xor $0x0f0f, %r15
+	xor $0x0404, %rsi
+	call *%rax
+	mov %rax, (%rsp)
+	xor %eax, %eax
+	xor $0x0101, %rbx;  cmp 8(%rsp), %rbx;  jne 1f
+	xor $0x0202, %rcx;  cmp 8(%rsp), %rcx;  jne 1f
+	xor $0x0303, %rdx;  cmp 8(%rsp), %rdx;  jne 1f
+	xor $0x0404, %rsi;  cmp 8(%rsp), %rsi;  jne 1f
+	xor $0x0505, %rbp;  cmp 8(%rsp), %rbp;  jne 1f
+	xor $0x0808, %r8;   cmp 8(%rsp), %r8;   jne 1f
+	xor $0x0909, %r9;   cmp 8(%rsp), %r9;   jne 1f
+	xor $0x0a0a, %r10;  cmp 8(%rsp), %r10;  jne 1f
+	xor $0x0b0b, %r11;  cmp 8(%rsp), %r11;  jne 1f
+	xor $0x0c0c, %r12;  cmp 8(%rsp), %r12;  jne 1f
+	xor $0x0d0d, %r13;  cmp 8(%rsp), %r13;  jne 1f
+	xor $0x0e0e, %r14;  cmp 8(%rsp), %r14;  jne 1f
+	xor $0x0f0f, %r15;  cmp 8(%rsp), %r15;  jne 1f
+	cmp 8(%rsp), %rdi;  jne 1f
+	mov $1, %eax
+1:	mov 0x10(%rsp), %rdx
+	mov %rax, (%rdx)
+	mov (%rsp), %rax
+	add $0x18, %rsp
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	pop %rbx
+	pop %rbp
+	ret
+	.size call_checked, .-call_checked
+
 	.data
 	.align 8
 	.globl site_data

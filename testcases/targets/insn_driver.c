@@ -2,23 +2,32 @@
  *
  * For every case: reset the scratch memory, the private stack and the FP/SIMD state to
  * known patterns, run the case, and print the complete resulting state as one line of hex:
- *   case <name> gpr=<18 x u64> fx=<512 bytes> ymm=<512 bytes or -> mem=<512 bytes> stk=<256 bytes>
+ *   case <name> gpr=<18 x u64> fx=<512 bytes> ymm=<512 bytes or -> mem=<512 bytes>
+ *        memh=<hash of the rest of the scratch area> stk=<256 bytes> sig=<signal>
+ * If the instruction raises a signal (SIGSEGV, SIGILL, SIGFPE, SIGBUS, SIGTRAP), the state is
+ * taken from the signal's ucontext instead (the "pad" slot of gpr then holds the faulting
+ * RIP) and sig=<signo>.<si_code>.<si_addr>; the next case runs normally.
  * The harness runs the program unprobed and probed and compares the lines field by field.
  * usage: insn [--pause] [--kmsg] [CASE-NAME...]   (no names: every case; --pause: stop with
  *        SIGSTOP first, so probes can be enabled while the program maps its file; --kmsg:
  *        write "uprobe-harness: CASE <name>" to /dev/kmsg before each case, so that a kernel
  *        splat in the console log can be attributed to the case that caused it)
  */
+#define _GNU_SOURCE
+#include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ucontext.h>
 #include <unistd.h>
 
 #define STACK_BYTES 65536
 #define STACK_WINDOW 256
+#define SCRATCH_BYTES 4096
+#define SCRATCH_SHOWN 512
 
 extern const uint64_t case_count;
 extern void (*const case_table[])(void);
@@ -32,7 +41,7 @@ uint8_t fx_in[512] __attribute__((aligned(64)));
 uint8_t fx_out[512] __attribute__((aligned(64)));
 uint8_t ymm_in[512] __attribute__((aligned(64)));
 uint8_t ymm_out[512] __attribute__((aligned(64)));
-uint8_t scratch[512] __attribute__((aligned(64)));
+uint8_t scratch[SCRATCH_BYTES] __attribute__((aligned(64)));
 uint8_t test_stack[STACK_BYTES] __attribute__((aligned(64)));
 
 static void fill(uint8_t *p, size_t n, uint32_t seed)
@@ -65,10 +74,69 @@ static void init_fp_state(void)
 
 static void hex(const char *tag, const void *p, size_t n)
 {
+	static const char digits[] = "0123456789abcdef";
+	char line[2 * 4096 + 1];
 	const uint8_t *b = p;
-	printf(" %s=", tag);
+	for (size_t i = 0; i < n; i++) {
+		line[2 * i] = digits[b[i] >> 4];
+		line[2 * i + 1] = digits[b[i] & 15];
+	}
+	line[2 * n] = 0;
+	printf(" %s=%s", tag, line);
+}
+
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
 	for (size_t i = 0; i < n; i++)
-		printf("%02x", b[i]);
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+/* Reset what an instruction may leave behind that the C code depends on: RFLAGS (DF, AC,
+ * TF), the x87 control state and MXCSR. A function of its own: no red-zone hazard. */
+void sane_state(void);
+__asm__(".text\n.globl sane_state\nsane_state:\n\tpushq $0x202\n\tpopfq\n\tfninit\n"
+	"\tsubq $8, %rsp\n\tmovl $0x1f80, (%rsp)\n\tldmxcsr (%rsp)\n\taddq $8, %rsp\n\tret\n");
+
+static sigjmp_buf case_env;
+static volatile int case_running;
+static char signal_note[64];
+
+static void on_signal(int sig, siginfo_t *info, void *context)
+{
+	sane_state();
+	if (!case_running) {             /* a fault in the driver itself: die as usual */
+		signal(sig, SIG_DFL);
+		return;
+	}
+	ucontext_t *uc = context;
+	greg_t *g = uc->uc_mcontext.gregs;
+	const int order[18] = {REG_RAX, REG_RBX, REG_RCX, REG_RDX, REG_RSI, REG_RDI, REG_RBP,
+			       REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14,
+			       REG_R15, REG_EFL, REG_RIP, REG_RSP};
+	for (int r = 0; r < 18; r++)
+		gpr_out[r] = g[order[r]];
+	if (uc->uc_mcontext.fpregs)
+		memcpy(fx_out, uc->uc_mcontext.fpregs, sizeof(fx_out));
+	snprintf(signal_note, sizeof(signal_note), "%d.%d.%lx", sig, info->si_code,
+		 (sig == SIGSEGV || sig == SIGBUS) ? (unsigned long)info->si_addr : 0UL);
+	case_running = 0;
+	siglongjmp(case_env, 1);
+}
+
+static void catch_signals(void)
+{
+	static uint8_t alt[65536];
+	stack_t ss = {.ss_sp = alt, .ss_size = sizeof(alt)};
+	sigaltstack(&ss, NULL);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_signal;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+	const int signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP};
+	for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
+		sigaction(signals[i], &sa, NULL);
 }
 
 static int kmsg_fd = -1;
@@ -97,17 +165,28 @@ static void run_case(uint64_t i)
 	memset(gpr_out, 0, sizeof(gpr_out));
 	memset(fx_out, 0, sizeof(fx_out));
 	memset(ymm_out, 0, sizeof(ymm_out));
-	case_table[i]();
+	int signalled = 0;
+	strcpy(signal_note, "0");
+	if (sigsetjmp(case_env, 1) == 0) {
+		case_running = 1;
+		case_table[i]();
+		case_running = 0;
+	} else {
+		signalled = 1;
+	}
+	sane_state();
 	printf("case %s", case_names[i]);
 	hex("gpr", gpr_out, sizeof(gpr_out));
 	hex("fx", fx_out, sizeof(fx_out));
-	if (case_uses_avx)
+	if (case_uses_avx && !signalled)
 		hex("ymm", ymm_out, sizeof(ymm_out));
 	else
 		printf(" ymm=-");
-	hex("mem", scratch, sizeof(scratch));
+	hex("mem", scratch, SCRATCH_SHOWN);
+	printf(" memh=%016llx", (unsigned long long)fnv1a(scratch + SCRATCH_SHOWN,
+							  SCRATCH_BYTES - SCRATCH_SHOWN));
 	hex("stk", test_stack + STACK_BYTES / 2 - STACK_WINDOW / 2, STACK_WINDOW);
-	printf("\n");
+	printf(" sig=%s\n", signal_note);
 	fflush(stdout);
 }
 
@@ -124,6 +203,7 @@ int main(int argc, char **argv)
 		argc--;
 	}
 	init_fp_state();
+	catch_signals();
 	if (argc == 1) {
 		for (uint64_t i = 0; i < case_count; i++)
 			run_case(i);

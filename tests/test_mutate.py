@@ -1,0 +1,102 @@
+"""Mutant metadata, classification and the mutation table (no kernel builds here)."""
+
+import pytest
+
+from harness import mutate, report
+
+
+def test_every_known_bad_series_loads_and_is_the_default_series_plus_a_bug():
+    mutants = mutate.load_mutants()
+    assert len(mutants) >= 8
+    for mutant in mutants:
+        assert mutant.kernel == "debian:6.1"
+        assert set(mutant.breaks) <= set(mutate.FAMILIES)
+
+
+def test_each_family_is_declared_by_two_mutants_of_different_mechanisms():
+    mutants = mutate.load_mutants()
+    for family in mutate.FAMILIES:
+        declaring = [m for m in mutants if family in m.breaks]
+        assert len({m.mechanism for m in declaring}) >= 2, family
+
+
+def _write_mutant(root, name, toml, series_lines=None):
+    directory = root / name
+    directory.mkdir()
+    (directory / "mutant.toml").write_text(toml)
+    if series_lines is not None:
+        (directory / "series").write_text("\n".join(series_lines) + "\n")
+    return directory
+
+
+GOOD_TOML = ('summary = "s"\nkernel = "debian:6.1"\nmechanism = "m"\nfile = "f.c"\n'
+             'breaks = ["stack"]\n')
+
+
+def test_unknown_family_is_named(tmp_path):
+    _write_mutant(tmp_path, "bad", GOOD_TOML.replace('["stack"]', '["stak"]'), [])
+    with pytest.raises(mutate.MutantError, match=r"mutant.toml.*unknown: stak"):
+        mutate.load_mutants(root=tmp_path)
+
+
+def test_missing_field_is_named(tmp_path):
+    _write_mutant(tmp_path, "bad", GOOD_TOML.replace('mechanism = "m"\n', ""), [])
+    with pytest.raises(mutate.MutantError, match="'mechanism' is missing"):
+        mutate.load_mutants(root=tmp_path)
+
+
+def test_series_without_the_default_series_is_refused(tmp_path):
+    directory = _write_mutant(tmp_path, "bad", GOOD_TOML, ["0001-bug.patch"])
+    (directory / "0001-bug.patch").write_text("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
+    with pytest.raises(mutate.MutantError, match="must list the default series"):
+        mutate.load_mutants(root=tmp_path)
+
+
+def test_unknown_mutant_name(tmp_path):
+    with pytest.raises(mutate.MutantError, match="unknown mutant"):
+        mutate.load_mutants(("nope",), root=tmp_path)
+
+
+def _result(module, outcome, name="t", message="boom"):
+    return report.TestResult(name, f"testcases.{module}", outcome, 0.1, message)
+
+
+def test_classify_counts_failures_crashes_and_errors_but_not_xfails_or_infra_errors():
+    tests = [_result("test_stack", "passed"), _result("test_stack", "xfail"),
+             _result("test_fp", "crashed", "c", "kernel BUG"), _result("test_riprel", "passed"),
+             _result("test_threads", "error", "e", "BootError: no SSH"),
+             _result("test_riprel", "error", "i", "InfraError: qemu missing"),
+             _result("test_riprel", "failed", "v", "ValueError: non-hexadecimal number")]
+    verdicts = mutate.classify(tests, mutate.FAMILIES)
+    assert verdicts["stack"].ran and not verdicts["stack"].caught
+    assert verdicts["fp"].caught and verdicts["fp"].failing == ["c: kernel BUG"]
+    assert verdicts["threads"].caught and not verdicts["riprel"].caught
+    assert len(verdicts["riprel"].harness_errors) == 2
+
+
+def test_a_declared_family_that_passes_or_did_not_run_is_a_miss():
+    result = mutate.MutantResult("m", "mech", ("stack", "fp"))
+    result.families = mutate.classify([_result("test_stack", "failed")], ("stack", "fp"))
+    assert not result.ok and result.missed == []          # fp did not run at all
+    result.families = mutate.classify([_result("test_stack", "failed"),
+                                       _result("test_fp", "passed")], ("stack", "fp"))
+    assert not result.ok and result.missed == ["fp"]
+    result.families = mutate.classify([_result("test_stack", "failed"),
+                                       _result("test_fp", "failed")], ("stack", "fp"))
+    assert result.ok
+
+
+def test_table_marks_declared_families_and_lists_failing_titles():
+    result = mutate.MutantResult("push-any-rex", "analysis", ("stack",), build_seconds=12.5)
+    result.families = mutate.classify([_result("test_stack", "failed", "test_x[grow]"),
+                                       _result("test_fp", "passed")], mutate.FAMILIES)
+    table = mutate.format_table([result])
+    row = next(line for line in table.splitlines() if line.startswith("push-any-rex"))
+    assert "CAUGHT*" in row and "missed" in row and "12.5" in row
+    assert "push-any-rex / stack: 1 failing: test_x[grow]" in table
+    assert "**caught (1)**" in mutate.format_markdown([result])
+
+
+def test_baseline_flake_rate():
+    baseline = mutate.Baseline(2, [100, 100], [[], ["t: x"]], [1.0, 1.0])
+    assert baseline.flake_rate == pytest.approx(0.005) and not baseline.clean
