@@ -80,6 +80,35 @@ def symbol_offset(elf_path: Path, location: str) -> int:
     return address_to_offset(elf_path, address)
 
 
+def symbol_offsets(elf_path: Path, symbols: list[str]) -> dict[str, int]:
+    """Many symbols at once (one ELF parse): {symbol: file offset of its address}."""
+    with open(elf_path, "rb") as handle:
+        elf = ELFFile(handle)
+        addresses = {}
+        for section_name in (".symtab", ".dynsym"):
+            table = elf.get_section_by_name(section_name)
+            if table is None:
+                continue
+            for sym in table.iter_symbols():
+                if sym.name and sym.name not in addresses and sym["st_shndx"] != "SHN_UNDEF":
+                    addresses[sym.name] = sym["st_value"]
+        segments = [(s["p_vaddr"], s["p_filesz"], s["p_offset"], s["p_flags"])
+                    for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    offsets = {}
+    for symbol in symbols:
+        if symbol not in addresses:
+            raise ProbeError(f"symbol '{symbol}' not found in {elf_path}")
+        address = addresses[symbol]
+        for start, size, offset, flags in segments:
+            if start <= address < start + size and flags & 1:
+                offsets[symbol] = address - start + offset
+                break
+        else:
+            raise ProbeError(f"'{symbol}' ({address:#x}) is not in an executable segment of "
+                             f"{elf_path}")
+    return offsets
+
+
 # -- tracefs control, as shell commands run in the guest -----------------------------------------
 
 def add_command(probe: Probe) -> str:

@@ -22,6 +22,8 @@ from .targets import target_from_binary
 
 DEFAULT_BATCH = 700
 DIFFERENCES = ("differs", "signal", "hits", "crashed", "missing")
+# not kernel verdicts: the emulator disagrees with itself or with the hardware
+OUTCOMES = transparency.OUTCOMES + ("unstable", "emulator")
 
 
 @dataclass
@@ -29,6 +31,8 @@ class FormResult:
     form: sweep_corpus.Form
     verdict: transparency.CaseVerdict
     known_bug: str = ""          # the known-bugs reason, if one matches
+    unprobed: insn.CaseState | None = None     # kept for forms that were not identical
+    probed: insn.CaseState | None = None
 
     @property
     def outcome(self) -> str:
@@ -66,9 +70,12 @@ class SweepReport:
 
 
 def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
-              note=print) -> tuple[dict[str, transparency.CaseVerdict], int]:
-    """Run the forms in the guest; {form name: verdict} and the number of batches."""
+              note=print, states: dict | None = None) \
+        -> tuple[dict[str, transparency.CaseVerdict], int]:
+    """Run the forms in the guest; {form name: verdict} and the number of batches. With
+    `states`, keep {name: (unprobed, probed)} of every form that was not identical."""
     verdicts: dict[str, transparency.CaseVerdict] = {}
+    host_flags = _host_cpu_flags()
     chunks = [forms[i:i + batch] for i in range(0, len(forms), batch)]
     for number, chunk in enumerate(chunks, start=1):
         cases = [sweep_corpus.to_case(f) for f in chunk]
@@ -81,13 +88,116 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
         path = guest.upload(target_from_binary(f"sweep{number}", program.binary,
                                                program.digest))
         start = time.monotonic()
-        batch_verdicts = transparency.run_cases(guest, program, path)
+        try:
+            batch_states: dict = {}
+            batch_verdicts = transparency.run_cases(guest, program, path, batch_states)
+        except Exception:
+            if guest.vm.alive():
+                raise
+            # the machine died (a kernel panic, or the emulator itself): the batch is
+            # "crashed", the rest is not run; the console says why
+            last = [line for line in guest.vm.console_text().splitlines() if line.strip()]
+            why = last[-1][:200] if last else "no console output"
+            for form in chunk:
+                verdicts[form.name] = transparency.CaseVerdict(
+                    form.name, "crashed", f"the VM died during batch {number}: {why}")
+            for form in (f for later in chunks[number:] for f in later):
+                verdicts[form.name] = transparency.CaseVerdict(
+                    form.name, "missing", f"not run: the VM died during batch {number}")
+            note(f"sweep batch {number}/{len(chunks)}: the VM died ({why})")
+            return verdicts, len(chunks)
+        batch_verdicts = check_emulator(guest, path, program, chunk, batch_verdicts,
+                                        host_flags)
+        batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states,
+                                          host_flags)
         verdicts.update(batch_verdicts)
+        if states is not None:
+            states.update({name: pair for name, pair in batch_states.items()
+                           if batch_verdicts[name].outcome != "identical"})
         odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
         note(f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
              f"{time.monotonic() - start:.1f}s, {odd} not identical")
         guest.ensure_alive()
     return verdicts, len(chunks)
+
+
+def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_corpus.Form],
+                   verdicts: dict[str, transparency.CaseVerdict], host_flags: set[str]) \
+        -> dict[str, transparency.CaseVerdict]:
+    """Self-checks of the emulator for the forms that were not identical: a second unprobed
+    run must print the same state ("unstable" otherwise), and single-stepping with TF, which
+    is how the kernel runs a probed insn out of line, must stop where the host CPU stops
+    ("emulator" otherwise; without a host reference: right after the insn, except for
+    rep-prefixed string insns, which stop per iteration)."""
+    import subprocess
+    odd = [f for f in forms if verdicts[f.name].outcome not in ("identical", "refused")]
+    if not odd:
+        return verdicts
+    again = insn.parse_output(guest.run([path], timeout=300).stdout)
+    first = insn.parse_output(guest.run([path], timeout=300).stdout)
+    stepped = insn.parse_output(guest.run([path, "--tf"], timeout=300).stdout)
+    hardware = insn.parse_output(subprocess.run([str(program.binary), "--tf"],
+                                                capture_output=True, text=True,
+                                                timeout=300).stdout)
+    checked = dict(verdicts)
+    for form in odd:
+        verdict = verdicts[form.name]
+        a, b = first.get(form.name), again.get(form.name)
+        if a and b and insn.diff_states(a, b):
+            checked[form.name] = transparency.CaseVerdict(
+                form.name, "unstable", "two unprobed runs differ: "
+                + "; ".join(insn.diff_states(a, b)) + f" (probed: {verdict.detail})",
+                verdict.hits)
+            continue
+        step = stepped.get(form.name)
+        if step is None or step.fields.get("sig") != "0":
+            continue
+        reference = hardware.get(form.name)
+        if all(n in host_flags for n in form.needs) and reference is not None:
+            expected = reference.fields.get("tf")
+        elif form.branch or form.text.split()[0] in ("rep", "repne", "repe"):
+            continue
+        else:
+            expected = str(form.length)
+        if step.fields.get("tf") != expected:
+            checked[form.name] = transparency.CaseVerdict(
+                form.name, "emulator", f"single-stepping it with TF stops at "
+                f"+{step.fields.get('tf')}, the CPU at +{expected}: the emulator's "
+                f"single-step is wrong, so out-of-line execution is too "
+                f"(probed: {verdict.detail})", verdict.hits)
+    return checked
+
+
+def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
+                     verdicts: dict[str, transparency.CaseVerdict], states: dict,
+                     host_flags: set[str]) -> dict[str, transparency.CaseVerdict]:
+    """Run the batch's program on the host CPU (real hardware, no probes; the same binary,
+    so the same addresses). A difference only says something about the kernel if the
+    emulator ran the unprobed insn as the hardware does: otherwise reclassify it as
+    "emulator" (naming what the hardware disagrees with)."""
+    import subprocess
+    suspects = [f for f in forms if verdicts[f.name].outcome in ("differs", "signal")
+                and all(n in host_flags for n in f.needs) and f.name in states]
+    if not suspects:
+        return verdicts
+    native = insn.parse_output(subprocess.run([str(program.binary)], capture_output=True,
+                                              text=True, timeout=300).stdout)
+    checked = dict(verdicts)
+    for form in suspects:
+        hardware, (unprobed, probed) = native.get(form.name), states[form.name]
+        if hardware is None or unprobed is None:
+            continue
+        wrong = insn.diff_states(hardware, unprobed)
+        if wrong:
+            verdict = verdicts[form.name]
+            agrees = probed is not None and not insn.diff_states(hardware, probed)
+            checked[form.name] = transparency.CaseVerdict(
+                form.name, "emulator",
+                f"the host CPU disagrees with the unprobed guest run ({'; '.join(wrong[:3])})"
+                + (", and agrees with the probed one" if agrees else "")
+                + f": the emulator runs this insn wrongly (probed: {verdict.detail})",
+                verdict.hits)
+    return checked
 
 
 def attach_known_bugs(results: list[FormResult], kernel) -> None:
@@ -111,17 +221,26 @@ def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BAT
         raise HarnessError(f"sweep: no form matches --filter {' '.join(filters)}")
     note(f"sweep: {len(forms)} forms ({corpus.candidates} candidates, "
          f"{sum(corpus.dropped.values())} dropped) in batches of {batch}")
-    verdicts, batches = run_sweep(guest, forms, batch, note)
-    results = [FormResult(f, verdicts[f.name]) for f in forms]
+    states: dict = {}
+    verdicts, batches = run_sweep(guest, forms, batch, note, states)
+    results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, (None, None)))
+               for f in forms]
     attach_known_bugs(results, kernel)
     label = kernel.label + (f" + {kernel.series}" if kernel.series else "")
     return SweepReport(label, results, len(forms), corpus.candidates, corpus.dropped,
                        time.monotonic() - start, batches)
 
 
+def _host_cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def format_report(report: SweepReport, limit: int = 0) -> str:
     table = report.table()
-    outcomes = [o for o in transparency.OUTCOMES if any(c[o] for c in table.values())]
+    outcomes = [o for o in OUTCOMES if any(c[o] for c in table.values())]
     lines = [f"instruction sweep on {report.kernel}: {report.corpus_size} forms in "
              f"{report.seconds / 60:.1f} min ({report.batches} batches)",
              f"{'class':<10}{'forms':>7}" + "".join(f"{o:>10}" for o in outcomes)]

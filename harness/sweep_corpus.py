@@ -86,6 +86,15 @@ def _byte_set(items: list[str]) -> set[int]:
     return values
 
 
+def _vex_l(prefix: bytes) -> bool:
+    """VEX.L of a VEX prefix (c5 RvvvvLpp / c4 RXBmmmmm WvvvvLpp)."""
+    if prefix[:1] == b"\xc5" and len(prefix) >= 2:
+        return bool(prefix[1] & 4)
+    if prefix[:1] == b"\xc4" and len(prefix) >= 3:
+        return bool(prefix[2] & 4)
+    return False
+
+
 def _prefix_bytes(text: str) -> bytes:
     return bytes.fromhex(text)
 
@@ -117,6 +126,7 @@ class _Generator:
         self.exclude.update({m: "non-deterministic" for m in exclude["nondeterministic"]})
         self.exclude.update({m: "would break the test driver" for m in exclude["breaks_driver"]})
         self.bad_operands = set(exclude["operands"])
+        self.emulator_vex_l1 = set(exclude.get("emulator_vex_l1", []))
         self.gprs = tuple(sorted(config["gprs"].items()))
 
     # -- candidates ---------------------------------------------------------------------
@@ -160,6 +170,9 @@ class _Generator:
         reason = self.exclude.get(mnemonic)
         if reason is None and self.bad_operands & set(_WORD.findall(decoded.op_str)):
             reason = "privileged"
+        if reason is None and klass == "avx" and _vex_l(prefix) and \
+                mnemonic in self.emulator_vex_l1:
+            reason = "crashes the emulator (QEMU TCG assertion)"
         if reason:
             self.corpus.dropped[reason] += 1
             return

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from . import console, insn, probes
-from .probes import TRACEFS, Probe, symbol_offset
+from .probes import TRACEFS, Probe
 
 OUTCOMES = ("identical", "differs", "refused", "hits", "signal", "missing", "crashed")
 
@@ -59,16 +59,19 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
     return "\n".join(lines)
 
 
-def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVerdict]:
+def run_cases(guest, program: insn.Program, guest_path: str,
+              states: dict | None = None) -> dict[str, CaseVerdict]:
+    """{case name: verdict}; with `states`, also fill {case name: (unprobed, probed)}."""
     unprobed = guest.run([guest_path], timeout=300)
     expected = insn.parse_output(unprobed.stdout)
-    case_probes = {}
-    for index, case in enumerate(program.cases):
-        case_probes[case.name] = Probe(f"c{index}", guest_path,
-                                       symbol_offset(program.binary, f"probe_{index}"))
+    offsets = probes.symbol_offsets(program.binary,
+                                    [f"probe_{i}" for i in range(len(program.cases))])
+    case_probes = {case.name: Probe(f"c{index}", guest_path, offsets[f"probe_{index}"])
+                   for index, case in enumerate(program.cases)}
     script = probed_run_script(guest_path, list(case_probes.values()), "/tmp/uph-insn.out")
     console_start = len(guest.vm.console_text())
-    result = guest.run(["sh", "-c", script], timeout=600)
+    # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
+    result = guest.run(script, timeout=600)
     time.sleep(0.1)                      # let the console drain the last lines
     crashes = crashes_by_case(guest.vm.console_text()[console_start:])
     main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
@@ -89,6 +92,9 @@ def run_cases(guest, program: insn.Program, guest_path: str) -> dict[str, CaseVe
         verdicts[case.name] = _classify(case.name, expected.get(case.name),
                                         actual.get(case.name), refused.get(probe.name),
                                         hits, overruns, unprobed.status)
+    if states is not None:
+        for case in program.cases:
+            states[case.name] = (expected.get(case.name), actual.get(case.name))
     for name, title in crashes.items():
         if name in verdicts:
             verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)

@@ -66,3 +66,11 @@ def test_parse_overruns_sums_cpus():
     stats = ("entries: 10\noverrun: 3\ncommit overrun: 0\ndropped events: 1\n"
              "entries: 4\noverrun: 0\ndropped events: 0\n")
     assert probes.parse_overruns(stats) == 4
+
+
+def test_symbol_offsets_in_one_pass_agree_with_symbol_offset(hits_binary):
+    names = ["site_push", "site_mov", "site_riprel", "call_checked"]
+    offsets = probes.symbol_offsets(hits_binary, names)
+    assert offsets == {n: probes.symbol_offset(hits_binary, n) for n in names}
+    with pytest.raises(probes.ProbeError, match="no_such_symbol"):
+        probes.symbol_offsets(hits_binary, ["no_such_symbol"])

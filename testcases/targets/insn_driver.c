@@ -8,6 +8,9 @@
  * taken from the signal's ucontext instead (the "pad" slot of gpr then holds the faulting
  * RIP) and sig=<signo>.<si_code>.<si_addr>; the next case runs normally.
  * The harness runs the program unprobed and probed and compares the lines field by field.
+ * --tf: single-step each case with RFLAGS.TF (as the kernel does when it executes a probed
+ *       insn out of line) and add tf=<offset of the first trap after the probed insn from
+ *       it, or -1>: the emulator's single-step must stop right after the insn.
  * usage: insn [--pause] [--kmsg] [CASE-NAME...]   (no names: every case; --pause: stop with
  *        SIGSTOP first, so probes can be enabled while the program maps its file; --kmsg:
  *        write "uprobe-harness: CASE <name>" to /dev/kmsg before each case, so that a kernel
@@ -33,6 +36,7 @@ extern const uint64_t case_count;
 extern void (*const case_table[])(void);
 extern const char *const case_names[];
 extern const uint64_t case_uses_avx;
+extern const uint64_t case_probe_addr[];
 extern const uint64_t case_gpr_init[][18];   /* per case: rax..r15, rflags, rsp-offset */
 
 uint64_t gpr_cur[18] __attribute__((aligned(64)));
@@ -102,6 +106,9 @@ __asm__(".text\n.globl sane_state\nsane_state:\n\tpushq $0x202\n\tpopfq\n\tfnini
 static sigjmp_buf case_env;
 static volatile int case_running;
 static char signal_note[64];
+static int tf_mode;
+static uint64_t tf_probe, tf_last;
+static long tf_next = -1;
 
 static void on_signal(int sig, siginfo_t *info, void *context)
 {
@@ -112,6 +119,15 @@ static void on_signal(int sig, siginfo_t *info, void *context)
 	}
 	ucontext_t *uc = context;
 	greg_t *g = uc->uc_mcontext.gregs;
+	if (tf_mode && sig == SIGTRAP && info->si_code == TRAP_TRACE) {
+		uint64_t rip = g[REG_RIP];
+		if (tf_last == tf_probe && tf_next < 0) {
+			tf_next = (long)(rip - tf_probe);
+			g[REG_EFL] &= ~0x100UL;       /* stepped over the insn: run on normally */
+		}
+		tf_last = rip;
+		return;
+	}
 	const int order[18] = {REG_RAX, REG_RBX, REG_RCX, REG_RDX, REG_RSI, REG_RDI, REG_RBP,
 			       REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14,
 			       REG_R15, REG_EFL, REG_RIP, REG_RSP};
@@ -151,6 +167,12 @@ static void run_case(uint64_t i)
 			kmsg_fd = -1;
 	}
 	memcpy(gpr_cur, case_gpr_init[i], sizeof(gpr_cur));
+	if (tf_mode) {
+		gpr_cur[15] |= 0x100;                  /* popfq in the case sets TF */
+		tf_probe = case_probe_addr[i];
+		tf_last = 0;
+		tf_next = -1;
+	}
 	/* register values that name memory: resolved here so both runs agree */
 	for (int r = 0; r < 16; r++) {
 		uint64_t v = gpr_cur[r];
@@ -186,7 +208,10 @@ static void run_case(uint64_t i)
 	printf(" memh=%016llx", (unsigned long long)fnv1a(scratch + SCRATCH_SHOWN,
 							  SCRATCH_BYTES - SCRATCH_SHOWN));
 	hex("stk", test_stack + STACK_BYTES / 2 - STACK_WINDOW / 2, STACK_WINDOW);
-	printf(" sig=%s\n", signal_note);
+	printf(" sig=%s", signal_note);
+	if (tf_mode)
+		printf(" tf=%ld", tf_next);
+	printf("\n");
 	fflush(stdout);
 }
 
@@ -194,6 +219,11 @@ int main(int argc, char **argv)
 {
 	if (argc > 1 && !strcmp(argv[1], "--pause")) {
 		raise(SIGSTOP);
+		argv++;
+		argc--;
+	}
+	if (argc > 1 && !strcmp(argv[1], "--tf")) {
+		tf_mode = 1;
 		argv++;
 		argc--;
 	}
