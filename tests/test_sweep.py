@@ -1,0 +1,65 @@
+"""The sweep's verdict handling: known bugs, the summary table, JSON (no guest here)."""
+
+import json
+from pathlib import Path
+
+from harness import sweep, sweep_corpus, transparency
+
+
+class FakeKernel:
+    spec = "debian:6.1"
+    metadata = None
+    label = "debian:6.1"
+    series = ""
+
+
+def _form(name, klass="onebyte", text="nop"):
+    return sweep_corpus.Form(name, klass, bytes.fromhex("90"), False, b"", text)
+
+
+def _result(name, outcome, detail="", klass="onebyte"):
+    return sweep.FormResult(_form(name, klass),
+                            transparency.CaseVerdict(name, outcome, detail))
+
+
+def test_known_bug_patterns_explain_sweep_differences_only_where_they_match():
+    results = [_result("onebyte-9c", "differs", "stk[121..121] differs"),
+               _result("onebyte-f3a4", "hits", "probe hit 5 times, expected 1"),
+               _result("onebyte-01d1", "differs", "rax: 1 != 2"),
+               _result("onebyte-9d", "identical")]
+    sweep.attach_known_bugs(results, FakeKernel())
+    by_name = {r.form.name: r for r in results}
+    assert "pushf" in by_name["onebyte-9c"].known_bug
+    assert "iteration" in by_name["onebyte-f3a4"].known_bug
+    assert by_name["onebyte-01d1"].known_bug == ""
+    assert by_name["onebyte-9d"].known_bug == ""         # identical: nothing to explain
+
+
+def _report(results):
+    from collections import Counter
+    return sweep.SweepReport("debian:6.1", results, len(results), 100,
+                             Counter({"undefined in 64-bit mode (capstone)": 90}), 12.0, 1)
+
+
+def test_report_counts_per_class_and_lists_unexpected_differences():
+    results = [_result("onebyte-01d1", "differs", "rax: 1 != 2"),
+               _result("onebyte-00d1", "identical"),
+               _result("sse-0f58d1", "emulator", "host disagrees", klass="sse"),
+               _result("x87-d9e8", "refused", "enable: 524", klass="x87")]
+    report = _report(results)
+    assert [r.form.name for r in report.unexpected()] == ["onebyte-01d1"]
+    assert report.unexpected("sse") == []             # emulator verdicts are not differences
+    text = sweep.format_report(report)
+    assert "onebyte" in text and "emulator" in text and "refused: enable: 524 x1" in text
+    assert "1 difference(s), 1 not in the known-bugs table" in text
+    assert "rax: 1 != 2" in text
+
+
+def test_json_has_every_verdict_and_the_form_of_differences(tmp_path):
+    results = [_result("onebyte-01d1", "differs", "rax"), _result("onebyte-00d1", "identical")]
+    out = tmp_path / "s.json"
+    sweep.write_json(_report(results), out)
+    data = json.loads(Path(out).read_text())
+    assert data["forms"] == 2 and data["table"]["onebyte"] == {"differs": 1, "identical": 1}
+    differing = next(r for r in data["results"] if r["name"] == "onebyte-01d1")
+    assert differing["form"]["head"] == "90" and "form" not in data["results"][1]
