@@ -46,8 +46,10 @@ def ensure_tree(root: Path) -> Path:
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    # vng runs its helpers (virtme-configkernel, virtme-run) from PATH
+    env = dict(os.environ, PATH=f"{Path(cmd[0]).parent}:{os.environ.get('PATH', '')}")
     start = time.monotonic()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     return time.monotonic() - start, result
 
 

@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only forms whose name, disassembly or class matches (repeatable; "
                         "classes: onebyte twobyte x87 sse avx branch)")
     p.add_argument("--json", metavar="FILE", help="write every verdict as JSON")
-    p.add_argument("--batch", type=int, default=700, help="forms per program and probed run")
+    p.add_argument("--batch", type=int, default=700,
+                   help="forms per program and probed run (default 700)")
     p.add_argument("--limit", type=int, default=0, help="list at most N differences")
     p.add_argument("--memory", type=int, default=0, help="guest memory in MiB")
     p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])

@@ -4,7 +4,6 @@ kernel-log attribution, known-bug xfails, and the machine identity in every verd
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -246,15 +245,18 @@ def insn_family(request, guest, _insn_results):
 def instruction_sweep(request, guest, kernel, _insn_results):
     """The sweep report for this guest (run once per guest and session)."""
     from . import sweep
+    from .progress import Progress
     key = (id(guest), "sweep")
     if key not in _insn_results:
-        _insn_results[key] = sweep.sweep_guest(guest, kernel, note=_progress_note)
+        try:
+            _insn_results[key] = sweep.sweep_guest(guest, kernel,
+                                                   note=Progress(live=False).note)
+        except Exception as error:          # one failed sweep, not one per class test
+            _insn_results[key] = error
         request.node._uph_console_start = len(guest.vm.console_text())
+    if isinstance(_insn_results[key], Exception):
+        raise _insn_results[key]
     return _insn_results[key]
-
-
-def _progress_note(text: str) -> None:
-    print(f"uprobe-harness: {text}", file=sys.stderr)
 
 
 def check_case(request, results, case: str) -> None:

@@ -74,6 +74,8 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
         -> tuple[dict[str, transparency.CaseVerdict], int]:
     """Run the forms in the guest; {form name: verdict} and the number of batches. With
     `states`, keep {name: (unprobed, probed)} of every form that was not identical."""
+    if batch < 1:
+        raise HarnessError(f"sweep: --batch must be at least 1, not {batch}")
     verdicts: dict[str, transparency.CaseVerdict] = {}
     host_flags = _host_cpu_flags()
     chunks = [forms[i:i + batch] for i in range(0, len(forms), batch)]
@@ -91,6 +93,8 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
         try:
             batch_states: dict = {}
             batch_verdicts = transparency.run_cases(guest, program, path, batch_states)
+            batch_verdicts = check_emulator(guest, path, program, chunk, batch_verdicts,
+                                            batch_states, host_flags)
         except Exception:
             if guest.vm.alive():
                 raise
@@ -106,8 +110,6 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
                     form.name, "missing", f"not run: the VM died during batch {number}")
             note(f"sweep batch {number}/{len(chunks)}: the VM died ({why})")
             return verdicts, len(chunks)
-        batch_verdicts = check_emulator(guest, path, program, chunk, batch_verdicts,
-                                        host_flags)
         batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states,
                                           host_flags)
         verdicts.update(batch_verdicts)
@@ -122,10 +124,11 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
 
 
 def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_corpus.Form],
-                   verdicts: dict[str, transparency.CaseVerdict], host_flags: set[str]) \
-        -> dict[str, transparency.CaseVerdict]:
-    """Self-checks of the emulator for the forms that were not identical: a second unprobed
-    run must print the same state ("unstable" otherwise), and single-stepping with TF, which
+                   verdicts: dict[str, transparency.CaseVerdict], states: dict,
+                   host_flags: set[str]) -> dict[str, transparency.CaseVerdict]:
+    """Self-checks of the emulator for the forms that were not identical: another unprobed
+    run must print the state the verdict's unprobed run printed ("unstable" otherwise;
+    `states`: {name: (unprobed, probed)}), and single-stepping with TF, which
     is how the kernel runs a probed insn out of line, must stop where the host CPU stops
     ("emulator" otherwise; without a host reference: right after the insn, except for
     rep-prefixed string insns, which stop per iteration)."""
@@ -134,7 +137,6 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
     if not odd:
         return verdicts
     again = insn.parse_output(guest.run([path], timeout=300).stdout)
-    first = insn.parse_output(guest.run([path], timeout=300).stdout)
     stepped = insn.parse_output(guest.run([path, "--tf"], timeout=300).stdout)
     hardware = insn.parse_output(subprocess.run([str(program.binary), "--tf"],
                                                 capture_output=True, text=True,
@@ -142,7 +144,7 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
     checked = dict(verdicts)
     for form in odd:
         verdict = verdicts[form.name]
-        a, b = first.get(form.name), again.get(form.name)
+        a, b = states[form.name][0], again.get(form.name)
         if a and b and insn.diff_states(a, b):
             checked[form.name] = transparency.CaseVerdict(
                 form.name, "unstable", "two unprobed runs differ: "
@@ -176,8 +178,10 @@ def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
     emulator ran the unprobed insn as the hardware does: otherwise reclassify it as
     "emulator" (naming what the hardware disagrees with)."""
     import subprocess
+    if program.avx and "avx" not in host_flags:
+        return verdicts          # every case of this program starts with AVX loads
     suspects = [f for f in forms if verdicts[f.name].outcome in ("differs", "signal")
-                and all(n in host_flags for n in f.needs) and f.name in states]
+                and all(n in host_flags for n in f.needs)]
     if not suspects:
         return verdicts
     native = insn.parse_output(subprocess.run([str(program.binary)], capture_output=True,
@@ -275,7 +279,7 @@ def write_json(report: SweepReport, path: Path) -> None:
         "batches": report.batches,
         "table": {k: dict(v) for k, v in report.table().items()},
         "results": [{"name": r.form.name, "class": r.form.klass,
-                     "bytes": r.form.display().split("  ")[0].strip(), "insn": r.form.text,
+                     "bytes": r.form.hex_bytes(), "insn": r.form.text,
                      "outcome": r.outcome, "detail": r.verdict.detail, "hits": r.verdict.hits,
                      "known_bug": r.known_bug} | ({"form": asdict(r.form) | {
                          "head": r.form.head.hex(), "imm": r.form.imm.hex()}}

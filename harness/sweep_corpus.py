@@ -21,6 +21,7 @@ from pathlib import Path
 import capstone
 
 from . import insn
+from .errors import HarnessError
 from .paths import CONFIGS_DIR
 
 CONFIG = CONFIGS_DIR / "sweep.toml"
@@ -58,10 +59,12 @@ class Form:
         return self.head + (disp.to_bytes(4, "little", signed=True) if self.rip else b"") + \
             self.imm
 
-    def display(self) -> str:
-        hex_bytes = self.head.hex(" ") + (" <disp32>" if self.rip else "") + \
+    def hex_bytes(self) -> str:
+        return self.head.hex(" ") + (" <disp32>" if self.rip else "") + \
             (" " + self.imm.hex(" ") if self.imm else "")
-        return f"{hex_bytes:<32} {self.text}"
+
+    def display(self) -> str:
+        return f"{self.hex_bytes():<32} {self.text}"
 
 
 @dataclass
@@ -322,7 +325,11 @@ def select(corpus: Corpus, patterns: list[str]) -> list[Form]:
     """--filter: keep forms whose name, class or disassembly matches any regex."""
     if not patterns:
         return list(corpus.forms)
-    compiled = [re.compile(p) for p in patterns]
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as error:
+        raise HarnessError(f"sweep --filter: {error.pattern!r} is not a valid regular "
+                           f"expression: {error}.") from None
     return [f for f in corpus.forms
             if any(c.search(f.name) or c.search(f.text) or c.fullmatch(f.klass)
                    for c in compiled)]

@@ -83,3 +83,16 @@ def test_filter_by_class_and_regex(corpus):
     assert x87 and all(f.klass == "x87" for f in x87)
     fadd = sweep_corpus.select(corpus, [r"^fadd "])
     assert fadd and all(f.text.startswith("fadd ") for f in fadd)
+
+
+def test_a_bad_filter_is_a_clear_error(corpus):
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="not a valid regular expression"):
+        sweep_corpus.select(corpus, ["add ("])
+
+
+def test_hex_bytes_of_a_long_form_hold_no_disassembly(corpus):
+    long_form = max(corpus.forms, key=lambda f: len(f.hex_bytes()))
+    assert len(long_form.hex_bytes()) >= 32
+    assert long_form.text not in long_form.hex_bytes()
+    assert long_form.display().startswith(long_form.hex_bytes() + " ")
