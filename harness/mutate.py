@@ -24,7 +24,7 @@ from .errors import HarnessError
 from .paths import PATCHES_DIR, REPO_ROOT
 
 KNOWN_BAD_DIR = PATCHES_DIR / "known-bad"
-FAMILIES = ("threads", "stack", "fp", "riprel")      # pytest markers, one per test module
+FAMILIES = tuple(report.FAMILIES.values())           # pytest markers, one per test module
 CAUGHT_OUTCOMES = ("failed", "crashed", "error", "xpass")
 _FIELDS = {"summary": str, "kernel": str, "mechanism": str, "file": str, "breaks": list}
 

@@ -42,33 +42,46 @@ class Probe:
         return f"{self.kind}:{GROUP}/{self.name} {self.path}:{self.offset:#x}"
 
 
+def _defined_symbols(elf: ELFFile) -> dict[str, int]:
+    """{name: address} of the defined symbols (.symtab first, then .dynsym)."""
+    addresses: dict[str, int] = {}
+    for section_name in (".symtab", ".dynsym"):
+        table = elf.get_section_by_name(section_name)
+        if table is None:
+            continue
+        for sym in table.iter_symbols():
+            if sym.name and sym.name not in addresses and sym["st_shndx"] != "SHN_UNDEF":
+                addresses[sym.name] = sym["st_value"]
+    return addresses
+
+
+def _file_offset(elf: ELFFile, elf_path: Path, address: int) -> int:
+    """Map a virtual address to its file offset through the PT_LOAD program headers."""
+    for segment in elf.iter_segments():
+        if segment["p_type"] != "PT_LOAD":
+            continue
+        start = segment["p_vaddr"]
+        if start <= address < start + segment["p_filesz"]:
+            if not segment["p_flags"] & 1:
+                raise ProbeError(f"{address:#x} in {elf_path} is not in an executable segment")
+            return address - start + segment["p_offset"]
+    raise ProbeError(f"address {address:#x} is not in any loadable segment of {elf_path}")
+
+
+def _lookup(addresses: dict[str, int], symbol: str, elf_path: Path) -> int:
+    if symbol not in addresses:
+        raise ProbeError(f"symbol '{symbol}' not found in {elf_path}")
+    return addresses[symbol]
+
+
 def symbol_address(elf_path: Path, symbol: str) -> int:
     with open(elf_path, "rb") as handle:
-        elf = ELFFile(handle)
-        for section_name in (".symtab", ".dynsym"):
-            table = elf.get_section_by_name(section_name)
-            if table is None:
-                continue
-            for sym in table.get_symbol_by_name(symbol) or []:
-                if sym["st_shndx"] != "SHN_UNDEF":
-                    return sym["st_value"]
-    raise ProbeError(f"symbol '{symbol}' not found in {elf_path}")
+        return _lookup(_defined_symbols(ELFFile(handle)), symbol, elf_path)
 
 
 def address_to_offset(elf_path: Path, address: int) -> int:
-    """Map a virtual address to its file offset through the PT_LOAD program headers."""
     with open(elf_path, "rb") as handle:
-        elf = ELFFile(handle)
-        for segment in elf.iter_segments():
-            if segment["p_type"] != "PT_LOAD":
-                continue
-            start = segment["p_vaddr"]
-            if start <= address < start + segment["p_filesz"]:
-                if not segment["p_flags"] & 1:
-                    raise ProbeError(f"{address:#x} in {elf_path} is not in an executable "
-                                     f"segment")
-                return address - start + segment["p_offset"]
-    raise ProbeError(f"address {address:#x} is not in any loadable segment of {elf_path}")
+        return _file_offset(ELFFile(handle), elf_path, address)
 
 
 def symbol_offset(elf_path: Path, location: str) -> int:
@@ -84,29 +97,9 @@ def symbol_offsets(elf_path: Path, symbols: list[str]) -> dict[str, int]:
     """Many symbols at once (one ELF parse): {symbol: file offset of its address}."""
     with open(elf_path, "rb") as handle:
         elf = ELFFile(handle)
-        addresses = {}
-        for section_name in (".symtab", ".dynsym"):
-            table = elf.get_section_by_name(section_name)
-            if table is None:
-                continue
-            for sym in table.iter_symbols():
-                if sym.name and sym.name not in addresses and sym["st_shndx"] != "SHN_UNDEF":
-                    addresses[sym.name] = sym["st_value"]
-        segments = [(s["p_vaddr"], s["p_filesz"], s["p_offset"], s["p_flags"])
-                    for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-    offsets = {}
-    for symbol in symbols:
-        if symbol not in addresses:
-            raise ProbeError(f"symbol '{symbol}' not found in {elf_path}")
-        address = addresses[symbol]
-        for start, size, offset, flags in segments:
-            if start <= address < start + size and flags & 1:
-                offsets[symbol] = address - start + offset
-                break
-        else:
-            raise ProbeError(f"'{symbol}' ({address:#x}) is not in an executable segment of "
-                             f"{elf_path}")
-    return offsets
+        addresses = _defined_symbols(elf)
+        return {symbol: _file_offset(elf, elf_path, _lookup(addresses, symbol, elf_path))
+                for symbol in symbols}
 
 
 # -- tracefs control, as shell commands run in the guest -----------------------------------------

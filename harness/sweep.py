@@ -236,10 +236,7 @@ def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BAT
 
 
 def _host_cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return transparency.cpu_flags(Path("/proc/cpuinfo").read_text())
 
 
 def format_report(report: SweepReport, limit: int = 0) -> str:

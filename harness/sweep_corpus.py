@@ -383,21 +383,18 @@ def _indirect_target_setup(form: Form) -> str:
 def verify_program(program: insn.Program, forms: list[Form]) -> list[str]:
     """Decode every probed insn back from the linked binary with capstone: it must have
     the intended length and bytes (RIP-relative displacement and branch offsets aside)."""
-    from elftools.elf.elffile import ELFFile
+    from .probes import symbol_offsets
     problems = []
     decoder = _Decoder()
-    with open(program.binary, "rb") as handle:
-        elf = ELFFile(handle)
-        symbols = {s.name: s["st_value"] for s in elf.get_section_by_name(".symtab").iter_symbols()}
-        text = elf.get_section_by_name(".text")
-        base, data = text["sh_addr"], text.data()
+    offsets = symbol_offsets(program.binary, [f"probe_{i}" for i in range(len(program.cases))])
+    image = program.binary.read_bytes()
     by_name = {f.name: f for f in forms}
     for index, case in enumerate(program.cases):
         form = by_name.get(case.name)
         if form is None:
             continue
-        address = symbols[f"probe_{index}"]
-        code = data[address - base: address - base + 16]
+        offset = offsets[f"probe_{index}"]
+        code = image[offset:offset + 16]
         decoded = decoder.decode(code)
         if decoded is None or decoded.size != form.length:
             problems.append(f"{form.name}: linked insn decodes as "

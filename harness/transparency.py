@@ -25,9 +25,16 @@ class CaseVerdict:
     fx_pointer_differs: bool = False   # x87 FIP/FDP reveal the XOL slot (informational)
 
 
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The flags of the first 'flags' line of /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def guest_cpu_flags(guest) -> set[str]:
-    text = guest.run("grep -m1 '^flags' /proc/cpuinfo", check=True).stdout
-    return set(text.split(":", 1)[1].split()) if ":" in text else set()
+    return cpu_flags(guest.run("grep -m1 '^flags' /proc/cpuinfo", check=True).stdout)
 
 
 def supported(cases: list[insn.Case], flags: set[str]) -> tuple[list[insn.Case], list[insn.Case]]:
