@@ -32,13 +32,15 @@ def main() -> int:
     print(f"{built.label} {built.series}, bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB, "
           f"initramfs {img.initramfs.stat().st_size / 1e6:.1f} MB")
     for smp in (int(v) for v in args.smp.split(",")):
-        times = []
+        times, markers = [], []
         for _ in range(args.runs):
             with VM(built, img, MachineSpec(smp=smp, tcg_threads=args.tcg_threads)) as vm:
                 times.append(vm.boot_seconds)
+                markers.append(vm.marker_seconds)
                 accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
         print(f"smp={smp} ({accel}): boot to SSH ready median {statistics.median(times):.2f}s "
-              f"({', '.join(f'{t:.2f}' for t in times)})")
+              f"({', '.join(f'{t:.2f}' for t in times)}); ready marker on the console median "
+              f"{statistics.median(markers):.2f}s")
     return 0
 
 

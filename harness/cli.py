@@ -281,6 +281,85 @@ def cmd_sweep(args) -> int:
     return EXIT_FAIL if report.unexpected() else EXIT_OK
 
 
+def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str, history: int) -> int:
+    from . import nightly, regressions
+    from .results_db import ResultsDB
+    with ResultsDB(db_path) as db:
+        if db.run(run_id) is None:
+            raise HarnessError(f"{db_path} has no run {run_id!r} (runs: "
+                               f"{', '.join(r['run_id'] for r in db.runs()[-5:]) or 'none'}).")
+        comparison = regressions.compare_run(db, run_id)
+        print(nightly.format_summary(db, run_id, comparison))
+        outputs = nightly.write_outputs(db, run_id, comparison, results_dir, history)
+    for name, path in outputs.items():
+        print(f"{name + ':':<8} {path}")
+    return regressions.exit_status(comparison, fail_on)
+
+
+def cmd_nightly(args) -> int:
+    """Run a matrix (or one shard of it) into the results history, compare each cell with
+    its previous run, write the reports; exit 1 on new failures (see --fail-on)."""
+    from pathlib import Path
+
+    from . import nightly, nightly_matrix
+    from .progress import Progress
+    matrix = nightly_matrix.load_matrix(Path(args.matrix))
+    index, count = nightly_matrix.parse_shard(args.shard)
+    cells = nightly_matrix.shard_cells(matrix.cells, index, count)
+    results_dir = Path(args.results_dir).resolve()
+    db_path = Path(args.db).resolve() if args.db else results_dir / "results.db"
+    options = nightly.NightlyOptions(results_dir, db_path, args.run_id or nightly.default_run_id(),
+                                     index, count, args.jobs, args.history)
+    progress = Progress.auto()
+    progress.note(f"nightly {options.run_id}: {matrix.name}, shard {index}/{count}: "
+                  f"{len(cells)} of {len(matrix.cells)} cell(s)")
+    try:
+        nightly.run_nightly(matrix, cells, options, note=progress.note)
+    except ValueError as error:
+        raise HarnessError(str(error)) from error
+    if count > 1:
+        print(f"shard {index}/{count} stored in {db_path}; fold the shards with "
+              f"`python -m harness merge --into DIR SHARD_DIR...`")
+    return _nightly_finish(results_dir, db_path, options.run_id, args.fail_on, args.history)
+
+
+def cmd_merge(args) -> int:
+    """Fold shard (or other) results directories into one history and report on the run."""
+    from pathlib import Path
+
+    from . import nightly
+    into = Path(args.into).resolve()
+    run_ids = nightly.merge(into, [Path(s).resolve() for s in args.sources])
+    run_id = args.run_id or (run_ids[-1] if run_ids else None)
+    if run_id is None:
+        raise HarnessError("merge: the sources hold no runs.")
+    return _nightly_finish(into, into / "results.db", run_id, args.fail_on, args.history)
+
+
+def cmd_nightly_report(args) -> int:
+    from pathlib import Path
+
+    from .results_db import ResultsDB
+    results_dir = Path(args.results_dir).resolve()
+    db_path = results_dir / "results.db"
+    if not db_path.is_file():
+        raise HarnessError(f"{results_dir} holds no results.db: run `python -m harness nightly` "
+                           f"first.")
+    with ResultsDB(db_path) as db:
+        run_id = args.run_id or db.latest_run()
+    if run_id is None:
+        raise HarnessError(f"{db_path} holds no runs.")
+    return _nightly_finish(results_dir, db_path, run_id, args.fail_on, args.history)
+
+
+def _add_nightly_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fail-on", choices=["new", "failures", "never"], default="new",
+                        help="exit 1 on new failures only (default), on any failing test, or "
+                             "never")
+    parser.add_argument("--history", type=int, default=10, metavar="N",
+                        help="runs shown in the report's per-test history (default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness",
                                      description="uprobe-harness: build, boot and probe kernels")
@@ -357,6 +436,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=0, help="guest memory in MiB")
     p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("nightly", help="run a kernel matrix into the results history, flag "
+                                       "regressions, write HTML/JUnit/KCIDB reports")
+    p.add_argument("--matrix", required=True, help="matrix TOML (sample: nightly.toml)")
+    p.add_argument("--results-dir", default="results/nightly",
+                   help="where the history and the reports live (default results/nightly)")
+    p.add_argument("--db", help="results database (default RESULTS_DIR/results.db)")
+    p.add_argument("--shard", default="1/1", metavar="I/N",
+                   help="run only shard I of N (fold shards with `merge`)")
+    p.add_argument("--run-id", help="run identifier (default: UTC timestamp); shards of one "
+                                    "CI run must share it")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="make -j (default: nproc)")
+    _add_nightly_outputs(p)
+    p.set_defaults(func=cmd_nightly)
+
+    p = sub.add_parser("merge", help="fold nightly shard results directories into one history "
+                                     "and report")
+    p.add_argument("--into", required=True, help="the merged results directory")
+    p.add_argument("--run-id", help="the run to report on (default: the last one merged)")
+    p.add_argument("sources", nargs="+", help="shard results directories (or results.db files)")
+    _add_nightly_outputs(p)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("nightly-report", help="re-render the reports of a stored nightly run")
+    p.add_argument("--results-dir", default="results/nightly")
+    p.add_argument("--run-id", help="default: the latest run")
+    _add_nightly_outputs(p)
+    p.set_defaults(func=cmd_nightly_report)
 
     p = sub.add_parser("console", help="print the crash verdicts of a saved console log")
     p.add_argument("log")

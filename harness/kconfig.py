@@ -38,7 +38,7 @@ class Fragment:
 
 
 def parse_fragment(path: Path) -> Fragment:
-    path = Path(path)
+    path = Path(path).absolute()    # merge_config.sh runs in the source tree, not here
     if not path.is_file():
         raise ConfigError(f"Config fragment {path} does not exist.")
     options = []

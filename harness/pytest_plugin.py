@@ -164,7 +164,8 @@ def guest(request, vm_pool) -> Guest:
     for name, value in (("kernel", g.vm.kernel.label), ("kernel_identity", record.kernel_identity),
                         ("kernel_release", record.kernel_release), ("accel", record.accel),
                         ("tcg_threads", record.tcg_threads), ("vcpus", record.vcpus_seen),
-                        ("xmc_stale", check.xmc_stale), ("xmc_runs", check.xmc_runs)):
+                        ("xmc_stale", check.xmc_stale), ("xmc_runs", check.xmc_runs),
+                        ("console_log", g.vm.console_log)):
         request.node.user_properties.append((name, value))
     request.node._uph_guest = g
     request.node._uph_console_start = len(g.vm.console_text())
@@ -318,16 +319,20 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
     text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
     item._uph_console_start += len(text)      # the teardown is checked from here on
     findings = console.scan(text, boot_banner_expected=False)
-    problem = None
+    problem = title = None
     if findings:
-        problem = f"crashed: kernel {findings[0].title}\n{findings[0].excerpt}"
+        title = f"kernel {findings[0].title}"
+        problem = f"crashed: {title}\n{findings[0].excerpt}"
     elif not vm.alive():
-        problem = f"crashed: the VM died during the test (console: {vm.console_log})"
+        title = "the VM died during the test"
+        problem = f"crashed: {title} (console: {vm.console_log})"
     elif not vm.responsive():
-        problem = "crashed: guest unresponsive"
+        title = "guest unresponsive"
+        problem = f"crashed: {title}"
     if problem is None:
         return
     item.user_properties.append(("verdict", "crashed"))
+    item.user_properties.append(("crash_title", title))
     report.outcome = "failed"
     report._uph_crashed = True
     report.longrepr = f"{problem}\n\n(test output)\n{report.longreprtext}"

@@ -13,7 +13,7 @@ import jinja2
 from .paths import TEMPLATES_DIR
 
 FAMILIES = {"test_threads": "threads", "test_stack": "stack", "test_fp": "fp",
-            "test_riprel": "riprel"}
+            "test_riprel": "riprel", "test_sweep": "sweep"}
 OUTCOMES = ("passed", "failed", "crashed", "xfail", "xpass", "refused", "skipped", "error")
 
 

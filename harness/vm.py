@@ -34,6 +34,7 @@ from .ssh import SSHSession
 
 MACHINE = tomllib.loads((CONFIGS_DIR / "qemu_x86_64.toml").read_text())
 PR_SET_PDEATHSIG = 1
+UNIX_PATH_MAX = 100        # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
 
 
@@ -202,6 +203,8 @@ class VM:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"uph-{name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.console_log = self.workdir / "console.log"
+        self._socket_dir: Path | None = None
+        self.qmp_socket = self.workdir / "qmp.sock"
         self.watch = ConsoleWatch()
         self.note = note or (lambda message: None)
         self.port = 0
@@ -241,6 +244,9 @@ class VM:
         return ["-bios", bios] if bios and Path(bios).is_file() else []
 
     def _qemu_command(self) -> list[str]:
+        if len(str(self.qmp_socket)) >= UNIX_PATH_MAX:   # a deep workdir (pytest --basetemp)
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="uph-qmp-"))
+            self.qmp_socket = self._socket_dir / "qmp.sock"
         accel = self.accel.accel
         if accel == "tcg":
             accel_arg, cpu = f"tcg,thread={self.spec.tcg_threads}", MACHINE["cpu_tcg"]
@@ -256,7 +262,7 @@ class VM:
                 "-kernel", str(self.kernel.bzimage), "-initrd", str(self.image.initramfs),
                 "-append", self._cmdline(),
                 "-netdev", net, "-device", f"{MACHINE['nic']},netdev=n0",
-                "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off"]
+                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off"]
 
     def start(self, timeout: float | None = None) -> VM:
         timeout = timeout or MACHINE["boot_timeout_s"]
@@ -395,9 +401,11 @@ class VM:
         self._kill()
         if self._own_workdir and not self.watch.findings:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def _qmp_quit(self) -> None:
-        sock = self.workdir / "qmp.sock"
+        sock = self.qmp_socket
         if not sock.exists():
             return
         try:

@@ -89,7 +89,7 @@ def test_forced_panic_gives_verdict_and_no_leftover(built, img, tmp_path):
 def test_hung_guest_is_unresponsive_within_bound(built, img):
     with VM(built, img, MachineSpec(smp=1)) as vm:
         from qemu.qmp.legacy import QEMUMonitorProtocol
-        qmp = QEMUMonitorProtocol(str(vm.workdir / "qmp.sock"))
+        qmp = QEMUMonitorProtocol(str(vm.qmp_socket))
         qmp.connect()
         qmp.cmd("stop")                      # the guest freezes: no console, no SSH
         started = time.monotonic()

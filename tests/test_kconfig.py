@@ -27,6 +27,15 @@ def test_missing_fragment_file(tmp_path):
         kconfig.parse_fragment(tmp_path / "nope.config")
 
 
+def test_relative_fragment_path_is_made_absolute(tmp_path, monkeypatch):
+    """merge_config.sh runs in the kernel source tree: a path relative to the user's
+    directory must not reach it relative."""
+    (tmp_path / "extra.config").write_text("CONFIG_A=y\n")
+    monkeypatch.chdir(tmp_path)
+    parsed = kconfig.parse_fragment("extra.config")
+    assert parsed.path.is_absolute() and parsed.path == tmp_path / "extra.config"
+
+
 def test_base_fragment_has_what_the_harness_needs():
     symbols = {o.symbol: o.value for o in kconfig.parse_fragment(kconfig.BASE_FRAGMENT).options}
     for needed in ("CONFIG_UPROBES", "CONFIG_UPROBE_EVENTS", "CONFIG_SMP", "CONFIG_ACPI",

@@ -1,0 +1,324 @@
+"""The nightly job: run every cell of a matrix (or one shard of it), store the results in
+the history database, compare each cell with its previous run, write the reports.
+
+Results directory layout (the history lives here across nights; CI keeps it as an artefact):
+    results.db                       the history (harness.results_db)
+    runs/RUN/CELL/junit.xml          pytest's JUnit XML of one cell
+    runs/RUN/CELL/pytest.log         its output; runs/RUN/CELL/tmp/ holds the VMs' console logs
+    runs/RUN/report.html, kcidb.json, summary.txt
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, regressions, report, scenario_run
+from .errors import HarnessError
+from .nightly_matrix import Cell, Matrix
+from .paths import REPO_ROOT
+from .results_db import Result, ResultsDB
+
+SETUP_TEST = "(kernel build)"          # the synthetic test a failed build is recorded as
+
+
+@dataclass(frozen=True)
+class NightlyOptions:
+    results_dir: Path
+    db_path: Path
+    run_id: str
+    shard: int = 1
+    shard_count: int = 1
+    jobs: int = 0
+    history: int = 10          # runs shown in the report's sparklines
+
+
+@dataclass
+class CellRun:
+    row: dict
+    results: list[Result]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_id() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def harness_version() -> str:
+    """Package version + git commit of the harness, + a digest of local changes if dirty."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return __version__
+    diff = git("diff", "HEAD", "--", "harness", "testcases", "conftest.py")
+    dirty = f"-dirty.{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
+    return f"{__version__}+g{commit}{dirty}"
+
+
+def input_digest(row: dict) -> str:
+    """Everything that, when unchanged, makes an outcome change a flake."""
+    keys = ("kernel_identity", "series_digest", "config_digest", "smp", "accel", "selection",
+            "harness_version")
+    return hashlib.sha256(json.dumps([row.get(k) for k in keys]).encode()).hexdigest()[:16]
+
+
+# -- one cell ----------------------------------------------------------------------------------
+
+class HarnessCellRunner:
+    """Build the cell's kernel (shared through the build cache) and run its selection in a
+    pytest subprocess; the VMs' console logs stay in the cell directory."""
+
+    def __init__(self, options: NightlyOptions, note=print):
+        self.options, self.note = options, note
+        self._child: subprocess.Popen | None = None
+
+    def run(self, cell: Cell, cell_dir: Path) -> CellRun:
+        from . import kernel
+        row = {"kernel_spec": cell.kernel, "series": cell.series_name, "smp": cell.smp,
+               "accel": cell.accel, "selection": json.dumps(list(cell.selection))}
+        started = time.monotonic()
+        try:
+            built = kernel.build(kernel.BuildRequest(kernel=cell.kernel, series=cell.series,
+                                                     fragments=cell.fragments,
+                                                     jobs=self.options.jobs))
+        except HarnessError as error:
+            row.update(status="error", error=f"build failed: {error}",
+                       seconds=time.monotonic() - started)
+            return CellRun(row, [Result(SETUP_TEST, "build", "error", 0.0, str(error))])
+        row.update(_kernel_fields(built))
+        junit = cell_dir / "junit.xml"
+        cmd = scenario_run.pytest_command(
+            cell.kernel, junit, series=cell.series, fragments=cell.fragments, smp=cell.smp,
+            accel=cell.accel, extra=(*cell.selection, f"--basetemp={cell_dir / 'tmp'}", "-q"))
+        self.note(f"{cell.key}: {built.label}{' + ' + built.series if built.series else ''}: "
+                  f"pytest {' '.join(cell.selection) or '(all scenarios)'}")
+        with open(cell_dir / "pytest.log", "w") as log:
+            self._child = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log,
+                                           stderr=subprocess.STDOUT)
+            try:
+                status = self._child.wait()
+            finally:
+                _stop(self._child)
+                self._child = None
+        row.update(seconds=round(time.monotonic() - started, 1), pytest_exit=status,
+                   junit=str(junit))
+        if not junit.exists():
+            row.update(status="error", error=f"pytest wrote no results (exit {status}); see "
+                                             f"{cell_dir / 'pytest.log'}")
+            return CellRun(row, [Result("(pytest)", "harness", "error", 0.0, row["error"])])
+        results = [to_result(r) for r in report.read_junit(junit)]
+        row["status"] = "ok" if status in (0, 1) else "error"
+        if status not in (0, 1):
+            row["error"] = f"pytest exit {status}; see {cell_dir / 'pytest.log'}"
+        machines = sorted({r.machine.split(" ")[0] for r in results if r.machine})
+        if machines:   # the accelerator actually used (auto resolves per host)
+            row["accel"] = f"{cell.accel}:{'+'.join(machines)}"
+        return CellRun(row, results)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _kernel_fields(built) -> dict:
+    meta = {}
+    if built.metadata and Path(built.metadata).is_file():
+        meta = json.loads(Path(built.metadata).read_text())
+    return {"kernel_label": built.label, "kernel_identity": built.identity,
+            "kernel_commit": meta.get("source_commit", ""), "kernel_release": built.release,
+            "series_digest": meta.get("series_digest", ""),
+            "config_digest": meta.get("fragments_digest", "")}
+
+
+_CRASH = re.compile(r"^crashed(?: in teardown)?: (?:kernel )?(.*)$")
+
+
+def to_result(test: report.TestResult) -> Result:
+    props = test.properties
+    title = props.get("crash_title", "")
+    if not title and test.outcome == "crashed":
+        match = _CRASH.match(test.message.splitlines()[0] if test.message else "")
+        title = match[1] if match else "crashed"
+    machine = ""
+    if props.get("accel"):
+        machine = props["accel"] + (f"/{props['tcg_threads']}" if props.get("tcg_threads")
+                                    else "")
+        if props.get("vcpus"):
+            machine += f" {props['vcpus']}vCPU"
+    return Result(test=f"{test.family}::{test.name}", family=test.family, outcome=test.outcome,
+                  seconds=test.seconds, message=test.message[:20000], crash_title=title,
+                  console_log=props.get("console_log", ""), machine=machine)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runner=None,
+                note=print) -> regressions.Comparison:
+    """Run `cells` (this shard's part of `matrix`) and commit them to the history. The shard
+    is marked complete only after its last cell; an interruption marks it interrupted."""
+    runner = runner or HarnessCellRunner(options, note)
+    run_dir = options.results_dir / "runs" / options.run_id
+    version = harness_version()
+    with ResultsDB(options.db_path) as db:
+        db.begin_shard(options.run_id, now(), matrix.name, matrix.digest, version,
+                       options.shard, options.shard_count, socket.gethostname())
+        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            for index, cell in enumerate(cells, start=1):
+                note(f"cell {index}/{len(cells)}: {cell.key}")
+                cell_dir = run_dir / cell.slug
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                started = now()
+                outcome = runner.run(cell, cell_dir)
+                row = {**outcome.row, "cell": cell.key, "shard": options.shard,
+                       "started": started, "harness_version": version}
+                row.setdefault("status", "ok")
+                row["input_digest"] = input_digest(row)
+                results = [_relative(r, options.results_dir) for r in outcome.results]
+                if row.get("junit"):
+                    row["junit"] = _relpath(row["junit"], options.results_dir)
+                db.add_cell(options.run_id, row, results)
+        except BaseException:
+            db.finish_shard(options.run_id, options.shard, now(), "interrupted")
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+        db.finish_shard(options.run_id, options.shard, now(), "complete")
+        return regressions.compare_run(db, options.run_id)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _relpath(path: str, base: Path) -> str:
+    try:
+        return os.path.relpath(Path(path).resolve(), base.resolve())
+    except ValueError:
+        return path
+
+
+def _relative(result: Result, base: Path) -> Result:
+    if not result.console_log:
+        return result
+    from dataclasses import replace
+    return replace(result, console_log=_relpath(result.console_log, base))
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+def format_summary(db: ResultsDB, run_id: str, comparison: regressions.Comparison,
+                   limit: int = 12) -> str:
+    run = db.run(run_id)
+    cells = db.cells(run_id)
+    status = (f"{run['complete_shards']}/{run['shard_count']} shard(s) complete"
+              if run else "unknown run")
+    lines = [f"nightly {run_id} ({run['matrix'] if run else '?'}): {len(cells)} cell(s), "
+             f"{status}, harness {run['harness_version'] if run else '?'}"]
+    for cell in cells:
+        results = db.results(run_id, cell["cell"]).values()
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        text = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+        lines.append(f"  {cell['cell']:<44} {text}"
+                     f"{'  [' + cell['error'][:60] + ']' if cell['error'] else ''}")
+    counts = comparison.counts()
+    lines.append("compared with the previous run: " +
+                 ", ".join(f"{n} {c}" for c, n in counts.items()))
+    if comparison.cells_without_history:
+        lines.append(f"  no previous run for: {', '.join(comparison.cells_without_history)}")
+    for category in regressions.CATEGORIES:
+        changes = comparison.of(category)
+        for change in changes[:limit]:
+            first = change.result.crash_title or (change.result.message.splitlines() or [""])[0]
+            lines.append(f"  {category.upper():<14} {change.cell} {change.test} "
+                         f"({change.before or 'new'} -> {change.after}) {first[:80]}")
+        if len(changes) > limit:
+            lines.append(f"  ... and {len(changes) - limit} more {category}")
+    return "\n".join(lines)
+
+
+def write_outputs(db: ResultsDB, run_id: str, comparison: regressions.Comparison,
+                  results_dir: Path, history: int = 10) -> dict[str, Path]:
+    from . import kcidb, nightly_report
+    run_dir = results_dir / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {"summary": run_dir / "summary.txt", "report": run_dir / "report.html",
+               "kcidb": run_dir / "kcidb.json", "junit": run_dir / "junit.xml"}
+    outputs["summary"].write_text(format_summary(db, run_id, comparison, limit=1000) + "\n")
+    nightly_report.render(db, run_id, comparison, results_dir, outputs["report"], history)
+    outputs["kcidb"].write_text(json.dumps(kcidb.export(db, run_id), indent=1) + "\n")
+    merge_junit(db, run_id, outputs["junit"])
+    return outputs
+
+
+def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
+    """The run as one JUnit file (from the database, so it works after a merge too): one
+    <testsuite> per cell, named by the cell's key."""
+    import xml.etree.ElementTree as ET
+    root = ET.Element("testsuites", name=f"uprobe-harness nightly {run_id}")
+    for cell in db.cells(run_id):
+        results = db.results(run_id, cell["cell"])
+        suite = ET.SubElement(root, "testsuite", name=cell["cell"], tests=str(len(results)),
+                              failures=str(sum(r.outcome in ("failed", "crashed", "xpass")
+                                               for r in results.values())),
+                              errors=str(sum(r.outcome == "error" for r in results.values())))
+        for test, result in sorted(results.items()):
+            family, _, name = test.partition("::")
+            case = ET.SubElement(suite, "testcase", classname=f"{cell['cell']}.{family}",
+                                 name=name or test, time=f"{result.seconds or 0:.3f}")
+            first = (result.message.splitlines() or [""])[0][:500]
+            if result.outcome in ("failed", "crashed", "xpass"):
+                ET.SubElement(case, "failure", message=result.crash_title or first).text = \
+                    result.message
+            elif result.outcome == "error":
+                ET.SubElement(case, "error", message=first).text = result.message
+            elif result.outcome in ("skipped", "xfail", "refused"):
+                ET.SubElement(case, "skipped", type=f"uprobe-harness.{result.outcome}",
+                              message=first)
+    ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+
+
+def merge(into: Path, sources: list[Path], note=print) -> list[str]:
+    """Fold results directories (shards, or another machine's history) into `into`:
+    databases row by row, cell directories file by file. Returns the run ids merged."""
+    import shutil
+    into.mkdir(parents=True, exist_ok=True)
+    run_ids: list[str] = []
+    with ResultsDB(into / "results.db") as db:
+        for source in sources:
+            source_db = source / "results.db" if source.is_dir() else source
+            if not source_db.is_file():
+                raise HarnessError(f"merge: {source} holds no results.db (give a nightly "
+                                   f"--results-dir or a results database).")
+            if source_db.resolve() == (into / "results.db").resolve():
+                continue
+            brought = db.merge_from(source_db)
+            runs_dir = source_db.parent / "runs"
+            if runs_dir.is_dir():
+                shutil.copytree(runs_dir, into / "runs", dirs_exist_ok=True)
+            note(f"merged {source}: run(s) {', '.join(brought) or 'none'}")
+            run_ids += [r for r in brought if r not in run_ids]
+    return run_ids
+

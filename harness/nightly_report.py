@@ -1,0 +1,103 @@
+"""The nightly report: one self-contained HTML file (jinja2): regressions first, then the
+tests x cells matrix with per-test history sparklines, then failure details with console
+excerpts and the known-bug reasons of expected failures."""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .paths import TEMPLATES_DIR
+from .regressions import CATEGORIES, Comparison
+from .results_db import Result
+
+COLOURS = {"passed": "#3a3", "failed": "#d33", "crashed": "#800", "error": "#f80",
+           "xfail": "#db3", "xpass": "#36c", "refused": "#b6b", "skipped": "#aaa"}
+SYMBOLS = {"passed": "pass", "failed": "FAIL", "crashed": "CRASH", "error": "ERROR",
+           "xfail": "xfail", "xpass": "XPASS", "refused": "refused", "skipped": "skip"}
+CONSOLE_TAIL_LINES = 40
+
+
+@dataclass
+class Detail:
+    anchor: str
+    cell: str
+    result: Result
+    console_link: str
+    console_excerpt: str
+
+
+def sparkline(outcomes: list[str]) -> str:
+    """A small inline SVG: one bar per run, oldest left, coloured by outcome."""
+    width = 5 * len(outcomes)
+    bars = "".join(
+        f'<rect x="{5 * i}" y="{2 if o in ("failed", "crashed", "error", "xpass") else 6}" '
+        f'width="4" height="{10 if o in ("failed", "crashed", "error", "xpass") else 6}" '
+        f'fill="{COLOURS.get(o, "#999")}"><title>{html.escape(o)}</title></rect>'
+        for i, o in enumerate(outcomes))
+    return (f'<svg class="spark" width="{width}" height="12" viewBox="0 0 {width} 12" '
+            f'role="img" aria-label="history">{bars}</svg>')
+
+
+def _console_excerpt(path: Path, title: str) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    if title:   # around the crash signature if it is there
+        key = title.split(":")[0].replace("kernel ", "")[:30]
+        for index, line in enumerate(lines):
+            if key and key in line:
+                return "\n".join(lines[max(0, index - 5):index + CONSOLE_TAIL_LINES])
+    return "\n".join(lines[-CONSOLE_TAIL_LINES:])
+
+
+def build_context(db, run_id: str, comparison: Comparison, results_dir: Path,
+                  report_path: Path, history: int) -> dict:
+    cells = db.cells(run_id)
+    columns = [c["cell"] for c in cells]
+    matrix: dict[str, dict[str, Result]] = {}
+    for cell in columns:
+        for test, result in db.results(run_id, cell).items():
+            matrix.setdefault(test, {})[cell] = result
+    rows = sorted(matrix, key=lambda t: (t.split("::")[0], t))
+    sparks = {(test, cell): sparkline(db.history(cell, test, run_id, history))
+              for test in rows for cell in matrix[test]}
+    details: list[Detail] = []
+    anchors: dict[tuple[str, str], str] = {}
+    for test in rows:
+        for cell in columns:
+            result = matrix[test].get(cell)
+            if result is None or result.outcome in ("passed", "skipped"):
+                continue
+            anchor = f"d{len(details)}"
+            anchors[(test, cell)] = anchor
+            link = excerpt = ""
+            if result.console_log:
+                console = results_dir / result.console_log
+                link = os.path.relpath(console, report_path.parent)
+                if result.outcome in ("crashed", "error", "failed"):
+                    excerpt = _console_excerpt(console, result.crash_title)
+            details.append(Detail(anchor, cell, result, link, excerpt))
+    run = db.run(run_id)
+    return {"run_id": run_id, "run": dict(run) if run else {}, "cells": [dict(c) for c in cells],
+            "columns": columns, "rows": rows, "matrix": matrix, "sparks": sparks,
+            "details": details, "anchors": anchors, "comparison": comparison,
+            "categories": CATEGORIES, "symbols": SYMBOLS, "colours": COLOURS,
+            "history": history,
+            "known_bugs": [d for d in details if d.result.outcome == "xfail"]}
+
+
+def render(db, run_id: str, comparison: Comparison, results_dir: Path, out: Path,
+           history: int = 10) -> Path:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)
+    context = build_context(db, run_id, comparison, results_dir, out, history)
+    env.filters["markup"] = lambda text: jinja2.utils.markupsafe.Markup(text)
+    out.write_text(env.get_template("nightly.html.j2").render(**context))
+    return out

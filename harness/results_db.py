@@ -1,0 +1,215 @@
+"""The results history: one SQLite file (runs, shards, cells, per-test results).
+
+A shard's rows become visible to comparisons only when the shard is marked complete, in
+the same transaction as its last cell: an interrupted or killed run never becomes "the
+previous run". Paths are stored relative to the results directory, so a history can be
+moved, archived by CI and merged from several machines."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started TEXT NOT NULL, matrix TEXT, matrix_digest TEXT,
+    harness_version TEXT, shard_count INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS shards (
+    run_id TEXT NOT NULL, shard INTEGER NOT NULL, status TEXT NOT NULL,
+    started TEXT, finished TEXT, host TEXT, PRIMARY KEY (run_id, shard));
+CREATE TABLE IF NOT EXISTS cells (
+    run_id TEXT NOT NULL, cell TEXT NOT NULL, shard INTEGER NOT NULL,
+    kernel_spec TEXT, kernel_label TEXT, kernel_identity TEXT, kernel_commit TEXT,
+    kernel_release TEXT, series TEXT, series_digest TEXT, config_digest TEXT,
+    smp TEXT, accel TEXT, selection TEXT, harness_version TEXT, input_digest TEXT,
+    junit TEXT, started TEXT, seconds REAL, status TEXT, error TEXT, pytest_exit INTEGER,
+    PRIMARY KEY (run_id, cell));
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL, cell TEXT NOT NULL, test TEXT NOT NULL, family TEXT,
+    outcome TEXT NOT NULL, seconds REAL, message TEXT, crash_title TEXT, console_log TEXT,
+    machine TEXT, PRIMARY KEY (run_id, cell, test));
+"""
+
+CELL_FIELDS = ("cell", "shard", "kernel_spec", "kernel_label", "kernel_identity",
+               "kernel_commit", "kernel_release", "series", "series_digest", "config_digest",
+               "smp", "accel", "selection", "harness_version", "input_digest", "junit",
+               "started", "seconds", "status", "error", "pytest_exit")
+RESULT_FIELDS = ("test", "family", "outcome", "seconds", "message", "crash_title",
+                 "console_log", "machine")
+BAD = frozenset({"failed", "crashed", "error", "xpass"})
+
+
+@dataclass(frozen=True)
+class Result:
+    test: str
+    family: str
+    outcome: str
+    seconds: float = 0.0
+    message: str = ""
+    crash_title: str = ""
+    console_log: str = ""
+    machine: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.outcome in BAD
+
+
+class ResultsDB:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def begin_shard(self, run_id: str, started: str, matrix: str, matrix_digest: str,
+                    harness_version: str, shard: int, shard_count: int, host: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                       (run_id, started, matrix, matrix_digest, harness_version, shard_count))
+            existing = db.execute("SELECT status FROM shards WHERE run_id=? AND shard=?",
+                                  (run_id, shard)).fetchone()
+            if existing and existing["status"] == "complete":
+                raise ValueError(f"run {run_id} shard {shard} is already complete in "
+                                 f"{self.path}; use a new --run-id")
+            db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, 'running', ?, NULL, ?)",
+                       (run_id, shard, started, host))
+            # a rerun of an interrupted shard replaces whatever it had written
+            db.execute("DELETE FROM results WHERE run_id=? AND cell IN (SELECT cell FROM cells "
+                       "WHERE run_id=? AND shard=?)", (run_id, run_id, shard))
+            db.execute("DELETE FROM cells WHERE run_id=? AND shard=?", (run_id, shard))
+
+    def add_cell(self, run_id: str, cell: dict, results: list[Result]) -> None:
+        with self.transaction() as db:
+            db.execute(f"INSERT OR REPLACE INTO cells (run_id, {', '.join(CELL_FIELDS)}) "
+                       f"VALUES ({', '.join('?' * (len(CELL_FIELDS) + 1))})",
+                       (run_id, *(cell.get(k) for k in CELL_FIELDS)))
+            db.execute("DELETE FROM results WHERE run_id=? AND cell=?", (run_id, cell["cell"]))
+            db.executemany(
+                f"INSERT INTO results VALUES ({', '.join('?' * (len(RESULT_FIELDS) + 2))})",
+                [(run_id, cell["cell"], *(getattr(r, k) for k in RESULT_FIELDS))
+                 for r in results])
+
+    def finish_shard(self, run_id: str, shard: int, finished: str, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE shards SET status=?, finished=? WHERE run_id=? AND shard=?",
+                       (status, finished, run_id, shard))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def runs(self, complete_only: bool = False) -> list[sqlite3.Row]:
+        rows = self.conn.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM shards s WHERE s.run_id=r.run_id AND "
+            "s.status='complete') AS complete_shards, (SELECT COUNT(*) FROM shards s WHERE "
+            "s.run_id=r.run_id) AS shards_seen FROM runs r ORDER BY r.started, r.run_id"
+        ).fetchall()
+        if complete_only:
+            rows = [r for r in rows if r["complete_shards"] == r["shard_count"]]
+        return rows
+
+    def run(self, run_id: str) -> sqlite3.Row | None:
+        return next((r for r in self.runs() if r["run_id"] == run_id), None)
+
+    def latest_run(self) -> str | None:
+        runs = self.runs()
+        return runs[-1]["run_id"] if runs else None
+
+    def cells(self, run_id: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM cells WHERE run_id=? ORDER BY cell",
+                                 (run_id,)).fetchall()
+
+    def results(self, run_id: str, cell: str) -> dict[str, Result]:
+        rows = self.conn.execute(
+            f"SELECT {', '.join(RESULT_FIELDS)} FROM results WHERE run_id=? AND cell=?",
+            (run_id, cell)).fetchall()
+        return {r["test"]: Result(*r) for r in rows}
+
+    def previous_cell(self, run_id: str, cell: str) -> sqlite3.Row | None:
+        """The same cell in the latest earlier run whose shard holding it completed."""
+        started = self.conn.execute("SELECT started FROM runs WHERE run_id=?",
+                                    (run_id,)).fetchone()
+        if started is None:
+            return None
+        return self.conn.execute(
+            "SELECT c.* FROM cells c JOIN runs r ON r.run_id=c.run_id JOIN shards s ON "
+            "s.run_id=c.run_id AND s.shard=c.shard WHERE c.cell=? AND s.status='complete' AND "
+            "c.run_id<>? AND (r.started<? OR (r.started=? AND r.run_id<?)) "
+            "ORDER BY r.started DESC, r.run_id DESC LIMIT 1",
+            (cell, run_id, started[0], started[0], run_id)).fetchone()
+
+    def history(self, cell: str, test: str, before_run: str, limit: int) -> list[str]:
+        """Outcomes of one test in one cell over the last `limit` committed runs up to and
+        including `before_run`, oldest first."""
+        started = self.conn.execute("SELECT started FROM runs WHERE run_id=?",
+                                    (before_run,)).fetchone()
+        rows = self.conn.execute(
+            "SELECT res.outcome FROM results res JOIN cells c ON c.run_id=res.run_id AND "
+            "c.cell=res.cell JOIN shards s ON s.run_id=c.run_id AND s.shard=c.shard JOIN runs r "
+            "ON r.run_id=c.run_id WHERE res.cell=? AND res.test=? AND r.started<=? AND "
+            "(s.status='complete' OR r.run_id=?) ORDER BY r.started DESC, r.run_id DESC LIMIT ?",
+            (cell, test, started[0] if started else "9999", before_run, limit)).fetchall()
+        return [r[0] for r in reversed(rows)]
+
+    # -- merging -------------------------------------------------------------------------------
+
+    def merge_from(self, other: Path) -> list[str]:
+        """Fold another results database into this one; returns the run ids it brought.
+        A complete shard replaces a running/interrupted copy of the same shard."""
+        src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+        src.row_factory = sqlite3.Row
+        try:
+            runs = src.execute("SELECT * FROM runs").fetchall()
+            with self.transaction() as db:
+                for run in runs:
+                    db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                               tuple(run))
+                for shard in src.execute("SELECT * FROM shards").fetchall():
+                    mine = db.execute("SELECT status FROM shards WHERE run_id=? AND shard=?",
+                                      (shard["run_id"], shard["shard"])).fetchone()
+                    if mine is not None and (mine["status"] == "complete"
+                                             or shard["status"] != "complete"):
+                        continue
+                    db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                               tuple(shard))
+                    db.execute("DELETE FROM results WHERE run_id=? AND cell IN (SELECT cell "
+                               "FROM cells WHERE run_id=? AND shard=?)",
+                               (shard["run_id"], shard["run_id"], shard["shard"]))
+                    db.execute("DELETE FROM cells WHERE run_id=? AND shard=?",
+                               (shard["run_id"], shard["shard"]))
+                    for cell in src.execute("SELECT * FROM cells WHERE run_id=? AND shard=?",
+                                            (shard["run_id"], shard["shard"])).fetchall():
+                        db.execute(f"INSERT INTO cells VALUES "
+                                   f"({', '.join('?' * len(cell.keys()))})", tuple(cell))
+                        rows = src.execute("SELECT * FROM results WHERE run_id=? AND cell=?",
+                                           (cell["run_id"], cell["cell"])).fetchall()
+                        db.executemany(f"INSERT INTO results VALUES "
+                                       f"({', '.join('?' * (len(RESULT_FIELDS) + 2))})",
+                                       [tuple(r) for r in rows])
+            return [r["run_id"] for r in runs]
+        finally:
+            src.close()

@@ -1,0 +1,301 @@
+"""The nightly job without kernels: a scripted cell runner feeds the real matrix loader,
+results database, comparison, merge, reports and KCIDB export."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from harness import cli, kcidb, nightly, nightly_matrix, regressions
+from harness.nightly_matrix import MatrixError
+from harness.results_db import Result, ResultsDB
+
+MATRIX = """
+name = "unit"
+[defaults]
+smp = ["1,4"]
+[selection]
+smp = ["-m", "smp"]
+[[kernel]]
+name = "k61"
+kernel = "debian:6.1"
+series = ["default", "none"]
+[[kernel]]
+name = "k612"
+kernel = "debian:6.12"
+selection = ["smp"]
+"""
+
+
+def write_matrix(tmp_path: Path, text: str = MATRIX) -> Path:
+    path = tmp_path / "matrix.toml"
+    path.write_text(text)
+    return path
+
+
+class ScriptedRunner:
+    """outcomes[cell key][test] = outcome; identity[cell key] = kernel identity."""
+
+    def __init__(self, outcomes: dict, identity: dict | None = None, interrupt_at=None):
+        self.outcomes, self.identity = outcomes, identity or {}
+        self.interrupt_at, self.seen = interrupt_at, []
+
+    def run(self, cell, cell_dir):
+        self.seen.append(cell.key)
+        if cell.key == self.interrupt_at:
+            raise KeyboardInterrupt
+        console = cell_dir / "console.log"
+        console.write_text("Linux version 6.1\nWARNING: CPU: 0 PID: 1 at kernel/x.c:1 f\n"
+                           "---[ end trace ]---\n")
+        row = {"kernel_spec": cell.kernel, "kernel_label": cell.kernel,
+               "kernel_identity": self.identity.get(cell.key, "id-" + cell.kernel_name),
+               "series": cell.series_name, "series_digest": "s" * 16, "config_digest": "c" * 16,
+               "smp": cell.smp, "accel": "auto:tcg/multi", "selection": "[]", "seconds": 1.0,
+               "kernel_release": "6.1.0", "kernel_commit": "a" * 40}
+        results = []
+        for test, outcome in self.outcomes.get(cell.key, {}).items():
+            family = test.split("::")[0]
+            message = {"failed": "AssertionError: lost 3 hits", "xfail":
+                       "known bug: 6.1 nhit is racy",
+                       "crashed": "crashed: kernel WARNING at kernel/x.c:1"}.get(outcome, "")
+            results.append(Result(test, family, outcome, 0.5, message,
+                                  "kernel WARNING at kernel/x.c:1" if outcome == "crashed"
+                                  else "", str(console), "tcg/multi 4vCPU"))
+        return nightly.CellRun(row, results)
+
+
+def run(tmp_path, runner, run_id, matrix_path=None, started=None):
+    matrix = nightly_matrix.load_matrix(matrix_path or write_matrix(tmp_path))
+    options = nightly.NightlyOptions(tmp_path / "res", tmp_path / "res" / "results.db", run_id)
+    comparison = nightly.run_nightly(matrix, list(matrix.cells), options, runner,
+                                     note=lambda *_: None)
+    return comparison
+
+
+PASSING = {"k61/default/smp1,4/all": {"threads::t_a": "passed", "fp::t_b": "passed"},
+           "k61/none/smp1,4/all": {"threads::t_a": "xfail", "fp::t_b": "passed"},
+           "k612/default/smp1,4/smp": {"threads::t_a": "passed"}}
+
+
+def with_outcome(cell: str, test: str, outcome: str) -> dict:
+    data = json.loads(json.dumps(PASSING))
+    data[cell][test] = outcome
+    return data
+
+
+# -- the matrix ------------------------------------------------------------------------------
+
+def test_matrix_cells_are_the_product_with_names(tmp_path):
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+    assert [c.key for c in matrix.cells] == list(PASSING)
+    none = matrix.cells[1]
+    assert none.series is None or none.series == "none"
+    assert matrix.cells[0].series is None          # "default" -> the kernel's own series
+    assert matrix.cells[2].selection == ("-m", "smp")
+
+
+def test_sample_matrix_loads():
+    matrix = nightly_matrix.load_matrix(Path(__file__).parent.parent / "nightly.toml")
+    assert len(matrix.cells) >= 3
+    assert {c.kernel for c in matrix.cells} == {"debian:6.1", "debian:6.12"}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nsmp=['x']", "smp 'x'"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nselection=['nope']", "selection 'nope'"),
+    ("[[kernel]]\nname='a b'\nkernel='debian:6.1'", "needs a name"),
+    ("[[kernel]]\nname='a'", "has no kernel"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nfoo=1", "unknown key(s) foo"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\n[[kernel]]\nname='a'\nkernel='debian:6.12'",
+     "appear twice"),
+    ("name = ", "not valid TOML"),
+    ("name = 'x'", "no [[kernel]] entries"),
+])
+def test_matrix_errors_name_the_file_and_the_entry(tmp_path, text, needle):
+    with pytest.raises(MatrixError) as error:
+        nightly_matrix.load_matrix(write_matrix(tmp_path, text))
+    assert needle in str(error.value)
+    assert "matrix.toml" in str(error.value)
+
+
+def test_exclude_removes_cells(tmp_path):
+    text = MATRIX + "[[exclude]]\nkernel = 'k61'\nseries = 'none'\n"
+    keys = [c.key for c in nightly_matrix.load_matrix(write_matrix(tmp_path, text)).cells]
+    assert "k61/none/smp1,4/all" not in keys and len(keys) == 2
+
+
+def test_shards_partition_the_matrix(tmp_path):
+    cells = nightly_matrix.load_matrix(write_matrix(tmp_path)).cells
+    for count in (1, 2, 3, 5):
+        parts = [nightly_matrix.shard_cells(cells, i, count) for i in range(1, count + 1)]
+        keys = [c.key for part in parts for c in part]
+        assert sorted(keys) == sorted(c.key for c in cells)
+    # as many kernels as shards: one kernel's cells stay together (built once)
+    first, second = (nightly_matrix.shard_cells(cells, i, 2) for i in (1, 2))
+    assert {c.kernel_name for c in first} == {"k61"} and {c.kernel_name for c in second} == {"k612"}
+    for bad in ("0/2", "3/2", "x", ""):
+        with pytest.raises(MatrixError):
+            nightly_matrix.parse_shard(bad)
+
+
+# -- history and regressions -------------------------------------------------------------------
+
+def test_two_runs_flag_a_new_failure_and_exit_nonzero(tmp_path):
+    first = run(tmp_path, ScriptedRunner(PASSING), "r1")
+    assert first.changes == [] and len(first.cells_without_history) == 3
+    assert regressions.exit_status(first, "new") == 0
+    broken = with_outcome("k61/default/smp1,4/all", "threads::t_a", "failed")
+    second = run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "id-changed"}), "r2")
+    assert [(c.cell, c.test, c.category, c.before, c.after) for c in second.changes] == [
+        ("k61/default/smp1,4/all", "threads::t_a", "new failure", "passed", "failed")]
+    assert regressions.exit_status(second, "new") == 1
+    assert regressions.exit_status(second, "never") == 0
+    # the same failure again: still failing, no longer new, the job is green again
+    third = run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "id-changed"}), "r3")
+    assert [c.category for c in third.changes] == ["still failing"]
+    assert regressions.exit_status(third, "new") == 0
+    assert regressions.exit_status(third, "failures") == 1
+    # fixed by a new kernel
+    fourth = run(tmp_path, ScriptedRunner(PASSING, {"k61/default/smp1,4/all": "id-fixed"}), "r4")
+    assert [c.category for c in fourth.changes] == ["fixed"]
+
+
+def test_outcome_change_without_input_change_is_flaky(tmp_path):
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    flaky = with_outcome("k612/default/smp1,4/smp", "threads::t_a", "crashed")
+    second = run(tmp_path, ScriptedRunner(flaky), "r2")
+    assert [(c.test, c.category) for c in second.changes] == [("threads::t_a", "flaky")]
+    assert regressions.exit_status(second, "new") == 0
+
+
+def test_interrupted_run_never_becomes_the_previous_run(tmp_path):
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    broken = with_outcome("k61/default/smp1,4/all", "fp::t_b", "failed")
+    with pytest.raises(KeyboardInterrupt):     # cell 1 stored, then interrupted at cell 2
+        run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "id-2"},
+                                     interrupt_at="k61/none/smp1,4/all"), "r2")
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        assert [(r["run_id"], r["complete_shards"]) for r in db.runs()] == [("r1", 1), ("r2", 0)]
+        assert db.previous_cell("r2", "k61/default/smp1,4/all")["run_id"] == "r1"
+    # the next run compares with r1, so the failure is still new
+    third = run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "id-2"}), "r3")
+    assert [(c.test, c.category, c.before) for c in third.changes] == [
+        ("fp::t_b", "new failure", "passed")]
+
+
+def test_a_killed_run_leaves_a_consistent_database(tmp_path):
+    """SIGKILL mid-cell: the shard stays 'running'; its rows are not a previous run."""
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    db_path = tmp_path / "res" / "results.db"
+    with ResultsDB(db_path) as db:      # what a killed run leaves: a begun shard, one cell
+        db.begin_shard("r2", "9999-01-01", "unit", "x", "v", 1, 1, "host")
+        db.add_cell("r2", {"cell": "k61/default/smp1,4/all", "shard": 1, "input_digest": "z"},
+                    [Result("threads::t_a", "threads", "failed")])
+    assert sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    third = run(tmp_path, ScriptedRunner(PASSING), "r3")
+    assert third.changes == []
+
+
+def test_summary_and_reports(tmp_path):
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    broken = with_outcome("k61/default/smp1,4/all", "threads::t_a", "crashed")
+    comparison = run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "x"}), "r2")
+    results_dir = tmp_path / "res"
+    with ResultsDB(results_dir / "results.db") as db:
+        summary = nightly.format_summary(db, "r2", comparison)
+        outputs = nightly.write_outputs(db, "r2", comparison, results_dir)
+        assert db.history("k61/default/smp1,4/all", "threads::t_a", "r2", 10) == \
+            ["passed", "crashed"]
+    assert "NEW FAILURE" in summary and "kernel WARNING at kernel/x.c:1" in summary
+    html = outputs["report"].read_text()
+    assert html.index('id="new-failures"') < html.index('id="matrix"')
+    assert "known bug: 6.1 nhit is racy" in html          # xfail reasons shown
+    assert "WARNING: CPU: 0 PID: 1" in html                # console excerpt embedded
+    assert html.count("<svg class=\"spark\"") == 5
+    import xml.etree.ElementTree as ET
+    suites = ET.parse(outputs["junit"]).getroot().findall("testsuite")
+    assert [s.get("name") for s in suites] == list(PASSING)
+    assert [s.get("failures") for s in suites] == ["1", "0", "0"]
+    assert suites[1].find("testcase[@name='t_a']/skipped").get("type") == "uprobe-harness.xfail"
+
+
+def test_kcidb_export_is_valid_and_validation_can_fail(tmp_path):
+    run(tmp_path, ScriptedRunner(with_outcome("k61/default/smp1,4/all", "fp::t_b", "failed")),
+        "r1")
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        data = kcidb.export(db, "r1")
+    statuses = sorted(t["status"] for t in data["tests"])
+    assert statuses == ["FAIL", "FAIL", "PASS", "PASS", "PASS"]    # the xfail is a FAIL
+    assert len(data["builds"]) == 2 and len(data["checkouts"]) == 2
+    assert all(t["path"].startswith("uprobes.") for t in data["tests"])
+    data["tests"][0]["status"] = "BROKEN"
+    with pytest.raises(Exception, match="BROKEN"):
+        kcidb.validate(data)
+
+
+def test_merge_folds_shards_into_one_complete_run(tmp_path):
+    matrix_path = write_matrix(tmp_path)
+    matrix = nightly_matrix.load_matrix(matrix_path)
+    for index in (1, 2):
+        options = nightly.NightlyOptions(tmp_path / f"shard{index}",
+                                         tmp_path / f"shard{index}" / "results.db", "ci-42",
+                                         index, 2)
+        nightly.run_nightly(matrix, nightly_matrix.shard_cells(matrix.cells, index, 2),
+                            options, ScriptedRunner(PASSING), note=lambda *_: None)
+        with ResultsDB(options.db_path) as db:       # one shard alone is not a complete run
+            assert db.runs(complete_only=True) == []
+    status = cli.main(["merge", "--into", str(tmp_path / "merged"), str(tmp_path / "shard1"),
+                       str(tmp_path / "shard2")])
+    assert status == 0
+    with ResultsDB(tmp_path / "merged" / "results.db") as db:
+        assert [r["run_id"] for r in db.runs(complete_only=True)] == ["ci-42"]
+        assert len(db.cells("ci-42")) == 3
+    report = tmp_path / "merged" / "runs" / "ci-42" / "report.html"
+    assert report.is_file() and "k612/default/smp1,4/smp" in report.read_text()
+    # merging again changes nothing
+    assert cli.main(["merge", "--into", str(tmp_path / "merged"), str(tmp_path / "shard1")]) == 0
+    with ResultsDB(tmp_path / "merged" / "results.db") as db:
+        assert len(db.cells("ci-42")) == 3
+
+
+def test_cli_errors_are_one_paragraph(tmp_path, capsys):
+    assert cli.main(["nightly", "--matrix", str(tmp_path / "missing.toml")]) == 1
+    assert "missing.toml does not exist" in capsys.readouterr().err
+    assert cli.main(["nightly-report", "--results-dir", str(tmp_path)]) == 1
+    assert "holds no results.db" in capsys.readouterr().err
+
+
+# -- the report in a real browser ---------------------------------------------------------------
+
+ARTEFACTS = Path(__file__).resolve().parent.parent / "results" / "ci-artefacts"
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    """The HTML report loads in Chromium without script errors and shows the matrix cells
+    and the regression; the screenshot is kept as a CI artefact."""
+    from harness import browser
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    broken = with_outcome("k61/default/smp1,4/all", "threads::t_a", "crashed")
+    comparison = run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "x"}), "r2")
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        report = nightly.write_outputs(db, "r2", comparison, tmp_path / "res")["report"]
+    page = browser.load(report, ARTEFACTS / "nightly-report.png")
+    assert page.console_errors == []
+    assert 'data-rendered="6"' in page.dom          # the script ran: 3 cells x 2 tests
+    assert re.search(r'<td class="o crashed" data-cell="k61/default/smp1,4/all" '
+                     r'data-outcome="crashed"', page.dom)
+    assert page.dom.count('data-outcome="xfail"') == 1
+    assert re.search(r'<tr class="new-failure"><td>k61/default/smp1,4/all</td>', page.dom)
+    assert page.screenshot is not None
+    assert page.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.screenshot.stat().st_size > 20_000
+
+    # the check can fail: a report whose script throws is caught
+    bad = tmp_path / "bad.html"
+    bad.write_text(report.read_text().replace("document.body.dataset.rendered",
+                                              "undefinedReportFunction(); document.body"))
+    assert any("undefinedReportFunction" in e for e in browser.load(bad).console_errors)
