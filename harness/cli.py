@@ -281,8 +281,10 @@ def cmd_sweep(args) -> int:
     return EXIT_FAIL if report.unexpected() else EXIT_OK
 
 
-def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str, history: int) -> int:
+def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str | None,
+                    history: int) -> int:
     from . import nightly, regressions
+    fail_on = fail_on or "new"
     from .results_db import ResultsDB
     with ResultsDB(db_path) as db:
         if db.run(run_id) is None:
@@ -305,6 +307,11 @@ def cmd_nightly(args) -> int:
     from .progress import Progress
     matrix = nightly_matrix.load_matrix(Path(args.matrix))
     index, count = nightly_matrix.parse_shard(args.shard)
+    if count > 1 and not args.run_id:
+        raise HarnessError(f"--shard {args.shard}: give every shard of the run the same "
+                           f"--run-id (e.g. the CI pipeline id), or they never form one run.")
+    # a shard alone has no complete history: the merge step gates, unless told otherwise
+    fail_on = args.fail_on or ("never" if count > 1 else "new")
     cells = nightly_matrix.shard_cells(matrix.cells, index, count)
     results_dir = Path(args.results_dir).resolve()
     db_path = Path(args.db).resolve() if args.db else results_dir / "results.db"
@@ -320,7 +327,7 @@ def cmd_nightly(args) -> int:
     if count > 1:
         print(f"shard {index}/{count} stored in {db_path}; fold the shards with "
               f"`python -m harness merge --into DIR SHARD_DIR...`")
-    return _nightly_finish(results_dir, db_path, options.run_id, args.fail_on, args.history)
+    return _nightly_finish(results_dir, db_path, options.run_id, fail_on, args.history)
 
 
 def cmd_merge(args) -> int:
@@ -330,9 +337,14 @@ def cmd_merge(args) -> int:
     from . import nightly
     into = Path(args.into).resolve()
     run_ids = nightly.merge(into, [Path(s).resolve() for s in args.sources])
-    run_id = args.run_id or (run_ids[-1] if run_ids else None)
+    run_id = args.run_id or (run_ids[0] if run_ids else None)      # the latest run merged
     if run_id is None:
-        raise HarnessError("merge: the sources hold no runs.")
+        from .results_db import ResultsDB
+        with ResultsDB(into / "results.db") as db:
+            run_id = db.latest_run()
+        if run_id is None:
+            raise HarnessError("merge: the sources hold no runs.")
+        print(f"merge: nothing new; reporting the latest run, {run_id}")
     return _nightly_finish(into, into / "results.db", run_id, args.fail_on, args.history)
 
 
@@ -353,9 +365,9 @@ def cmd_nightly_report(args) -> int:
 
 
 def _add_nightly_outputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fail-on", choices=["new", "failures", "never"], default="new",
-                        help="exit 1 on new failures only (default), on any failing test, or "
-                             "never")
+    parser.add_argument("--fail-on", choices=["new", "failures", "never"], default=None,
+                        help="exit 1 on new failures only (default; `never` for one shard of "
+                             "several), on any failing test, or never")
     parser.add_argument("--history", type=int, default=10, metavar="N",
                         help="runs shown in the report's per-test history (default 10)")
 

@@ -101,14 +101,16 @@ class HarnessCellRunner:
             return CellRun(row, [Result(SETUP_TEST, "build", "error", 0.0, str(error))])
         row.update(_kernel_fields(built))
         junit = cell_dir / "junit.xml"
+        junit.unlink(missing_ok=True)          # a rerun of an interrupted shard: no stale file
         cmd = scenario_run.pytest_command(
             cell.kernel, junit, series=cell.series, fragments=cell.fragments, smp=cell.smp,
             accel=cell.accel, extra=(*cell.selection, f"--basetemp={cell_dir / 'tmp'}", "-q"))
         self.note(f"{cell.key}: {built.label}{' + ' + built.series if built.series else ''}: "
                   f"pytest {' '.join(cell.selection) or '(all scenarios)'}")
         with open(cell_dir / "pytest.log", "w") as log:
+            # its own session: one SIGINT from _stop, not a second one from the terminal
             self._child = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log,
-                                           stderr=subprocess.STDOUT)
+                                           stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 status = self._child.wait()
             finally:
@@ -120,24 +122,47 @@ class HarnessCellRunner:
             row.update(status="error", error=f"pytest wrote no results (exit {status}); see "
                                              f"{cell_dir / 'pytest.log'}")
             return CellRun(row, [Result("(pytest)", "harness", "error", 0.0, row["error"])])
-        results = [to_result(r) for r in report.read_junit(junit)]
+        tests = report.read_junit(junit)
+        results = merge_duplicates([to_result(r) for r in tests])
         row["status"] = "ok" if status in (0, 1) else "error"
-        if status not in (0, 1):
+        if status not in (0, 1):     # 2 interrupted, 3 internal error, 4 usage, 5 no tests
             row["error"] = f"pytest exit {status}; see {cell_dir / 'pytest.log'}"
-        machines = sorted({r.machine.split(" ")[0] for r in results if r.machine})
-        if machines:   # the accelerator actually used (auto resolves per host)
-            row["accel"] = f"{cell.accel}:{'+'.join(machines)}"
+            results.append(Result("(pytest)", "harness", "error", 0.0, row["error"]))
+        # the accelerator kind actually used (auto resolves per host); the TCG threading
+        # of each test is in its machine column (it follows a runtime canary, not an input)
+        kinds = sorted({r.machine.split("/")[0].split(" ")[0] for r in results if r.machine})
+        if kinds:
+            row["accel"] = f"{cell.accel}:{'+'.join(kinds)}"
+        # the kernel the tests actually ran (pytest resolves the spec again)
+        tested = {t.properties.get("kernel_identity") for t in tests} - {None, ""}
+        if len(tested) == 1 and tested != {row["kernel_identity"]}:
+            self.note(f"{cell.key}: pytest tested kernel {next(iter(tested))}, not the "
+                      f"{row['kernel_identity']} built first (the source moved?)")
+            row["kernel_identity"] = next(iter(tested))
         return CellRun(row, results)
 
 
 def _stop(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.send_signal(signal.SIGINT)
+    """SIGINT to the pytest session (it shuts its VMs down), SIGKILL after 30 s; further
+    SIGINT/SIGTERM to us meanwhile are held back so that the child never outlives us."""
+    if child.poll() is not None:
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
         try:
+            os.killpg(child.pid, signal.SIGINT)
             child.wait(30)
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            pass
+        except ProcessLookupError:
+            return
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _kernel_fields(built) -> dict:
@@ -148,6 +173,29 @@ def _kernel_fields(built) -> dict:
             "kernel_commit": meta.get("source_commit", ""), "kernel_release": built.release,
             "series_digest": meta.get("series_digest", ""),
             "config_digest": meta.get("fragments_digest", "")}
+
+
+SEVERITY = ("crashed", "error", "failed", "xpass", "xfail", "refused", "skipped", "passed")
+
+
+def merge_duplicates(results: list[Result]) -> list[Result]:
+    """pytest reports a test twice when it fails in its call and again in its teardown (a
+    splat while the probes were removed): keep one result, the worse outcome, both texts."""
+    merged: dict[str, Result] = {}
+    for result in results:
+        seen = merged.get(result.test)
+        if seen is None:
+            merged[result.test] = result
+            continue
+        worse, other = sorted((seen, result), key=lambda r: SEVERITY.index(r.outcome)
+                              if r.outcome in SEVERITY else 0)
+        from dataclasses import replace
+        merged[result.test] = replace(
+            worse, seconds=seen.seconds + result.seconds,
+            message="\n\n".join(m for m in (worse.message, other.message) if m),
+            crash_title=worse.crash_title or other.crash_title,
+            console_log=worse.console_log or other.console_log)
+    return list(merged.values())
 
 
 _CRASH = re.compile(r"^crashed(?: in teardown)?: (?:kernel )?(.*)$")
@@ -191,7 +239,8 @@ def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runn
                 started = now()
                 outcome = runner.run(cell, cell_dir)
                 row = {**outcome.row, "cell": cell.key, "shard": options.shard,
-                       "started": started, "harness_version": version}
+                       "started": started, "harness_version": version,
+                       "dir": _relpath(str(cell_dir), options.results_dir)}
                 row.setdefault("status", "ok")
                 row["input_digest"] = input_digest(row)
                 results = [_relative(r, options.results_dir) for r in outcome.results]
@@ -245,7 +294,8 @@ def format_summary(db: ResultsDB, run_id: str, comparison: regressions.Compariso
                      f"{'  [' + cell['error'][:60] + ']' if cell['error'] else ''}")
     counts = comparison.counts()
     lines.append("compared with the previous run: " +
-                 ", ".join(f"{n} {c}" for c, n in counts.items()))
+                 ", ".join(f"{n} {c}" for c, n in counts.items()) +
+                 f", {len(comparison.vanished)} gone")
     if comparison.cells_without_history:
         lines.append(f"  no previous run for: {', '.join(comparison.cells_without_history)}")
     for category in regressions.CATEGORIES:
@@ -256,6 +306,8 @@ def format_summary(db: ResultsDB, run_id: str, comparison: regressions.Compariso
                          f"({change.before or 'new'} -> {change.after}) {first[:80]}")
         if len(changes) > limit:
             lines.append(f"  ... and {len(changes) - limit} more {category}")
+    for cell, test in comparison.vanished[:limit]:
+        lines.append(f"  {'GONE':<14} {cell} {test} (in the previous run, not in this one)")
     return "\n".join(lines)
 
 
@@ -301,11 +353,12 @@ def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
 
 
 def merge(into: Path, sources: list[Path], note=print) -> list[str]:
-    """Fold results directories (shards, or another machine's history) into `into`:
-    databases row by row, cell directories file by file. Returns the run ids merged."""
+    """Fold results directories (shards, or another machine's history) into `into`: the
+    databases row by row, and the directories of exactly the cells taken from each.
+    Returns the run ids that received cells, latest first."""
     import shutil
     into.mkdir(parents=True, exist_ok=True)
-    run_ids: list[str] = []
+    touched: set[str] = set()
     with ResultsDB(into / "results.db") as db:
         for source in sources:
             source_db = source / "results.db" if source.is_dir() else source
@@ -314,11 +367,18 @@ def merge(into: Path, sources: list[Path], note=print) -> list[str]:
                                    f"--results-dir or a results database).")
             if source_db.resolve() == (into / "results.db").resolve():
                 continue
-            brought = db.merge_from(source_db)
-            runs_dir = source_db.parent / "runs"
-            if runs_dir.is_dir():
-                shutil.copytree(runs_dir, into / "runs", dirs_exist_ok=True)
-            note(f"merged {source}: run(s) {', '.join(brought) or 'none'}")
-            run_ids += [r for r in brought if r not in run_ids]
-    return run_ids
-
+            try:
+                taken = db.merge_from(source_db)
+            except ValueError as error:
+                raise HarnessError(f"merge: {error}") from error
+            for run_id, cell in taken:
+                row = next(c for c in db.cells(run_id) if c["cell"] == cell)
+                if row["dir"] and (source_db.parent / row["dir"]).is_dir():
+                    target = into / row["dir"]
+                    shutil.rmtree(target, ignore_errors=True)
+                    shutil.copytree(source_db.parent / row["dir"], target, symlinks=True)
+            runs = sorted({r for r, _ in taken})
+            note(f"merged {source}: {len(taken)} cell(s) of run(s) {', '.join(runs) or 'none'}")
+            touched.update(runs)
+        order = [r["run_id"] for r in db.runs()]
+    return sorted(touched, key=order.index, reverse=True)

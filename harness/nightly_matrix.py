@@ -38,7 +38,10 @@ class Cell:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+        """A directory name, unique per key (the digest tells apart keys that differ only
+        in the characters replaced)."""
+        digest = hashlib.sha256(self.key.encode()).hexdigest()[:6]
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.key) + "-" + digest
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ def load_matrix(path: Path) -> Matrix:
     _check_keys(path, "[defaults]", defaults, _DEFAULT_KEYS)
     selections = {"all": ()}
     for name, args in data.get("selection", {}).items():
+        if not _NAME.match(name):
+            raise MatrixError(f"{path}: [selection] name {name!r} may only contain letters, "
+                              f"digits and ._+- (it is part of the cell names).")
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise MatrixError(f"{path}: [selection] {name} must be a list of pytest arguments "
                               f"(strings), e.g. {name} = [\"-m\", \"smp\"].")
@@ -133,14 +139,18 @@ def _as_list(value) -> list:
 
 def _series_entry(path: Path, kernel_name: str, value) -> tuple[str, str | None]:
     """"default" | "none" | "NAME" | {name = "...", series = "..."} -> (name, series)."""
-    if isinstance(value, str):
+    if isinstance(value, str) and "/" not in value:
         return value, None if value == "default" else value
-    if isinstance(value, dict) and set(value) <= {"name", "series"} and value.get("name"):
+    if isinstance(value, str):
+        raise MatrixError(f"{path}: kernel {kernel_name}: series {value!r} is a path; give it "
+                          f"a name for the cell: {{name = \"...\", series = \"{value}\"}}.")
+    if isinstance(value, dict) and set(value) <= {"name", "series"} and \
+            _NAME.match(str(value.get("name", ""))):
         series = value.get("series", "default")
         return value["name"], None if series == "default" else series
     raise MatrixError(f"{path}: kernel {kernel_name}: a series entry is \"default\", \"none\", "
-                      f"a name under patches/, or {{name = \"...\", series = \"...\"}} "
-                      f"(got {value!r}).")
+                      f"a name under patches/, or {{name = \"...\", series = \"...\"}} with a "
+                      f"name of letters, digits and ._+- (got {value!r}).")
 
 
 def _resolve_kernel(spec: str, base: Path) -> str:

@@ -19,7 +19,7 @@ COLOURS = {"passed": "#3a3", "failed": "#d33", "crashed": "#800", "error": "#f80
            "xfail": "#db3", "xpass": "#36c", "refused": "#b6b", "skipped": "#aaa"}
 SYMBOLS = {"passed": "pass", "failed": "FAIL", "crashed": "CRASH", "error": "ERROR",
            "xfail": "xfail", "xpass": "XPASS", "refused": "refused", "skipped": "skip"}
-CONSOLE_TAIL_LINES = 40
+CONSOLE_EXCERPT_LINES = 60
 
 
 @dataclass
@@ -43,17 +43,28 @@ def sparkline(outcomes: list[str]) -> str:
             f'role="img" aria-label="history">{bars}</svg>')
 
 
-def _console_excerpt(path: Path, title: str) -> str:
+def _console_excerpt(path: Path, test: str, crashed: bool) -> str:
+    """The test's own window of the shared VM console: between the BEGIN/END markers the
+    pytest plugin writes to /dev/kmsg around each test. Without markers (the VM died before
+    the END, or never booted) the last lines, for crashes only."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    if title:   # around the crash signature if it is there
-        key = title.split(":")[0].replace("kernel ", "")[:30]
-        for index, line in enumerate(lines):
-            if key and key in line:
-                return "\n".join(lines[max(0, index - 5):index + CONSOLE_TAIL_LINES])
-    return "\n".join(lines[-CONSOLE_TAIL_LINES:])
+    name = test.partition("::")[2] or test
+    begin = end = None
+    for index, line in enumerate(lines):
+        if "uprobe-harness: BEGIN " in line and line.rstrip().endswith("::" + name):
+            begin, end = index, None
+        elif begin is not None and end is None and "uprobe-harness: END " in line and \
+                line.rstrip().endswith("::" + name):
+            end = index
+    if begin is not None:
+        window = lines[begin:(end + 1) if end is not None else None]
+        if len(window) > CONSOLE_EXCERPT_LINES:
+            window = window[:CONSOLE_EXCERPT_LINES] + [f"... ({len(window)} lines)"]
+        return "\n".join(window)
+    return "\n".join(lines[-CONSOLE_EXCERPT_LINES:]) if crashed else ""
 
 
 def build_context(db, run_id: str, comparison: Comparison, results_dir: Path,
@@ -81,7 +92,7 @@ def build_context(db, run_id: str, comparison: Comparison, results_dir: Path,
                 console = results_dir / result.console_log
                 link = os.path.relpath(console, report_path.parent)
                 if result.outcome in ("crashed", "error", "failed"):
-                    excerpt = _console_excerpt(console, result.crash_title)
+                    excerpt = _console_excerpt(console, test, result.outcome == "crashed")
             details.append(Detail(anchor, cell, result, link, excerpt))
     run = db.run(run_id)
     return {"run_id": run_id, "run": dict(run) if run else {}, "cells": [dict(c) for c in cells],

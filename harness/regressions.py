@@ -27,6 +27,7 @@ class Change:
 class Comparison:
     changes: list[Change] = field(default_factory=list)
     cells_without_history: list[str] = field(default_factory=list)
+    vanished: list[tuple[str, str]] = field(default_factory=list)   # (cell, test)
 
     def of(self, category: str) -> list[Change]:
         return [c for c in self.changes if c.category == category]
@@ -35,15 +36,17 @@ class Comparison:
         return {category: len(self.of(category)) for category in CATEGORIES}
 
 
-def compare_cell(cell: str, now: dict[str, Result], before: dict[str, Result] | None,
-                 same_inputs: bool) -> list[Change]:
+def compare_cell(cell: str, now: dict[str, Result],
+                 before: dict[str, tuple[Result, str]], digest: str) -> list[Change]:
+    """`before`: each test's latest earlier result with the input digest of its run."""
     changes = []
     for test, result in sorted(now.items()):
-        previous = (before or {}).get(test)
+        previous, previous_digest = before.get(test, (None, None))
         if previous is None:
             if result.bad:
                 changes.append(Change(cell, test, "new failure", "", result.outcome, result))
             continue
+        same_inputs = previous_digest == digest
         if previous.bad and result.bad:
             category = "still failing"
         elif not previous.bad and result.bad:
@@ -59,13 +62,21 @@ def compare_cell(cell: str, now: dict[str, Result], before: dict[str, Result] | 
 def compare_run(db, run_id: str) -> Comparison:
     comparison = Comparison()
     for cell in db.cells(run_id):
-        previous = db.previous_cell(run_id, cell["cell"])
-        before = db.results(previous["run_id"], cell["cell"]) if previous else None
-        if previous is None:
-            comparison.cells_without_history.append(cell["cell"])
-        same = previous is not None and previous["input_digest"] == cell["input_digest"]
-        comparison.changes += compare_cell(cell["cell"], db.results(run_id, cell["cell"]),
-                                           before, same)
+        key = cell["cell"]
+        before = db.previous_results(run_id, key)
+        if not before:
+            comparison.cells_without_history.append(key)
+        now = db.results(run_id, key)
+        previous = db.previous_cell(run_id, key)
+        # a setup step recorded as a test ("(kernel build)", "(pytest)") that is absent
+        # from the previous run succeeded there: compare it with that run only
+        last = db.results(previous["run_id"], key) if previous is not None else {}
+        for test in [t for t in before if t.startswith("(") and t not in last]:
+            del before[test]
+        comparison.changes += compare_cell(key, now, before, cell["input_digest"])
+        if previous is not None and previous["status"] == "ok" and cell["status"] == "ok":
+            gone = set(last) - set(now)
+            comparison.vanished += [(key, test) for test in sorted(gone)]
     return comparison
 
 

@@ -1,9 +1,9 @@
 """The results history: one SQLite file (runs, shards, cells, per-test results).
 
-A shard's rows become visible to comparisons only when the shard is marked complete, in
-the same transaction as its last cell: an interrupted or killed run never becomes "the
-previous run". Paths are stored relative to the results directory, so a history can be
-moved, archived by CI and merged from several machines."""
+A shard's rows become visible to comparisons only once the shard is marked complete (after
+its last cell is stored): an interrupted or killed run never becomes "the previous run".
+Paths are stored relative to the results directory, so a history can be moved, archived
+by CI and merged from several machines."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ CREATE TABLE IF NOT EXISTS cells (
     kernel_spec TEXT, kernel_label TEXT, kernel_identity TEXT, kernel_commit TEXT,
     kernel_release TEXT, series TEXT, series_digest TEXT, config_digest TEXT,
     smp TEXT, accel TEXT, selection TEXT, harness_version TEXT, input_digest TEXT,
-    junit TEXT, started TEXT, seconds REAL, status TEXT, error TEXT, pytest_exit INTEGER,
-    PRIMARY KEY (run_id, cell));
+    junit TEXT, dir TEXT, started TEXT, seconds REAL, status TEXT, error TEXT,
+    pytest_exit INTEGER, PRIMARY KEY (run_id, cell));
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL, cell TEXT NOT NULL, test TEXT NOT NULL, family TEXT,
     outcome TEXT NOT NULL, seconds REAL, message TEXT, crash_title TEXT, console_log TEXT,
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS results (
 CELL_FIELDS = ("cell", "shard", "kernel_spec", "kernel_label", "kernel_identity",
                "kernel_commit", "kernel_release", "series", "series_digest", "config_digest",
                "smp", "accel", "selection", "harness_version", "input_digest", "junit",
-               "started", "seconds", "status", "error", "pytest_exit")
+               "dir", "started", "seconds", "status", "error", "pytest_exit")
 RESULT_FIELDS = ("test", "family", "outcome", "seconds", "message", "crash_title",
                  "console_log", "machine")
 BAD = frozenset({"failed", "crashed", "error", "xpass"})
@@ -90,6 +90,7 @@ class ResultsDB:
     def begin_shard(self, run_id: str, started: str, matrix: str, matrix_digest: str,
                     harness_version: str, shard: int, shard_count: int, host: str) -> None:
         with self.transaction() as db:
+            _check_run(db, run_id, shard_count, matrix_digest, self.path)
             db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                        (run_id, started, matrix, matrix_digest, harness_version, shard_count))
             existing = db.execute("SELECT status FROM shards WHERE run_id=? AND shard=?",
@@ -162,6 +163,25 @@ class ResultsDB:
             "ORDER BY r.started DESC, r.run_id DESC LIMIT 1",
             (cell, run_id, started[0], started[0], run_id)).fetchone()
 
+    def previous_results(self, run_id: str, cell: str) -> dict[str, tuple[Result, str]]:
+        """For every test ever seen in `cell`: its latest result in an earlier run whose
+        shard completed, with that cell's input digest. Per test, so a night without results
+        (a failed build) does not erase what each test did before."""
+        started = self.conn.execute("SELECT started FROM runs WHERE run_id=?",
+                                    (run_id,)).fetchone()
+        if started is None:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT * FROM (SELECT {', '.join('res.' + f for f in RESULT_FIELDS)}, "
+            "c.input_digest, ROW_NUMBER() OVER (PARTITION BY res.test ORDER BY r.started DESC, "
+            "r.run_id DESC) AS n FROM results res JOIN cells c ON c.run_id=res.run_id AND "
+            "c.cell=res.cell JOIN shards s ON s.run_id=c.run_id AND s.shard=c.shard JOIN runs r "
+            "ON r.run_id=c.run_id WHERE res.cell=? AND s.status='complete' AND c.run_id<>? AND "
+            "(r.started<? OR (r.started=? AND r.run_id<?))) WHERE n=1",
+            (cell, run_id, started[0], started[0], run_id)).fetchall()
+        return {r["test"]: (Result(*tuple(r)[:len(RESULT_FIELDS)]), r["input_digest"])
+                for r in rows}
+
     def history(self, cell: str, test: str, before_run: str, limit: int) -> list[str]:
         """Outcomes of one test in one cell over the last `limit` committed runs up to and
         including `before_run`, oldest first."""
@@ -170,27 +190,33 @@ class ResultsDB:
         rows = self.conn.execute(
             "SELECT res.outcome FROM results res JOIN cells c ON c.run_id=res.run_id AND "
             "c.cell=res.cell JOIN shards s ON s.run_id=c.run_id AND s.shard=c.shard JOIN runs r "
-            "ON r.run_id=c.run_id WHERE res.cell=? AND res.test=? AND r.started<=? AND "
-            "(s.status='complete' OR r.run_id=?) ORDER BY r.started DESC, r.run_id DESC LIMIT ?",
-            (cell, test, started[0] if started else "9999", before_run, limit)).fetchall()
+            "ON r.run_id=c.run_id WHERE res.cell=? AND res.test=? AND (r.started<? OR "
+            "(r.started=? AND r.run_id<=?)) AND (s.status='complete' OR r.run_id=?) "
+            "ORDER BY r.started DESC, r.run_id DESC LIMIT ?",
+            (cell, test, started[0] if started else "9999", started[0] if started else "9999",
+             before_run, before_run, limit)).fetchall()
         return [r[0] for r in reversed(rows)]
 
     # -- merging -------------------------------------------------------------------------------
 
-    def merge_from(self, other: Path) -> list[str]:
-        """Fold another results database into this one; returns the run ids it brought.
-        A complete shard replaces a running/interrupted copy of the same shard."""
+    def merge_from(self, other: Path) -> list[tuple[str, str]]:
+        """Fold another results database into this one. A complete shard replaces a
+        running/interrupted copy of the same shard; a shard already complete here is kept.
+        Returns the (run id, cell) pairs taken from `other`."""
         src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
         src.row_factory = sqlite3.Row
+        taken: list[tuple[str, str]] = []
         try:
-            runs = src.execute("SELECT * FROM runs").fetchall()
             with self.transaction() as db:
-                for run in runs:
+                for run in src.execute("SELECT * FROM runs").fetchall():
+                    _check_run(db, run["run_id"], run["shard_count"], run["matrix_digest"],
+                               self.path, other)
                     db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                                tuple(run))
                 for shard in src.execute("SELECT * FROM shards").fetchall():
+                    key = (shard["run_id"], shard["shard"])
                     mine = db.execute("SELECT status FROM shards WHERE run_id=? AND shard=?",
-                                      (shard["run_id"], shard["shard"])).fetchone()
+                                      key).fetchone()
                     if mine is not None and (mine["status"] == "complete"
                                              or shard["status"] != "complete"):
                         continue
@@ -198,18 +224,39 @@ class ResultsDB:
                                tuple(shard))
                     db.execute("DELETE FROM results WHERE run_id=? AND cell IN (SELECT cell "
                                "FROM cells WHERE run_id=? AND shard=?)",
-                               (shard["run_id"], shard["run_id"], shard["shard"]))
-                    db.execute("DELETE FROM cells WHERE run_id=? AND shard=?",
-                               (shard["run_id"], shard["shard"]))
+                               (key[0], key[0], key[1]))
+                    db.execute("DELETE FROM cells WHERE run_id=? AND shard=?", key)
                     for cell in src.execute("SELECT * FROM cells WHERE run_id=? AND shard=?",
-                                            (shard["run_id"], shard["shard"])).fetchall():
-                        db.execute(f"INSERT INTO cells VALUES "
+                                            key).fetchall():
+                        db.execute("DELETE FROM results WHERE run_id=? AND cell=?",
+                                   (key[0], cell["cell"]))
+                        db.execute("DELETE FROM cells WHERE run_id=? AND cell=?",
+                                   (key[0], cell["cell"]))
+                        names = ", ".join(cell.keys())
+                        db.execute(f"INSERT INTO cells ({names}) VALUES "
                                    f"({', '.join('?' * len(cell.keys()))})", tuple(cell))
                         rows = src.execute("SELECT * FROM results WHERE run_id=? AND cell=?",
-                                           (cell["run_id"], cell["cell"])).fetchall()
+                                           (key[0], cell["cell"])).fetchall()
                         db.executemany(f"INSERT INTO results VALUES "
                                        f"({', '.join('?' * (len(RESULT_FIELDS) + 2))})",
                                        [tuple(r) for r in rows])
-            return [r["run_id"] for r in runs]
+                        taken.append((key[0], cell["cell"]))
+            return taken
         finally:
             src.close()
+
+
+def _check_run(db, run_id: str, shard_count: int, matrix_digest: str, path: Path,
+               other: Path | None = None) -> None:
+    """Shards of one run must agree on the shard count and the matrix."""
+    row = db.execute("SELECT shard_count, matrix_digest FROM runs WHERE run_id=?",
+                     (run_id,)).fetchone()
+    if row is None:
+        return
+    where = f" (merging {other})" if other else ""
+    if row["shard_count"] != shard_count or row["matrix_digest"] != matrix_digest:
+        raise ValueError(
+            f"run {run_id} in {path} has {row['shard_count']} shard(s) of matrix "
+            f"{row['matrix_digest']}, but this one{where} has {shard_count} of matrix "
+            f"{matrix_digest}: shards of one run need the same --shard I/N count and the same "
+            f"matrix file; use a new --run-id.")

@@ -23,7 +23,7 @@ from .paths import CONFIGS_DIR, cache_dir
 
 KNOWN = tomllib.loads((CONFIGS_DIR / "kernels.toml").read_text())
 GIT_IDENTITY = ["-c", "user.name=uprobe-harness", "-c", "user.email=uprobe-harness@localhost",
-                "-c", "commit.gpgsign=false"]
+                "-c", "commit.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false"]
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,18 @@ def _prepare_git(spec: KernelSpec) -> Source:
 
 
 def _reset(tree: Path, commit: str) -> None:
-    """Back to pristine: discards any patch applied by an earlier (maybe failed) run.
-    Files git rewrites get a fresh mtime, unchanged files keep theirs (incremental make)."""
+    """Back to pristine: discards any patch applied by an earlier (maybe failed or killed)
+    run. Files git rewrites get a fresh mtime, unchanged files keep theirs (incremental make).
+    Called under the tree's lock, so a git lock file found here was left by a killed run."""
+    _remove_stale_git_locks(tree)
     git(tree, "checkout", "-q", "-f", "--detach", commit)
     git(tree, "reset", "-q", "--hard", commit)
     git(tree, "clean", "-q", "-f", "-d", "-x")
+
+
+def _remove_stale_git_locks(tree: Path) -> None:
+    git_dir = tree / ".git"
+    if not git_dir.is_dir():
+        return
+    for lock in [*git_dir.glob("*.lock"), *git_dir.glob("refs/**/*.lock")]:
+        lock.unlink(missing_ok=True)

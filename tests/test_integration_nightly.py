@@ -1,8 +1,10 @@
 """End to end: two consecutive nightly runs of a one-cell matrix on the real default kernel.
 The cell's series is the default series in the first run and a known-bad series (one CPU's
 hits shown instead of the sum) in the second: the second run must name exactly the
-uprobe_profile test as a new failure and exit 1. A third run, SIGKILLed while its cell runs,
-must not become the previous run of a fourth."""
+uprobe_profile test as a new failure and exit 1. A third run (good series again) is
+SIGKILLed after its first cell is stored, while its second runs: the fourth run (bad
+series) must still compare with the second (still failing, exit 0), not with the third
+(which would make it a new failure, exit 1)."""
 
 import json
 import os
@@ -23,18 +25,19 @@ MATRIX = """
 name = "integration"
 [selection]
 profile = ["-k", "test_profile_counts_every_hit"]
+again = ["-k", "test_profile_counts_every_hit"]
 [[kernel]]
 name = "k"
 kernel = "debian:6.1"
 smp = "4"
-selection = "profile"
+selection = {selection}
 series = [{{name = "series-under-test", series = "{series}"}}]
 """
 
 
-def nightly(tmp_path, series, run_id, **popen):
+def nightly(tmp_path, series, run_id, selection=("profile",), **popen):
     matrix = tmp_path / f"matrix-{run_id}.toml"
-    matrix.write_text(MATRIX.format(series=series))
+    matrix.write_text(MATRIX.format(series=series, selection=json.dumps(list(selection))))
     cmd = [sys.executable, "-m", "harness", "nightly", "--matrix", str(matrix),
            "--results-dir", str(tmp_path / "nightly"), "--run-id", run_id]
     if popen:
@@ -60,17 +63,20 @@ def test_a_known_bad_series_is_a_new_failure_and_a_killed_run_is_not_history(tmp
     assert [t["status"] for t in kcidb["tests"]] == ["FAIL"]
     assert "new-failures" in (run_dir / "report.html").read_text()
 
-    # a run killed while its cell runs leaves a shard marked running, never "previous"
-    third = nightly(tmp_path, good, "n3", stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True)
-    cell_dir = tmp_path / "nightly" / "runs" / "n3"
-    deadline = time.monotonic() + 600
-    while not list(cell_dir.glob("*/pytest.log")) and time.monotonic() < deadline:
-        time.sleep(1)
-    time.sleep(5)
+    # a run killed after storing its first cell leaves a shard marked running
+    third = nightly(tmp_path, good, "n3", selection=("profile", "again"),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True)
+    db = sqlite3.connect(tmp_path / "nightly" / "results.db", timeout=60)
+    deadline = time.monotonic() + 900
+    stored = []
+    while not stored and third.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stored = db.execute("SELECT res.outcome FROM results res WHERE res.run_id='n3' AND "
+                            "res.cell='k/series-under-test/smp4/profile'").fetchall()
     os.killpg(third.pid, signal.SIGKILL)
     third.wait()
-    db = sqlite3.connect(tmp_path / "nightly" / "results.db")
+    assert stored == [("passed",)], "the killed run's first cell (good series) was not stored"
     assert db.execute("SELECT status FROM shards WHERE run_id='n3'").fetchone() == ("running",)
     db.close()
 

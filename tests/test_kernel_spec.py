@@ -63,3 +63,15 @@ def test_git_source_never_touches_user_checkout(git_tree, isolated_cache):
     assert status == "?? untracked.txt\n"
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_tree, capture_output=True,
                           text=True).stdout == head_before
+
+
+def test_reset_survives_git_locks_left_by_a_killed_run(git_tree):
+    """A harness SIGKILLed inside `git checkout` leaves .git/index.lock behind; the next
+    build (holding the tree's lock, so no live git can own it) must not fail on it."""
+    commit = sources.git(git_tree, "rev-parse", "HEAD")
+    (git_tree / "kernel" / "counter.c").write_text("half-patched\n")
+    (git_tree / ".git" / "index.lock").write_text("")
+    (git_tree / ".git" / "HEAD.lock").write_text("")
+    sources._reset(git_tree, commit)
+    assert "nhit++" in (git_tree / "kernel" / "counter.c").read_text()
+    assert not list((git_tree / ".git").glob("*.lock"))

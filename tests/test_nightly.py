@@ -40,17 +40,28 @@ def write_matrix(tmp_path: Path, text: str = MATRIX) -> Path:
 class ScriptedRunner:
     """outcomes[cell key][test] = outcome; identity[cell key] = kernel identity."""
 
-    def __init__(self, outcomes: dict, identity: dict | None = None, interrupt_at=None):
+    def __init__(self, outcomes: dict, identity: dict | None = None, interrupt_at=None,
+                 broken_build: tuple = ()):
         self.outcomes, self.identity = outcomes, identity or {}
-        self.interrupt_at, self.seen = interrupt_at, []
+        self.interrupt_at, self.seen, self.broken_build = interrupt_at, [], broken_build
 
     def run(self, cell, cell_dir):
         self.seen.append(cell.key)
         if cell.key == self.interrupt_at:
             raise KeyboardInterrupt
+        if cell.key in self.broken_build:
+            row = {"kernel_spec": cell.kernel, "series": cell.series_name, "smp": cell.smp,
+                   "accel": cell.accel, "selection": "[]", "status": "error",
+                   "error": "build failed: patch 0001 does not apply"}
+            return nightly.CellRun(row, [Result(nightly.SETUP_TEST, "build", "error", 0.0,
+                                                row["error"])])
         console = cell_dir / "console.log"
-        console.write_text("Linux version 6.1\nWARNING: CPU: 0 PID: 1 at kernel/x.c:1 f\n"
-                           "---[ end trace ]---\n")
+        console.write_text(
+            "Linux version 6.1\n[ 1.0] uprobe-harness: BEGIN testcases/test_fp.py::t_b\n"
+            "[ 1.1] fp-only line\n[ 1.2] uprobe-harness: END testcases/test_fp.py::t_b\n"
+            "[ 2.0] uprobe-harness: BEGIN testcases/test_threads.py::t_a\n"
+            "[ 2.1] WARNING: CPU: 0 PID: 1 at kernel/x.c:1 f\n[ 2.2] ---[ end trace ]---\n"
+            "[ 2.3] uprobe-harness: END testcases/test_threads.py::t_a\n[ 3.0] later line\n")
         row = {"kernel_spec": cell.kernel, "kernel_label": cell.kernel,
                "kernel_identity": self.identity.get(cell.key, "id-" + cell.kernel_name),
                "series": cell.series_name, "series_digest": "s" * 16, "config_digest": "c" * 16,
@@ -92,8 +103,7 @@ def with_outcome(cell: str, test: str, outcome: str) -> dict:
 def test_matrix_cells_are_the_product_with_names(tmp_path):
     matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
     assert [c.key for c in matrix.cells] == list(PASSING)
-    none = matrix.cells[1]
-    assert none.series is None or none.series == "none"
+    assert matrix.cells[1].series == "none"               # no patches at all
     assert matrix.cells[0].series is None          # "default" -> the kernel's own series
     assert matrix.cells[2].selection == ("-m", "smp")
 
@@ -114,6 +124,8 @@ def test_sample_matrix_loads():
      "appear twice"),
     ("name = ", "not valid TOML"),
     ("name = 'x'", "no [[kernel]] entries"),
+    ("[selection]\n'a/b' = []\n[[kernel]]\nname='a'\nkernel='debian:6.1'", "'a/b' may only"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nseries=['../x/series']", "is a path"),
 ])
 def test_matrix_errors_name_the_file_and_the_entry(tmp_path, text, needle):
     with pytest.raises(MatrixError) as error:
@@ -192,7 +204,8 @@ def test_a_killed_run_leaves_a_consistent_database(tmp_path):
     run(tmp_path, ScriptedRunner(PASSING), "r1")
     db_path = tmp_path / "res" / "results.db"
     with ResultsDB(db_path) as db:      # what a killed run leaves: a begun shard, one cell
-        db.begin_shard("r2", "9999-01-01", "unit", "x", "v", 1, 1, "host")
+        r1 = db.run("r1")                 # same start as r1, later id: between r1 and r3
+        db.begin_shard("r2", r1["started"], "unit", r1["matrix_digest"], "v", 1, 1, "host")
         db.add_cell("r2", {"cell": "k61/default/smp1,4/all", "shard": 1, "input_digest": "z"},
                     [Result("threads::t_a", "threads", "failed")])
     assert sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -214,7 +227,8 @@ def test_summary_and_reports(tmp_path):
     html = outputs["report"].read_text()
     assert html.index('id="new-failures"') < html.index('id="matrix"')
     assert "known bug: 6.1 nhit is racy" in html          # xfail reasons shown
-    assert "WARNING: CPU: 0 PID: 1" in html                # console excerpt embedded
+    assert "WARNING: CPU: 0 PID: 1" in html                # console excerpt embedded:
+    assert "fp-only line" not in html and "later line" not in html   # the test's own window
     assert html.count("<svg class=\"spark\"") == 5
     import xml.etree.ElementTree as ET
     suites = ET.parse(outputs["junit"]).getroot().findall("testsuite")
@@ -299,3 +313,105 @@ def test_report_renders_in_headless_chromium(tmp_path):
     bad.write_text(report.read_text().replace("document.body.dataset.rendered",
                                               "undefinedReportFunction(); document.body"))
     assert any("undefinedReportFunction" in e for e in browser.load(bad).console_errors)
+
+
+# -- review findings -----------------------------------------------------------------------------
+
+def test_a_failed_build_does_not_erase_the_history(tmp_path):
+    """Night 1: a test fails. Night 2: the build fails. Night 3: the same test still
+    fails: it is 'still failing' (compared with night 1), not new. The build error is new
+    on night 2, new again on night 4 (night 3 built), still failing on night 5."""
+    cell = "k61/default/smp1,4/all"
+    failing = with_outcome(cell, "fp::t_b", "failed")
+    run(tmp_path, ScriptedRunner(failing), "r1")
+    second = run(tmp_path, ScriptedRunner(failing, broken_build=(cell,)), "r2")
+    assert [(c.test, c.category) for c in second.changes] == [
+        (nightly.SETUP_TEST, "new failure")]
+    assert second.vanished == []           # a broken cell has no tests to lose
+    third = run(tmp_path, ScriptedRunner(failing), "r3")
+    assert [(c.test, c.category) for c in third.changes] == [("fp::t_b", "still failing")]
+    assert regressions.exit_status(third, "new") == 0
+    fourth = run(tmp_path, ScriptedRunner(failing, broken_build=(cell,)), "r4")
+    fifth = run(tmp_path, ScriptedRunner(failing, broken_build=(cell,)), "r5")
+    assert (nightly.SETUP_TEST, "new failure") in [(c.test, c.category) for c in fourth.changes]
+    assert (nightly.SETUP_TEST, "still failing") in [(c.test, c.category)
+                                                    for c in fifth.changes]
+
+
+def test_vanished_tests_are_reported(tmp_path):
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    fewer = json.loads(json.dumps(PASSING))
+    del fewer["k61/default/smp1,4/all"]["fp::t_b"]
+    second = run(tmp_path, ScriptedRunner(fewer), "r2")
+    assert second.vanished == [("k61/default/smp1,4/all", "fp::t_b")]
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        assert "GONE" in nightly.format_summary(db, "r2", second)
+
+
+def test_a_test_reported_twice_is_stored_once_with_the_worse_outcome():
+    call = Result("threads::t_a", "threads", "failed", 1.0, "assert 3 == 4")
+    teardown = Result("threads::t_a", "threads", "crashed", 0.5,
+                      "crashed in teardown: kernel WARNING", "kernel WARNING", "c.log")
+    other = Result("fp::t_b", "fp", "passed")
+    merged = nightly.merge_duplicates([call, other, teardown])
+    assert [(r.test, r.outcome) for r in merged] == [("threads::t_a", "crashed"),
+                                                     ("fp::t_b", "passed")]
+    assert "assert 3 == 4" in merged[0].message and "teardown" in merged[0].message
+    assert merged[0].crash_title == "kernel WARNING" and merged[0].seconds == 1.5
+
+
+def test_merge_reports_the_latest_run_and_keeps_complete_shards(tmp_path):
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+
+    def shard(directory, run_id, index, runner):
+        options = nightly.NightlyOptions(tmp_path / directory,
+                                         tmp_path / directory / "results.db", run_id, index, 2)
+        nightly.run_nightly(matrix, nightly_matrix.shard_cells(matrix.cells, index, 2),
+                            options, runner, note=lambda *_: None)
+
+    shard("a", "ci-1", 1, ScriptedRunner(PASSING))
+    shard("a", "ci-1", 2, ScriptedRunner(PASSING))
+    shard("b", "ci-2", 1, ScriptedRunner(PASSING))       # complete
+    failing = with_outcome("k61/default/smp1,4/all", "fp::t_b", "failed")
+    with pytest.raises(KeyboardInterrupt):                # the same shard, interrupted
+        shard("c", "ci-2", 1, ScriptedRunner(failing, interrupt_at="k61/none/smp1,4/all"))
+    shard("b", "ci-2", 2, ScriptedRunner(PASSING))
+    into = tmp_path / "merged"
+    assert nightly.merge(into, [tmp_path / "a", tmp_path / "b"], note=lambda *_: None)[0] == \
+        "ci-2"
+    assert nightly.merge(into, [tmp_path / "c"], note=lambda *_: None) == []
+    with ResultsDB(into / "results.db") as db:
+        row = next(c for c in db.cells("ci-2") if c["cell"] == "k61/default/smp1,4/all")
+        assert db.results("ci-2", row["cell"])["fp::t_b"].outcome == "passed"
+    assert (into / row["dir"] / "console.log").is_file()
+
+
+def test_shards_of_one_run_must_agree(tmp_path):
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+    first = nightly.NightlyOptions(tmp_path / "r", tmp_path / "r" / "results.db", "ci", 1, 2)
+    nightly.run_nightly(matrix, [], first, ScriptedRunner(PASSING), note=lambda *_: None)
+    other = nightly.NightlyOptions(tmp_path / "r", tmp_path / "r" / "results.db", "ci", 2, 3)
+    with pytest.raises(ValueError, match="same --shard I/N count"):
+        nightly.run_nightly(matrix, [], other, ScriptedRunner(PASSING), note=lambda *_: None)
+
+
+def test_a_shard_needs_a_run_id(tmp_path, capsys):
+    assert cli.main(["nightly", "--matrix", str(write_matrix(tmp_path)), "--shard", "1/2",
+                     "--results-dir", str(tmp_path / "r")]) == 1
+    assert "same --run-id" in capsys.readouterr().err
+
+
+def test_report_escapes_what_tests_print(tmp_path):
+    payload = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+    class Hostile(ScriptedRunner):
+        def run(self, cell, cell_dir):
+            out = super().run(cell, cell_dir)
+            return nightly.CellRun(out.row, [Result(payload, "fp", "failed", 0, payload,
+                                                    payload)])
+    comparison = run(tmp_path, Hostile(PASSING), "r1")
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        html = nightly.write_outputs(db, "r1", comparison, tmp_path / "res")["report"]
+    text = html.read_text()
+    assert "<script>alert(1)" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
