@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__, regressions, report, scenario_run
@@ -189,7 +189,6 @@ def merge_duplicates(results: list[Result]) -> list[Result]:
             continue
         worse, other = sorted((seen, result), key=lambda r: SEVERITY.index(r.outcome)
                               if r.outcome in SEVERITY else 0)
-        from dataclasses import replace
         merged[result.test] = replace(
             worse, seconds=seen.seconds + result.seconds,
             message="\n\n".join(m for m in (worse.message, other.message) if m),
@@ -270,7 +269,6 @@ def _relpath(path: str, base: Path) -> str:
 def _relative(result: Result, base: Path) -> Result:
     if not result.console_log:
         return result
-    from dataclasses import replace
     return replace(result, console_log=_relpath(result.console_log, base))
 
 
