@@ -7,6 +7,8 @@ by CI and merged from several machines."""
 
 from __future__ import annotations
 
+import functools
+import re
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +67,16 @@ class ResultsDB:
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A history written by an older harness lacks the columns added since: add them
+        (NULL in old rows), so a results database is never thrown away on an upgrade."""
+        for table, columns in _schema_columns().items():
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.conn.close()
@@ -91,15 +103,18 @@ class ResultsDB:
                     harness_version: str, shard: int, shard_count: int, host: str) -> None:
         with self.transaction() as db:
             _check_run(db, run_id, shard_count, matrix_digest, self.path)
-            db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                       (run_id, started, matrix, matrix_digest, harness_version, shard_count))
+            _insert(db, "runs", {"run_id": run_id, "started": started, "matrix": matrix,
+                                 "matrix_digest": matrix_digest,
+                                 "harness_version": harness_version,
+                                 "shard_count": shard_count}, "INSERT OR IGNORE")
             existing = db.execute("SELECT status FROM shards WHERE run_id=? AND shard=?",
                                   (run_id, shard)).fetchone()
             if existing and existing["status"] == "complete":
                 raise ValueError(f"run {run_id} shard {shard} is already complete in "
                                  f"{self.path}; use a new --run-id")
-            db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, 'running', ?, NULL, ?)",
-                       (run_id, shard, started, host))
+            _insert(db, "shards", {"run_id": run_id, "shard": shard, "status": "running",
+                                   "started": started, "finished": None, "host": host},
+                    "INSERT OR REPLACE")
             # a rerun of an interrupted shard replaces whatever it had written
             db.execute("DELETE FROM results WHERE run_id=? AND cell IN (SELECT cell FROM cells "
                        "WHERE run_id=? AND shard=?)", (run_id, run_id, shard))
@@ -107,14 +122,12 @@ class ResultsDB:
 
     def add_cell(self, run_id: str, cell: dict, results: list[Result]) -> None:
         with self.transaction() as db:
-            db.execute(f"INSERT OR REPLACE INTO cells (run_id, {', '.join(CELL_FIELDS)}) "
-                       f"VALUES ({', '.join('?' * (len(CELL_FIELDS) + 1))})",
-                       (run_id, *(cell.get(k) for k in CELL_FIELDS)))
+            _insert(db, "cells", {"run_id": run_id, **{k: cell.get(k) for k in CELL_FIELDS}},
+                    "INSERT OR REPLACE")
             db.execute("DELETE FROM results WHERE run_id=? AND cell=?", (run_id, cell["cell"]))
-            db.executemany(
-                f"INSERT INTO results VALUES ({', '.join('?' * (len(RESULT_FIELDS) + 2))})",
-                [(run_id, cell["cell"], *(getattr(r, k) for k in RESULT_FIELDS))
-                 for r in results])
+            for r in results:
+                _insert(db, "results", {"run_id": run_id, "cell": cell["cell"],
+                                        **{k: getattr(r, k) for k in RESULT_FIELDS}})
 
     def finish_shard(self, run_id: str, shard: int, finished: str, status: str) -> None:
         with self.transaction() as db:
@@ -211,8 +224,7 @@ class ResultsDB:
                 for run in src.execute("SELECT * FROM runs").fetchall():
                     _check_run(db, run["run_id"], run["shard_count"], run["matrix_digest"],
                                self.path, other)
-                    db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                               tuple(run))
+                    _insert(db, "runs", dict(run), "INSERT OR IGNORE")
                 for shard in src.execute("SELECT * FROM shards").fetchall():
                     key = (shard["run_id"], shard["shard"])
                     mine = db.execute("SELECT status FROM shards WHERE run_id=? AND shard=?",
@@ -220,8 +232,7 @@ class ResultsDB:
                     if mine is not None and (mine["status"] == "complete"
                                              or shard["status"] != "complete"):
                         continue
-                    db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?)",
-                               tuple(shard))
+                    _insert(db, "shards", dict(shard), "INSERT OR REPLACE")
                     db.execute("DELETE FROM results WHERE run_id=? AND cell IN (SELECT cell "
                                "FROM cells WHERE run_id=? AND shard=?)",
                                (key[0], key[0], key[1]))
@@ -232,18 +243,38 @@ class ResultsDB:
                                    (key[0], cell["cell"]))
                         db.execute("DELETE FROM cells WHERE run_id=? AND cell=?",
                                    (key[0], cell["cell"]))
-                        names = ", ".join(cell.keys())
-                        db.execute(f"INSERT INTO cells ({names}) VALUES "
-                                   f"({', '.join('?' * len(cell.keys()))})", tuple(cell))
+                        _insert(db, "cells", dict(cell))
                         rows = src.execute("SELECT * FROM results WHERE run_id=? AND cell=?",
                                            (key[0], cell["cell"])).fetchall()
-                        db.executemany(f"INSERT INTO results VALUES "
-                                       f"({', '.join('?' * (len(RESULT_FIELDS) + 2))})",
-                                       [tuple(r) for r in rows])
+                        for row in rows:
+                            _insert(db, "results", dict(row))
                         taken.append((key[0], cell["cell"]))
             return taken
         finally:
             src.close()
+
+
+def _insert(db, table: str, row: dict, verb: str = "INSERT") -> None:
+    """By column name (tables of an upgraded history have their columns in another order);
+    columns this schema does not know (a newer harness's history) are left out."""
+    known = {name for name, _ in _schema_columns()[table]}
+    names = [k for k in row if k in known]
+    db.execute(f"{verb} INTO {table} ({', '.join(names)}) VALUES "
+               f"({', '.join('?' * len(names))})", [row[k] for k in names])
+
+
+@functools.cache
+def _schema_columns() -> dict[str, list[tuple[str, str]]]:
+    """(column, type) of every table, read from SCHEMA."""
+    tables = {}
+    for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\);", SCHEMA, re.S):
+        columns = []
+        for part in re.split(r",\s*(?![^()]*\))", body):
+            words = part.split()
+            if words and words[0] != "PRIMARY":
+                columns.append((words[0], words[1]))
+        tables[name] = columns
+    return tables
 
 
 def _check_run(db, run_id: str, shard_count: int, matrix_digest: str, path: Path,

@@ -415,3 +415,32 @@ def test_report_escapes_what_tests_print(tmp_path):
     text = html.read_text()
     assert "<script>alert(1)" not in text and "<img src=x" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_a_history_from_an_older_schema_is_upgraded_in_place(tmp_path):
+    """A results.db written before the `dir` and `machine` columns existed keeps working:
+    the columns are added, the old rows stay the previous run."""
+    res = tmp_path / "res"
+    res.mkdir()
+    old = sqlite3.connect(res / "results.db")
+    old.executescript("""
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, started TEXT NOT NULL, matrix TEXT,
+            matrix_digest TEXT, harness_version TEXT, shard_count INTEGER NOT NULL DEFAULT 1);
+        CREATE TABLE shards (run_id TEXT NOT NULL, shard INTEGER NOT NULL, status TEXT NOT NULL,
+            started TEXT, finished TEXT, host TEXT, PRIMARY KEY (run_id, shard));
+        CREATE TABLE cells (run_id TEXT NOT NULL, cell TEXT NOT NULL, shard INTEGER NOT NULL,
+            input_digest TEXT, junit TEXT, status TEXT, error TEXT, PRIMARY KEY (run_id, cell));
+        CREATE TABLE results (run_id TEXT NOT NULL, cell TEXT NOT NULL, test TEXT NOT NULL,
+            family TEXT, outcome TEXT NOT NULL, seconds REAL, message TEXT, crash_title TEXT,
+            console_log TEXT, PRIMARY KEY (run_id, cell, test));
+        INSERT INTO runs VALUES ('r0', '2000-01-01T00:00:00+00:00', 'unit', 'x', 'old', 1);
+        INSERT INTO shards VALUES ('r0', 1, 'complete', NULL, NULL, 'h');
+        INSERT INTO cells VALUES ('r0', 'k61/default/smp1,4/all', 1, 'd0', NULL, 'ok', NULL);
+        INSERT INTO results VALUES ('r0', 'k61/default/smp1,4/all', 'fp::t_b', 'fp', 'failed',
+            1.0, 'old failure', '', '');
+    """)
+    old.commit()
+    old.close()
+    comparison = run(tmp_path, ScriptedRunner(PASSING), "r1")
+    assert [(c.test, c.category, c.before) for c in comparison.changes] == [
+        ("fp::t_b", "fixed", "failed")]
