@@ -94,7 +94,8 @@ def missing_options(fragments: list[Fragment], config: dict[str, str]) -> list[O
 
 
 def kconfig_dependencies(source: Path, symbol: str) -> list[str]:
-    """'depends on' lines of a symbol, read from the Kconfig files (best effort)."""
+    """'depends on' lines of a symbol and the `if` blocks around it, read from the Kconfig
+    files (best effort: menus and files that `source` it are not followed)."""
     name = symbol.removeprefix("CONFIG_")
     result = subprocess.run(
         ["git", "grep", "-n", "-E", f"^\\s*(menu)?config {name}\\s*$", "--", "*Kconfig*"],
@@ -103,7 +104,9 @@ def kconfig_dependencies(source: Path, symbol: str) -> list[str]:
     deps: list[str] = []
     for hit in result.stdout.splitlines():
         file_name, line_no, _ = hit.split(":", 2)
-        lines = (source / file_name).read_text(errors="replace").splitlines()[int(line_no):]
+        text = (source / file_name).read_text(errors="replace").splitlines()
+        deps += _enclosing_ifs(text[:int(line_no) - 1])
+        lines = text[int(line_no):]
         for line in lines:
             stripped = line.strip()
             if re.match(r"^(config|menuconfig|endmenu|menu|choice|endchoice|if|endif|source)\b",
@@ -112,6 +115,18 @@ def kconfig_dependencies(source: Path, symbol: str) -> list[str]:
             if stripped.startswith("depends on"):
                 deps.append(stripped.removeprefix("depends on").strip())
     return deps
+
+
+def _enclosing_ifs(lines_before: list[str]) -> list[str]:
+    """Conditions of the `if X ... endif` blocks still open at the end of lines_before (a
+    symbol inside `if RUNTIME_TESTING_MENU` depends on it although it says nothing)."""
+    stack: list[str] = []
+    for line in lines_before:      # at column 0 only: indented lines may be help text
+        if re.match(r"^if\s", line):
+            stack.append(line[2:].split("#")[0].strip())
+        elif re.match(r"^endif\b", line) and stack:
+            stack.pop()
+    return stack
 
 
 def describe_missing(source: Path, missing: list[Option], config: dict[str, str]) -> str:

@@ -57,6 +57,13 @@ def test_describe_missing_names_dependency_and_unknown_symbol(git_tree, tmp_path
     assert "CONFIG_NOPE" in text and "no such symbol" in text
 
 
+def test_dependencies_include_the_enclosing_if_blocks(git_tree):
+    (git_tree / "Kconfig").write_text(
+        "if OUTER\nif MENU\nconfig FOO\n\tdepends on BAR\nendif\nendif\n"
+        "if OTHER\nendif\n")
+    assert kconfig.kconfig_dependencies(git_tree, "CONFIG_FOO") == ["OUTER", "MENU", "BAR"]
+
+
 def test_fragments_digest_tracks_content(tmp_path):
     a = fragment(tmp_path, "CONFIG_A=y\n", "a.config")
     d1 = kconfig.fragments_digest([a])
