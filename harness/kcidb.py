@@ -12,7 +12,7 @@ import re
 
 ORIGIN = "uprobe_harness"
 STATUS = {"passed": "PASS", "failed": "FAIL", "crashed": "FAIL", "xfail": "FAIL",
-          "refused": "FAIL", "xpass": "PASS", "skipped": "SKIP", "error": "ERROR"}
+          "xpass": "PASS", "skipped": "SKIP", "error": "ERROR"}
 _PATH_PART = re.compile(r"[^A-Za-z0-9_-]+")
 
 

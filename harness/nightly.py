@@ -175,7 +175,7 @@ def _kernel_fields(built) -> dict:
             "config_digest": meta.get("fragments_digest", "")}
 
 
-SEVERITY = ("crashed", "error", "failed", "xpass", "xfail", "refused", "skipped", "passed")
+SEVERITY = ("crashed", "error", "failed", "xpass", "xfail", "skipped", "passed")
 
 
 def merge_duplicates(results: list[Result]) -> list[Result]:
@@ -344,7 +344,7 @@ def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
                     result.message
             elif result.outcome == "error":
                 ET.SubElement(case, "error", message=first).text = result.message
-            elif result.outcome in ("skipped", "xfail", "refused"):
+            elif result.outcome in ("skipped", "xfail"):
                 ET.SubElement(case, "skipped", type=f"uprobe-harness.{result.outcome}",
                               message=first)
     ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)

@@ -16,9 +16,9 @@ from .regressions import CATEGORIES, Comparison
 from .results_db import Result
 
 COLOURS = {"passed": "#3a3", "failed": "#d33", "crashed": "#800", "error": "#f80",
-           "xfail": "#db3", "xpass": "#36c", "refused": "#b6b", "skipped": "#aaa"}
+           "xfail": "#db3", "xpass": "#36c", "skipped": "#aaa"}
 SYMBOLS = {"passed": "pass", "failed": "FAIL", "crashed": "CRASH", "error": "ERROR",
-           "xfail": "xfail", "xpass": "XPASS", "refused": "refused", "skipped": "skip"}
+           "xfail": "xfail", "xpass": "XPASS", "skipped": "skip"}
 CONSOLE_EXCERPT_LINES = 60
 
 

@@ -36,6 +36,43 @@ MACHINE = tomllib.loads((CONFIGS_DIR / "qemu_x86_64.toml").read_text())
 PR_SET_PDEATHSIG = 1
 UNIX_PATH_MAX = 100        # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
+SOCKET_DIR_PREFIX = "uph-qmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                 # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_socket_dirs(parent: Path) -> list[Path]:
+    """Remove short socket directories whose creating harness process is gone.
+
+    A SIGKILLed harness cannot clean up; the directory names carry the creator's pid, so
+    the next harness removes the ones left behind (only its own user's)."""
+    removed = []
+    for entry in parent.glob(f"{SOCKET_DIR_PREFIX}*-*"):
+        pid_text = entry.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
+        try:
+            if (not pid_text.isdigit() or entry.is_symlink() or not entry.is_dir()
+                    or entry.stat().st_uid != os.getuid() or _pid_alive(int(pid_text))):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def short_socket_dir() -> Path:
+    """A private directory short enough for a UNIX socket path, named after this process."""
+    parent = Path(tempfile.gettempdir())
+    remove_stale_socket_dirs(parent)
+    return Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-", dir=parent))
 
 
 @dataclass(frozen=True)
@@ -245,7 +282,7 @@ class VM:
 
     def _qemu_command(self) -> list[str]:
         if len(str(self.qmp_socket)) >= UNIX_PATH_MAX:   # a deep workdir (pytest --basetemp)
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="uph-qmp-"))
+            self._socket_dir = short_socket_dir()
             self.qmp_socket = self._socket_dir / "qmp.sock"
         accel = self.accel.accel
         if accel == "tcg":

@@ -1,7 +1,7 @@
 from harness import report
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
-<testsuites><testsuite name="pytest" tests="5">
+<testsuites><testsuite name="pytest" tests="6">
 <testcase classname="testcases.test_threads" name="test_a[smp4]" time="1.5">
   <properties><property name="accel" value="tcg"/><property name="vcpus" value="4"/></properties>
 </testcase>
@@ -13,7 +13,9 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testcase classname="testcases.test_riprel" name="test_d" time="0.1">
   <skipped type="pytest.xfail" message="known bug"/></testcase>
 <testcase classname="testcases.test_riprel" name="test_e" time="0.1">
-  <skipped type="pytest.skip" message="refused by the kernel: enable: 524"/></testcase>
+  <skipped type="pytest.skip" message="needs 4 vCPUs"/></testcase>
+<testcase classname="testcases.test_riprel" name="test_f" time="0.1">
+  <failure message="Failed: refused by the kernel: enable: 524">x</failure></testcase>
 </testsuite></testsuites>
 """
 
@@ -22,7 +24,8 @@ def test_read_and_summarise(tmp_path):
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT)
     results = report.read_junit(path)
-    assert [r.outcome for r in results] == ["passed", "failed", "crashed", "xfail", "refused"]
+    assert [r.outcome for r in results] == ["passed", "failed", "crashed", "xfail", "skipped",
+                                            "failed"]    # a refused probe is a failure
     table = report.summary_by_family(results)
     assert table["fp"]["failed"] == 1 and table["fp"]["crashed"] == 1
     text = report.format_summary(results, "title")
