@@ -3,8 +3,12 @@
 Every generated form (harness/sweep_corpus.py, ~10,000 of them) runs unprobed and probed in
 one guest; a class fails on any difference (registers, flags, FP/SIMD state, memory, signal,
 hit count, kernel splat) that the known-bugs table (harness/configs/known_bugs.toml,
-`test = "sweep:<form name>"`) does not explain. Refusals are not differences: they are
-listed in the summary (`python -m harness sweep` prints the whole table)."""
+`test = "sweep:<form name>"`) does not explain. A class whose only differences are known
+bugs is an XFAIL naming them (the nightly matrix and history show it turn to passed when
+the fixes land); a class without differences passes. Refusals are not differences: they
+are listed in the summary (`python -m harness sweep` prints the whole table)."""
+
+from collections import Counter
 
 import pytest
 
@@ -30,3 +34,12 @@ def test_sweep_class_transparent(request, instruction_sweep, klass):
     assert not unexpected, (f"{len(unexpected)} of {len(forms)} {klass} forms are not "
                             f"transparent under a uprobe:\n"
                             + "\n".join(r.line() for r in unexpected[:40]))
+    if known:
+        pytest.xfail(known_bugs_reason(known, len(forms)))
+
+
+def known_bugs_reason(known, total: int) -> str:
+    """One xfail reason for the known differences of a class: count per known bug."""
+    per_bug = Counter(r.known_bug for r in known)
+    return (f"known bug: {len(known)} of {total} forms differ, all explained by the known-bugs "
+            "table: " + "; ".join(f"{n} x {reason}" for reason, n in per_bug.most_common()))
