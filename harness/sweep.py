@@ -68,6 +68,10 @@ class SweepReport:
     def unexpected(self, klass: str | None = None) -> list[FormResult]:
         return [r for r in self.differences(klass) if not r.known_bug]
 
+    def known(self, klass: str | None = None) -> Counter:
+        """{known-bugs reason: number of differing forms it explains}."""
+        return Counter(r.known_bug for r in self.differences(klass) if r.known_bug)
+
 
 def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
               note=print, states: dict | None = None) \

@@ -48,6 +48,7 @@ def test_report_counts_per_class_and_lists_unexpected_differences():
                _result("x87-d9e8", "refused", "enable: 524", klass="x87")]
     report = _report(results)
     assert [r.form.name for r in report.unexpected()] == ["onebyte-01d1"]
+    assert report.known() == {}
     assert report.unexpected("sse") == []             # emulator verdicts are not differences
     text = sweep.format_report(report)
     assert "onebyte" in text and "emulator" in text and "refused: enable: 524 x1" in text
@@ -63,3 +64,15 @@ def test_json_has_every_verdict_and_the_form_of_differences(tmp_path):
     assert data["forms"] == 2 and data["table"]["onebyte"] == {"differs": 1, "identical": 1}
     differing = next(r for r in data["results"] if r["name"] == "onebyte-01d1")
     assert differing["form"]["head"] == "90" and "form" not in data["results"][1]
+
+
+def test_known_differences_are_counted_per_bug_and_class():
+    results = [_result("onebyte-9c", "differs", "stk"), _result("onebyte-f3a4", "hits", "5"),
+               _result("onebyte-f3a5", "hits", "5"), _result("onebyte-01d1", "differs", "rax"),
+               _result("onebyte-f3a6", "identical")]
+    for result, bug in zip(results, ["pushf TF", "rep", "rep", "", ""]):
+        result.known_bug = bug
+    report = _report(results)
+    assert report.known("onebyte") == {"rep": 2, "pushf TF": 1}
+    assert report.known("sse") == {}
+    assert [r.form.name for r in report.unexpected("onebyte")] == ["onebyte-01d1"]
