@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import kernel  # noqa: E402
+from harness.paths import cache_root  # noqa: E402
 from harness.progress import Progress  # noqa: E402
 
 PATCH = """--- a/kernel/trace/trace_uprobe.c
@@ -81,6 +83,11 @@ def main() -> int:
 
     if args.scratch:
         with tempfile.TemporaryDirectory() as cache:
+            # a fetched Debian tarball (debian:7.x) is reused, not downloaded again
+            for reused in ("debian", "apt"):
+                if (cache_root() / reused).is_dir():
+                    shutil.copytree(cache_root() / reused, Path(cache) / reused,
+                                    copy_function=os.link)
             os.environ["UPROBE_HARNESS_CACHE"] = cache
             os.environ["CCACHE_DISABLE"] = "1"
             seconds, built = timed(kernel.BuildRequest(kernel=args.kernel, series="none"))

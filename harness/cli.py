@@ -278,7 +278,7 @@ def cmd_sweep(args) -> int:
     if args.json:
         sweep.write_json(report, Path(args.json))
         print(f"json: {args.json}")
-    return EXIT_FAIL if report.unexpected() else EXIT_OK
+    return EXIT_FAIL if report.unexpected() or report.stale else EXIT_OK
 
 
 def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str | None,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import debian_archive
 from .errors import SourceError
 from .paths import CONFIGS_DIR, cache_dir
 
@@ -97,15 +98,23 @@ def git(tree: Path, *args: str, check: bool = True, capture: bool = True) -> str
     return result.stdout.strip() if capture else ""
 
 
-def debian_identity(spec: KernelSpec) -> tuple[str, str]:
+def debian_tarball(spec: KernelSpec, progress=None) -> tuple[Path, str, str]:
+    """(tarball, package version, identity) of a Debian source: installed with the system's
+    apt when the entry names a tarball path, fetched from its suite otherwise."""
     entry = KNOWN["sources"][spec.text]
-    tarball = Path(entry["tarball"])
-    if not tarball.is_file():
-        install_debian_source(entry["package"])
-    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", entry["package"]],
-                             capture_output=True, text=True).stdout.strip() or "unknown"
-    stat = tarball.stat()
-    return version, f"{entry['package']}={version}:{stat.st_size}"
+    if "suite" in entry:
+        fetched = debian_archive.fetch(debian_archive.SuitePackage(
+            entry["package"], entry["suite"],
+            Path(entry.get("keyring", debian_archive.DEFAULT_KEYRING)),
+            entry.get("archive", "")), progress)
+        tarball, version = fetched.tarball, fetched.version
+    else:
+        tarball = Path(entry["tarball"])
+        if not tarball.is_file():
+            install_debian_source(entry["package"])
+        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", entry["package"]],
+                                 capture_output=True, text=True).stdout.strip() or "unknown"
+    return tarball, version, f"{entry['package']}={version}:{tarball.stat().st_size}"
 
 
 def install_debian_source(package: str) -> None:
@@ -130,12 +139,12 @@ def prepare(spec: KernelSpec, progress=None) -> Source:
 
 
 def _prepare_debian(spec: KernelSpec, progress) -> Source:
-    version, identity = debian_identity(spec)
+    tarball, version, identity = debian_tarball(spec, progress)
     name = "debian-" + spec.text.split(":", 1)[1]
     tree = cache_dir("sources") / name
     stamp = tree / ".git" / "uprobe-harness-identity"
     if not (stamp.is_file() and stamp.read_text() == identity):
-        _extract_debian(Path(KNOWN["sources"][spec.text]["tarball"]), tree, identity, progress)
+        _extract_debian(tarball, tree, identity, progress)
     commit = git(tree, "rev-parse", "HEAD")
     _reset(tree, commit)
     return Source(spec, tree, commit, identity, f"{spec.text} ({version})", name)

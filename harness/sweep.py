@@ -54,6 +54,7 @@ class SweepReport:
     seconds: float
     batches: int
     timings: dict = field(default_factory=dict)
+    stale: dict = field(default_factory=dict)   # {class: [stale known-bugs entry message]}
 
     def table(self) -> dict[str, Counter]:
         table: dict[str, Counter] = {}
@@ -208,14 +209,35 @@ def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
     return checked
 
 
-def attach_known_bugs(results: list[FormResult], kernel) -> None:
-    """A difference listed in known_bugs.toml (test = "sweep:<form name pattern>")."""
+def attach_known_bugs(results: list[FormResult], kernel) -> dict[str, list[str]]:
+    """A difference listed in known_bugs.toml (test = "sweep:<form name pattern>").
+    Returns the stale entries per class: {class: [message]}, an entry that applies to this
+    kernel and matched forms of the class that ran, none of which differed."""
     bugs = known_bugs.load()
+    patches = known_bugs.patches_of(kernel)
+    release = getattr(kernel, "release", "") or ""
+    applying = [b for b in bugs if b.applies_to_kernel(kernel.spec, patches, release)]
+    expected: dict[tuple[int, str], int] = Counter()   # (entry, class) -> forms that ran
+    showed: set[tuple[int, str]] = set()
     for result in results:
+        name = f"sweep:{result.form.name}"
+        for index, bug in enumerate(applying):
+            if bug.matches_test(name) and result.outcome not in ("refused", "unstable",
+                                                                 "emulator", "crashed"):
+                expected[index, result.form.klass] += 1
         if result.outcome in DIFFERENCES:
-            bug = known_bugs.match(bugs, f"sweep:{result.form.name}", kernel)
+            bug = known_bugs.match(bugs, name, kernel)
             if bug:
                 result.known_bug = f"{bug.reason} ({bug.link})" if bug.link else bug.reason
+                showed.update((i, result.form.klass) for i, b in enumerate(applying)
+                              if b is bug)
+    stale: dict[str, list[str]] = {}
+    for (index, klass), forms in expected.items():
+        if (index, klass) not in showed and forms:
+            stale.setdefault(klass, []).append(
+                f"{applying[index].stale_message(kernel.label)} ({forms} matching forms ran, "
+                f"all identical)")
+    return stale
 
 
 def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BATCH,
@@ -233,10 +255,11 @@ def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BAT
     verdicts, batches = run_sweep(guest, forms, batch, note, states)
     results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, (None, None)))
                for f in forms]
-    attach_known_bugs(results, kernel)
+    stale = attach_known_bugs(results, kernel)
     label = kernel.label + (f" + {kernel.series}" if kernel.series else "")
     return SweepReport(label, results, len(forms), corpus.candidates, corpus.dropped,
-                       time.monotonic() - start, batches)
+                       time.monotonic() - start, batches,
+                       stale=stale if not filters else {})  # a filter may leave out the forms
 
 
 def _host_cpu_flags() -> set[str]:
@@ -266,6 +289,8 @@ def format_report(report: SweepReport, limit: int = 0) -> str:
     differences = report.differences()
     lines.append(f"{len(differences)} difference(s), {len(report.unexpected())} not in the "
                  f"known-bugs table:")
+    lines += [f"STALE ({klass}): {message}" for klass, messages in report.stale.items()
+              for message in messages]
     shown = differences if not limit else differences[:limit]
     lines += [r.line() for r in shown]
     if len(shown) < len(differences):

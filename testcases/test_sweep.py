@@ -5,8 +5,10 @@ one guest; a class fails on any difference (registers, flags, FP/SIMD state, mem
 hit count, kernel splat) that the known-bugs table (harness/configs/known_bugs.toml,
 `test = "sweep:<form name>"`) does not explain. A class whose only differences are known
 bugs is an XFAIL naming them (the nightly matrix and history show it turn to passed when
-the fixes land); a class without differences passes. Refusals are not differences: they
-are listed in the summary (`python -m harness sweep` prints the whole table)."""
+the fixes land); a class without differences passes. A known-bugs entry that applies to the
+kernel but whose forms in the class all ran identical is stale: the class fails. Refusals
+are not differences: they are listed in the summary (`python -m harness sweep` prints the
+whole table)."""
 
 import pytest
 
@@ -30,6 +32,8 @@ def test_sweep_class_transparent(request, instruction_sweep, klass):
     assert not unexpected, (f"{len(unexpected)} of {forms} {klass} forms are not "
                             f"transparent under a uprobe:\n"
                             + "\n".join(r.line() for r in unexpected[:40]))
+    stale = instruction_sweep.stale.get(klass, [])
+    assert not stale, "\n".join(stale)
     if known:
         pytest.xfail(f"known bug: {known.total()} of {forms} forms differ, all explained by "
                      "the known-bugs table: "

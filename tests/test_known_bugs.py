@@ -1,4 +1,7 @@
+import pytest
+
 from harness import known_bugs
+from harness.errors import HarnessError
 
 BUG = known_bugs.KnownBug(("test_profile*?smp4?",), ("debian:6.1",), "*per-CPU*", "lost hits", "")
 
@@ -20,3 +23,41 @@ def test_brackets_are_literal_through_question_marks():
     bug = known_bugs.KnownBug(("t?uffd-push?",), ("*",), "", "r", "")
     assert bug.applies("t[uffd-push]", "debian:6.12", [])
     assert not bug.applies("t[uffd-push_r12]", "debian:6.12", [])
+
+
+def test_fixed_upstream_exempts_that_version_and_newer():
+    bug = known_bugs.KnownBug(("t",), ("*",), "", "r", "", fixed_upstream="6.12")
+    assert bug.applies("t", "debian:6.1", [], "6.1.192")
+    assert not bug.applies("t", "debian:6.12", [], "6.12.117")
+    assert not bug.applies("t", "debian:7.3", [], "7.3.0-rc7")
+    assert bug.applies("t", "/src/linux@v6.11", [], "6.11.0")
+    assert bug.applies("t", "/boot/vmlinuz", [], "")      # unknown release: still expected
+
+
+def test_shipped_table_marks_the_upstream_fixes():
+    bugs = {b.test[0]: b for b in known_bugs.load()}
+    assert bugs["test_profile_counts_every_hit?smp4?"].fixed_upstream == "6.12"
+    assert bugs["sweep:branch-4190"].fixed_upstream == "7.2"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "known_bugs.toml"
+    path.write_text(text)
+    return path
+
+
+def test_table_errors_name_the_file_the_entry_and_the_key(tmp_path):
+    with pytest.raises(HarnessError, match=r"entry 2: missing reason"):
+        known_bugs.load(_write(tmp_path, '[[bug]]\ntest="a"\nkernels=["*"]\nreason="r"\n'
+                                         '[[bug]]\ntest="b"\nkernels=["*"]\n'))
+    with pytest.raises(HarnessError, match=r"entry 1: unknown key\(s\) fixed_in"):
+        known_bugs.load(_write(tmp_path, '[[bug]]\ntest="a"\nkernels=["*"]\nreason="r"\n'
+                                         'fixed_in="7.2"\n'))
+    with pytest.raises(HarnessError, match=r"fixed_upstream = 'soon' is not a version"):
+        known_bugs.load(_write(tmp_path, '[[bug]]\ntest="a"\nkernels=["*"]\nreason="r"\n'
+                                         'fixed_upstream="soon"\n'))
+
+
+def test_stale_message_says_how_to_record_the_fix():
+    message = BUG.stale_message("debian:7.3 (7.3~rc7-1~exp1)")
+    assert "stale" in message and "debian:7.3" in message and "fixed_upstream" in message

@@ -9,8 +9,11 @@ def test_every_known_bad_series_loads_and_is_the_default_series_plus_a_bug():
     mutants = mutate.load_mutants()
     assert len(mutants) >= 8
     for mutant in mutants:
-        assert mutant.kernel == "debian:6.1"
+        # mainline-* mutants are for the newest mainline kernel, the rest for the default one
+        expected = "debian:7.3" if mutant.name.startswith("mainline-") else "debian:6.1"
+        assert mutant.kernel == expected
         assert set(mutant.breaks) <= set(mutate.FAMILIES)
+    assert any(m.kernel == "debian:7.3" for m in mutants)
 
 
 def test_each_family_is_declared_by_two_mutants_of_different_mechanisms():

@@ -111,7 +111,9 @@ def test_matrix_cells_are_the_product_with_names(tmp_path):
 def test_sample_matrix_loads():
     matrix = nightly_matrix.load_matrix(Path(__file__).parent.parent / "nightly.toml")
     assert len(matrix.cells) >= 3
-    assert {c.kernel for c in matrix.cells} == {"debian:6.1", "debian:6.12"}
+    assert {c.kernel for c in matrix.cells} == {"debian:6.1", "debian:6.12", "debian:7.3"}
+    assert {c.series_name for c in matrix.cells if c.kernel == "debian:7.3"} == {
+        "default", "none"}
 
 
 @pytest.mark.parametrize("text, needle", [

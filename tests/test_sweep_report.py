@@ -70,9 +70,31 @@ def test_known_differences_are_counted_per_bug_and_class():
     results = [_result("onebyte-9c", "differs", "stk"), _result("onebyte-f3a4", "hits", "5"),
                _result("onebyte-f3a5", "hits", "5"), _result("onebyte-01d1", "differs", "rax"),
                _result("onebyte-f3a6", "identical")]
-    for result, bug in zip(results, ["pushf TF", "rep", "rep", "", ""]):
+    for result, bug in zip(results, ["pushf TF", "rep", "rep", "", ""], strict=True):
         result.known_bug = bug
     report = _report(results)
     assert report.known("onebyte") == {"rep": 2, "pushf TF": 1}
     assert report.known("sse") == {}
     assert [r.form.name for r in report.unexpected("onebyte")] == ["onebyte-01d1"]
+
+
+def test_an_applying_entry_whose_forms_all_ran_identical_is_stale():
+    # pushf (onebyte-*9c) is a known bug on a kernel without the fix: identical = stale
+    results = [_result("onebyte-9c", "identical"), _result("onebyte-489c", "identical"),
+               _result("onebyte-01d1", "identical")]
+    stale = sweep.attach_known_bugs(results, FakeKernel())
+    assert list(stale) == ["onebyte"]
+    assert "pushf" in stale["onebyte"][0] and "2 matching forms ran" in stale["onebyte"][0]
+
+
+def test_an_entry_that_shows_or_does_not_apply_is_not_stale():
+    shows = [_result("onebyte-9c", "differs", "stk"), _result("onebyte-489c", "identical")]
+    assert sweep.attach_known_bugs(shows, FakeKernel()) == {}
+
+    class FixedUpstream(FakeKernel):          # 41 90 is fixed upstream since 7.2
+        spec, label, release = "debian:7.3", "debian:7.3", "7.3.0-rc7"
+    identical = [_result("branch-4190", "identical", klass="branch")]
+    assert sweep.attach_known_bugs(identical, FixedUpstream()) == {}
+    assert "branch" in sweep.attach_known_bugs(identical, FakeKernel())
+    # a form the emulator cannot judge is no evidence either way
+    assert sweep.attach_known_bugs([_result("onebyte-9c", "emulator")], FakeKernel()) == {}

@@ -1,0 +1,48 @@
+"""Integration: the newest mainline kernel Debian ships (debian:7.3, fetched from suite
+experimental through the harness's private apt configuration), built with its default series,
+booted, and one scenario family run on it through the main job, as a user would:
+`python -m harness main --kernel debian:7.3 -- -m stack`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness import kernel, report
+from harness.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mainline():
+    return kernel.build(kernel.BuildRequest(kernel="debian:7.3"))
+
+
+def test_mainline_builds_from_its_suite_with_the_base_config(mainline):
+    meta = json.loads(mainline.metadata.read_text())
+    assert meta["series"] == "uprobes-7.3-fixes" and len(meta["patches"]) == 6
+    assert mainline.release.startswith("7.3.0")
+    assert mainline.label.startswith("debian:7.3 (7.3~")
+    config = mainline.config.read_text()
+    for needed in ("CONFIG_UPROBE_EVENTS=y", "CONFIG_ACPI=y", "CONFIG_X86_MPPARSE=y",
+                   "CONFIG_USERFAULTFD=y", "CONFIG_KERNEL_LZ4=y"):
+        assert needed in config
+
+
+def test_main_job_runs_the_stack_family_on_mainline(mainline, tmp_path):
+    results_dir = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "harness", "main", "--kernel", "debian:7.3",
+                          "--smp", "1", "--results", str(results_dir), "--", "-m", "stack"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    results = report.read_junit(results_dir / "junit.xml")
+    assert len(results) >= 20
+    # with uprobes-7.3-fixes every stack case passes, the userfaultfd push/call ones included
+    assert {r.outcome for r in results} == {"passed"}, [
+        (r.name, r.outcome) for r in results if r.outcome != "passed"]
+    names = {r.name for r in results}
+    assert {"test_probed_stack_write_is_transparent[uffd-push]",
+            "test_probed_stack_write_is_transparent[uffd-call]"} <= names
+    assert all(r.properties.get("kernel", "").startswith("debian:7.3") for r in results)
