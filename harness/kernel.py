@@ -8,6 +8,7 @@ the patches touched.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -108,7 +109,9 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
         key = _artefact_key(source.identity, series, fragments, compiler)
         store = cache_dir("kernels") / key
         if (store / "metadata.json").is_file():
-            return _load(store, cached=True)
+            # the key is content-addressed: the same patches under another series name
+            # hit this entry, but the kernel is reported under the name asked for now
+            return dataclasses.replace(_load(store, cached=True), series=series.name)
 
         config_id = kconfig.fragments_digest(fragments)[:16]
         build_dir = cache_dir("builds", f"{source.family}-{config_id}")
