@@ -22,6 +22,7 @@ MARKERS = {
     "fp": "FP/SIMD family",
     "riprel": "RIP-relative family",
     "sweep": "differential instruction sweep (every generated instruction form)",
+    "optimized": "optimized uprobes (7.x: a probed nop10 rewritten into a trampoline call)",
     "slow": "takes long (kernel builds, many boots)",
     "vm(smp=1, tcg='multi'|'single'|'exact'|'parallel')": "the machine a test needs",
 }

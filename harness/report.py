@@ -13,7 +13,7 @@ import jinja2
 from .paths import TEMPLATES_DIR
 
 FAMILIES = {"test_threads": "threads", "test_stack": "stack", "test_fp": "fp",
-            "test_riprel": "riprel", "test_sweep": "sweep"}
+            "test_riprel": "riprel", "test_optimized": "optimized", "test_sweep": "sweep"}
 # A probe the kernel refuses is a failure (pytest_plugin), not an outcome of its own.
 OUTCOMES = ("passed", "failed", "crashed", "xfail", "xpass", "skipped", "error")
 

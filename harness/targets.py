@@ -16,6 +16,7 @@ RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
     "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
+    "opt": (("opt.c", "opt_sites.S", "hits_sites.S"), ("-pthread",)),
 }
 
 

@@ -19,6 +19,9 @@ SITES = {
     "mov": ("site_mov", "p"),
     "riprel": ("site_riprel", "p"),
     "ret": ("site_ret", "r"),
+    # nop10 at a function entry: int3 on its first hit, then (7.x) rewritten into a call to
+    # the uprobe trampoline (the optimized path, syscall 336); elsewhere an emulated nop
+    "nop10": ("site_nop10", "p"),
 }
 ITERATIONS = 400
 ITERATIONS_TOGGLED = 10**9        # bounded by TOGGLE_SECONDS instead
@@ -70,7 +73,7 @@ def test_profile_counts_every_hit(guest, target, uprobe, smp, repeat):
 
 
 @pytest.mark.vm(tcg="exact")
-@pytest.mark.parametrize("site", ["push", "mov", "riprel"])
+@pytest.mark.parametrize("site", ["push", "mov", "riprel", "nop10"])
 def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     """A probe registered and unregistered (enabled/disabled) again and again while 64
     threads run through the site: no crash, no stray SIGTRAP (an int3 left behind, or a trap

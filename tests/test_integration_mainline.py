@@ -22,7 +22,7 @@ def mainline():
 
 def test_mainline_builds_from_its_suite_with_the_base_config(mainline):
     meta = json.loads(mainline.metadata.read_text())
-    assert meta["series"] == "uprobes-7.3-fixes" and len(meta["patches"]) == 6
+    assert meta["series"] == "uprobes-7.3-fixes" and len(meta["patches"]) == 7
     assert mainline.release.startswith("7.3.0")
     assert mainline.label.startswith("debian:7.3 (7.3~")
     config = mainline.config.read_text()

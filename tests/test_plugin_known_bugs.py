@@ -32,7 +32,7 @@ def test_profile_counts_every_hit(kernel, smp):
 
 def _run(pytester, release, passes):
     pytester.makeconftest(CONFTEST.format(release=release))
-    pytester.makepyfile(test_threads=TESTS.format(passes=passes))
+    pytester.makepyfile(test_known_bug_case=TESTS.format(passes=passes))
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest("-p", "harness.pytest_plugin", "--smp=4",
                                 f"--junitxml={junit}")

@@ -93,8 +93,10 @@ def main() -> int:
                                                      for p in patches[:count]))
                 started = time.monotonic()
                 built = kernel.build(kernel.BuildRequest(kernel=KERNEL, series=str(part)))
-                builds.append(f"after {patches[count - 1].name}: built in "
-                              f"{time.monotonic() - started:.0f} s ({built.release})")
+                how = ("cached: built earlier from the same patches" if built.cached else
+                       f"built in {time.monotonic() - started:.0f} s")
+                builds.append(f"after {patches[count - 1].name}: {built.release}, {how}, "
+                              f"artefact {built.identity[:12]}")
                 print(builds[-1])
         with (HERE / "checkpatch.txt").open("a") as handle:
             handle.write("\nBisectability (python -m harness build after every patch):\n"

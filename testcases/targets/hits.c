@@ -3,7 +3,7 @@
  * harness compares the kernel's hit counts with an oracle the kernel cannot influence. Every call
  * also checks that the probe left all other general-purpose registers alone (call_checked).
  *
- * usage: hits SITE NTHREADS ITERS [SECONDS]   SITE = push | mov | riprel | ret
+ * usage: hits SITE NTHREADS ITERS [SECONDS]   SITE = push | mov | riprel | ret | nop10
  *        (with SECONDS, each thread also stops at that deadline: a fixed-length run)
  * prints: calls=<total> bad=<wrong results> threads=<n>
  */
@@ -18,6 +18,7 @@ extern long site_push(long);
 extern long site_mov(long);
 extern long site_riprel(long);
 extern long site_ret(long);
+extern long site_nop10(long);
 extern long call_checked(long (*site)(long), long in, long *regs_ok);
 
 static long (*site)(long);
@@ -56,7 +57,7 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc != 4 && argc != 5) {
-		fprintf(stderr, "usage: %s push|mov|riprel|ret NTHREADS ITERS [SECONDS]\n",
+		fprintf(stderr, "usage: %s push|mov|riprel|ret|nop10 NTHREADS ITERS [SECONDS]\n",
 			argv[0]);
 		return 2;
 	}
@@ -64,6 +65,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(argv[1], "mov")) { site = site_mov; expected_kind = 0; }
 	else if (!strcmp(argv[1], "riprel")) { site = site_riprel; expected_kind = 2; }
 	else if (!strcmp(argv[1], "ret")) { site = site_ret; expected_kind = 1; }
+	else if (!strcmp(argv[1], "nop10")) { site = site_nop10; expected_kind = 1; }
 	else { fprintf(stderr, "unknown site %s\n", argv[1]); return 2; }
 	long nthreads = atol(argv[2]);
 	iterations = atol(argv[3]);

@@ -1,7 +1,8 @@
 /* Probe sites for the multithreaded-hits family. Each site is a tiny function whose first
  * instruction is the one probed; the instruction kinds cover the kernel's three paths:
  * emulated in the kernel (push), executed out of line (mov), out of line after RIP-relative
- * rewriting (rip-relative load), plus a function probed on return (uretprobe). */
+ * rewriting (rip-relative load), plus a function probed on return (uretprobe), and the
+ * 10-byte nop that kernels since 7.x rewrite into a call to a trampoline (optimized uprobe). */
 	.text
 
 	.globl site_push
@@ -25,6 +26,15 @@ site_riprel:                    /* rip-relative load: rewritten to use a scratch
 	mov site_data(%rip), %rax
 	ret
 	.size site_riprel, .-site_riprel
+
+	.globl site_nop10
+	.type site_nop10, @function
+	.p2align 4
+site_nop10:                     /* nopw %cs:0(%rax,%rax,1): the nop10 that 7.x x86-64 */
+	.byte 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00  /* optimizes */
+	lea 1(%rdi), %rax       /* (lea -0x80(%rsp),%rsp; call to the uprobe trampoline) */
+	ret
+	.size site_nop10, .-site_nop10
 
 	.globl site_ret
 	.type site_ret, @function
