@@ -226,11 +226,13 @@ def attach_known_bugs(results: list[FormResult], kernel) -> dict[str, list[str]]
                                                                  "emulator", "crashed"):
                 expected[index, result.form.klass] += 1
         if result.outcome in DIFFERENCES:
-            bug = known_bugs.match(bugs, name, kernel)
-            if bug:
+            # the first applying entry that names the form (what known_bugs.match() finds,
+            # without re-reading the kernel's metadata for every differing form)
+            index = next((i for i, b in enumerate(applying) if b.matches_test(name)), None)
+            if index is not None:
+                bug = applying[index]
                 result.known_bug = f"{bug.reason} ({bug.link})" if bug.link else bug.reason
-                showed.update((i, result.form.klass) for i, b in enumerate(applying)
-                              if b is bug)
+                showed.add((index, result.form.klass))
     stale: dict[str, list[str]] = {}
     for (index, klass), forms in expected.items():
         if (index, klass) not in showed and forms:
