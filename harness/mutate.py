@@ -255,7 +255,8 @@ def run_baseline(kernel: str, runs: int, options: RunOptions, note=print) -> Bas
 
 def format_table(results: list[MutantResult]) -> str:
     """mutant x family: CAUGHT / missed / '-' (not run); '*' marks declared families."""
-    head = f"{'mutant':<28}{'build s':>8}{'test s':>8}  " + "".join(f"{f:<10}" for f in FAMILIES)
+    width = max([28] + [len(r.name) + 2 for r in results])
+    head = f"{'mutant':<{width}}{'build s':>8}{'test s':>8}  " + "".join(f"{f:<10}" for f in FAMILIES)
     lines = [head, "-" * len(head)]
     for r in results:
         cells = []
@@ -264,7 +265,7 @@ def format_table(results: list[MutantResult]) -> str:
             text = "-" if verdict is None or not verdict.ran else \
                 "CAUGHT" if verdict.caught else "missed"
             cells.append(f"{text + ('*' if family in r.breaks else ''):<10}")
-        lines.append(f"{r.name:<28}{r.build_seconds:>8.1f}{r.test_seconds:>8.0f}  "
+        lines.append(f"{r.name:<{width}}{r.build_seconds:>8.1f}{r.test_seconds:>8.0f}  "
                      + "".join(cells) + (f"  ERROR: {r.error[:80]}" if r.error else ""))
     lines.append("* = declared in mutant.toml; every declared family must catch its mutant")
     for r in results:

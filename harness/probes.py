@@ -108,8 +108,13 @@ def add_command(probe: Probe) -> str:
     return f"echo {shlex.quote(probe.definition())} >> {TRACEFS}/uprobe_events"
 
 
+def enable_path(probe: Probe) -> str:
+    """The probe's tracefs enable file (a probed program may toggle its own probe)."""
+    return f"{TRACEFS}/events/{GROUP}/{probe.name}/enable"
+
+
 def enable_command(probe: Probe, on: bool = True) -> str:
-    return f"echo {1 if on else 0} > {TRACEFS}/events/{GROUP}/{probe.name}/enable"
+    return f"echo {1 if on else 0} > {enable_path(probe)}"
 
 
 def remove_all_command() -> str:

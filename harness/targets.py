@@ -11,12 +11,15 @@ from pathlib import Path
 from .errors import HarnessError
 from .paths import TARGETS_DIR, cache_dir
 
-# target name -> sources (relative to testcases/targets) and extra flags; data, not code
+# target name -> sources (relative to testcases/targets; headers are hashed, not passed to
+# gcc) and extra flags; data, not code
 RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
     "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
-    "opt": (("opt.c", "opt_sites.S", "hits_sites.S"), ("-pthread",)),
+    "opt": (("opt.c", "opt_env.c", "opt.h", "opt_sites.S", "hits_sites.S"), ("-pthread",)),
+    # a 32-bit (compat) task, freestanding: no 32-bit libc on the host
+    "opt32": (("opt32.c",), ("-m32", "-ffreestanding", "-nostdlib", "-fno-stack-protector")),
 }
 
 
@@ -44,7 +47,7 @@ def compile_target(name: str) -> Target:
     if not binary.exists():
         tmp = binary.with_suffix(".tmp")
         cmd = ["gcc", "-static", "-no-pie", "-O2", "-g", *flags, "-o", str(tmp),
-               *map(str, paths)]
+               *(str(p) for p in paths if p.suffix != ".h")]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise HarnessError(f"target {name} did not compile: {' '.join(cmd)}\n"

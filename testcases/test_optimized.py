@@ -129,6 +129,28 @@ def test_nop10_across_a_page_boundary_is_hit(guest, target, uprobe):
     assert hits.trace == calls, f"{hits.trace} hits for {calls} calls of a page-straddling nop10"
 
 
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("k", range(10), ids=[f"{0xff6 + k:#x}" for k in range(10)])
+def test_nop10_at_the_end_of_a_page(guest, target, uprobe, k):
+    """The nop10 at each of the last ten bytes of a page (opt tail: site_tailK at page offset
+    0xff6 + K): at 0xff6 it ends on the page boundary and may be optimized; from 0xff7 on it
+    straddles the page, cannot be rewritten atomically and must stay an int3 probe. Every
+    call counted and right wherever the linker put it."""
+    path, binary = target("opt")
+    uprobe.add("tail", path, binary, f"site_tail{k}")
+    result = guest.run([path, "tail", "20"], timeout=120)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    assert int(f[f"tail{k}_offset"], 16) == 0xff6 + k, result.stdout
+    assert f[f"tail{k}_bad"] == "0", result.stdout
+    site = f[f"tail{k}_site"]
+    if k:
+        assert not site.startswith(OPTIMIZED), \
+            f"a nop10 straddling the page by {k} bytes was rewritten: {site}"
+    hits = uprobe.hits()["tail"]
+    assert hits.trace == 20, f"{hits.trace} hits for 20 calls of the nop10 at {0xff6 + k:#x}"
+
+
 def test_uprobe_syscall_from_ordinary_code_is_refused(guest, target):
     """syscall 336 made outside a uprobe trampoline must fail with EPROTO (and change
     nothing); on a kernel without the syscall it is ENOSYS."""
@@ -159,3 +181,210 @@ def test_entry_and_return_probes_on_a_nop10_function(guest, target, uprobe, smp)
     for name in ("entry", "exit"):
         assert hits[name].overruns == 0
         assert hits[name].trace == calls, f"{name}: {hits[name].trace} hits for {calls} calls"
+
+
+# -- the optimized path in unusual surroundings (opt_env.c) --------------------------------
+
+def _optimizes_or_skip(f: dict[str, str], key: str, what: str) -> None:
+    """Skip where the kernel does not optimize (the site hit stays int3-staged); a site that
+    still reads the original nop10 after being hit was never probed at all: a failure."""
+    site = f.get(key, "")
+    if site == NOP10:
+        pytest.fail(f"the probe was never installed: {what} still reads the original nop10 "
+                    f"{site} after being hit")
+    if f.get("optimized") == "no" or not site.startswith(OPTIMIZED):
+        pytest.skip(f"this kernel does not optimize uprobes: {what} still reads {site} "
+                    f"after being hit")
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("case", ["plus_in", "plus_edge", "minus_edge", "minus_out"])
+def test_trampoline_reach_at_the_rel32_boundary(request, guest, target, uprobe, case):
+    """A second mapping of the probed page placed so that the first trampoline lies exactly
+    at, or one page inside/outside, the +-2 GiB reach of the rewritten call: the kernel may
+    reuse that trampoline or map another, but the call must land in one, and every call
+    must count (a nop10 at page offset 0xff6, mapped at 0x600000000000 and then at A)."""
+    path, binary = target("opt")
+    uprobe.add("edge", path, binary, "site_tail0")
+    result = guest.run([path, "reach", case], timeout=120)
+    f = _fields(result.stdout)
+    assert "setup" not in f, f"the scenario could not map its pages: {result.stdout}"
+    _optimizes_or_skip(f, "home_site", "the nop10 at 0x600000000ff6")
+    request.node.user_properties.append(("distance", f.get("distance", "")))
+    request.node.user_properties.append(("trampoline_reused", f.get("a_reused", "")))
+    assert "crashed" not in f, (
+        f"the rewritten call at T{int(f['distance']):+#x} from the trampoline T did not "
+        f"reach it: the process took signal {f['crashed']} at T{int(f['fault']):+#x} "
+        f"({result.stdout.strip()})")
+    assert result.status == 0, result.stdout + result.stderr
+    assert f["a_call_target"] == "in", \
+        f"the second mapping's site {f['a_site']} calls outside every trampoline"
+    hits = uprobe.hits()["edge"]
+    assert hits.overruns == 0
+    assert hits.trace == int(f["calls"]) == 6, f"{hits.trace} hits for {f['calls']} calls"
+
+
+@pytest.mark.vm(tcg="exact")
+def test_no_room_for_a_trampoline(guest, target, uprobe):
+    """The probed page in the middle of a 6 GiB PROT_NONE reservation: no trampoline can
+    be placed within reach, so the probe must stay an int3 probe and count every call."""
+    path, binary = target("opt")
+    uprobe.add("edge", path, binary, "site_tail0")
+    result = guest.run([path, "reach", "noroom"], timeout=120)
+    f = _fields(result.stdout)
+    assert "setup" not in f, f"the scenario could not reserve its range: {result.stdout}"
+    assert result.status == 0 and "crashed" not in f, result.stdout + result.stderr
+    assert f["a_call_target"] != "out", f"the site calls outside any trampoline: {f['a_site']}"
+    hits = uprobe.hits()["edge"]
+    assert hits.trace == int(f["calls"]) == 3, f"{hits.trace} hits for {f['calls']} calls"
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("kind", ["p", "r"], ids=["entry", "return"])
+def test_probe_under_syscall_user_dispatch(guest, target, uprobe, kind):
+    """Syscall user dispatch on (PR_SET_SYSCALL_USER_DISPATCH, only the program's own text
+    allowed, the selector at BLOCK around each call, as Wine does around foreign code): a
+    probe must not add a SIGSYS or change a result; the trampolines' syscalls (uprobe 336,
+    uretprobe 335) are the kernel's, not the program's."""
+    path, binary = target("opt")
+    uprobe.add("sud", path, binary, "site_nop10", kind=kind)
+    result = guest.run([path, "sud", "50"], timeout=120)
+    f = _fields(result.stdout)
+    if f.get("sud") == "unsupported":
+        pytest.skip(f"this kernel has no syscall user dispatch (prctl errno {f['errno']})")
+    assert result.status == 0, \
+        f"the probed program died under syscall user dispatch (status {result.status}): " \
+        f"{result.stdout}{result.stderr}"
+    assert f["sigsys"] == "0", \
+        f"{f['sigsys']} SIGSYS for 50 probed calls (syscall {f['sigsys_nr']} from " \
+        f"{f['sigsys_in']}): the probe's own syscall was dispatched to the program"
+    assert f["bad"] == "0", result.stdout
+    hits = uprobe.hits()["sud"]
+    assert hits.trace == 50, f"{hits.trace} hits for 50 calls"
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("mode", ["filter", "strict"])
+def test_probe_under_seccomp(guest, target, uprobe, mode):
+    """A seccomp filter that kills on anything but write/exit/exit_group/rt_sigreturn, or
+    strict mode: entry and return probes must count every call without killing it."""
+    path, binary = target("opt")
+    uprobe.add("entry", path, binary, "site_nop10")
+    uprobe.add("exit", path, binary, "site_nop10", kind="r")
+    result = guest.run([path, "seccomp", mode, "50"], timeout=120)
+    f = _fields(result.stdout)
+    if f.get("seccomp") == "unsupported":
+        pytest.skip(f"this kernel has no seccomp {mode} mode (errno {f['errno']})")
+    assert result.status == 0, \
+        f"the probed program died under seccomp {mode} (status {result.status}): " \
+        f"{result.stdout}{result.stderr}"
+    assert f["calls"] == "50" and f["bad"] == "0", result.stdout
+    hits = uprobe.hits()
+    for name in ("entry", "exit"):
+        assert hits[name].trace == 50, f"{name}: {hits[name].trace} hits for 50 calls"
+
+
+@pytest.mark.vm(tcg="exact")
+def test_fork_vfork_exec_after_optimization(guest, target, uprobe):
+    """After the site was optimized: a fork()ed child (copied text and trampoline), a
+    CLONE_VM|CLONE_VFORK child (shared address space) and an exec()ed image (a fresh one)
+    each make 20 calls: every call counted and right, the call still reaching a trampoline."""
+    path, binary = target("opt")
+    uprobe.add("fork", path, binary, "site_nop10")
+    result = guest.run([path, "fork", "20"], timeout=120)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    for who in ("parent", "fork", "vfork", "exec"):
+        assert f[f"{who}_bad"] == "0", f"{who}: wrong results: {result.stdout}"
+    assert f["fork_status"] == "0" and f["vfork_status"] == "0", result.stdout
+    hits = uprobe.hits()["fork"]
+    assert hits.trace == 80, f"{hits.trace} hits for 4 x 20 calls"
+    if f["parent_site"].startswith(OPTIMIZED):
+        for who in ("parent", "fork", "exec"):
+            assert f[f"{who}_call_target"] == "in", \
+                f"{who}: the site {f[f'{who}_site']} calls outside every trampoline"
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("action", ["off", "offon"])
+def test_thread_stopped_between_lea_and_call(guest, target, uprobe, action):
+    """A child stopped (ptrace: a breakpoint on the call of the site, then two single steps)
+    at the instruction after the optimized site's lea, then the probe disabled (and
+    re-enabled) while it waits there: the call it is about to
+    make must still reach the trampoline, which must undo the lea; the child's registers,
+    flags, xmm and red zone come back intact; hits: 3 before, plus 1 if re-enabled."""
+    path, binary = target("opt")
+    probe = uprobe.add("stepped", path, binary, "site_opt")
+    result = guest.run([path, "stepped", probes.enable_path(probe), action], timeout=300)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    _optimizes_or_skip(f, "stopped_site", "the child's nop10")
+    assert f["reached_between"] == "yes", result.stdout
+    assert f["toggle_failed"] == "0", result.stdout
+    wanted = UNOPTIMIZED if action == "off" else "cc2e0f1f84e8"
+    assert f["paused_site"].startswith(wanted), \
+        f"after '{action}' the site reads {f['paused_site']}, expected {wanted}..."
+    assert f["paused_site"][12:] == f["stopped_site"][12:], "the call's rel32 changed"
+    assert f.get("child_traps") == "0", f"the tracer left a trap behind: {result.stdout}"
+    assert f["child_exited"] == "1" and f["child_status"] == "0", \
+        f"the stopped child did not come back intact: {result.stdout}"
+    hits = uprobe.hits()["stepped"]
+    expected = 3 if action == "off" else 4
+    assert hits.trace == expected, f"{hits.trace} hits, expected {expected}"
+
+
+@pytest.mark.vm(tcg="exact")
+def test_signals_mid_sequence(request, guest, target, uprobe):
+    """A SIGPROF sampler (100 us of CPU time) whose handler scribbles over the caller-saved
+    registers, xmm and flags, while 4 threads call the optimized site: the state checks and
+    the hit count hold wherever the signals land (in the trampoline, between lea and call)."""
+    path, binary = target("opt")
+    uprobe.add("opt", path, binary, "site_opt")
+    result = guest.run([path, "state", "4", "1500", "prof"], timeout=900)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    for key in ("samples", "samples_in_tramp", "samples_between", "samples_in_site"):
+        request.node.user_properties.append((key, f[key]))
+    assert int(f["samples"]) > 0, "the sampler never fired"
+    calls = int(f["calls"])
+    assert calls == 6000
+    for what in ("gpr", "flags", "xmm", "redzone"):
+        assert f[f"{what}_bad"] == "0", \
+            f"{f[f'{what}_bad']} of {calls} calls changed the {what} state under SIGPROF"
+    hits = uprobe.hits()["opt"]
+    assert hits.overruns == 0
+    assert hits.trace == calls, f"{hits.trace} hits for {calls} calls"
+
+
+@pytest.mark.vm(tcg="exact")
+def test_nop10_in_a_32bit_task(guest, target, uprobe):
+    """The same nop10 in a 32-bit (compat) task: the 64-bit trampoline cannot serve it, so
+    it must stay an int3 probe (never `lea; call` in 32-bit code) and count every call."""
+    path, binary = target("opt32")
+    uprobe.add("compat", path, binary, "site32")
+    result = guest.run([path, "200"], timeout=120)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    assert f["calls"] == "200" and f["bad"] == "0", result.stdout
+    assert not f["site"].startswith(OPTIMIZED), \
+        f"a 32-bit task's nop10 was rewritten for the 64-bit trampoline: {f['site']}"
+    hits = uprobe.hits()["compat"]
+    assert hits.trace == 200, f"{hits.trace} hits for 200 calls in a 32-bit task"
+
+
+@pytest.mark.vm(tcg="exact")
+def test_nop10_in_32bit_code_of_a_64bit_process(guest, target, uprobe):
+    """A nop10 in 32-bit code that a 64-bit process runs through a far call into the 32-bit
+    user code segment (as WoW64-style emulators do): its hits are in 32-bit mode, so it must
+    stay an int3 probe and count every call with the right result."""
+    path, binary = target("opt")
+    uprobe.add("seg32", path, binary, "site_opt32")
+    result = guest.run([path, "seg32", "200"], timeout=120)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    assert "setup" not in f, result.stdout
+    assert f["bad"] == "0", result.stdout
+    assert not f["site"].startswith(OPTIMIZED), \
+        f"32-bit code was rewritten for the 64-bit trampoline: {f['site']}"
+    hits = uprobe.hits()["seg32"]
+    assert hits.trace == 200, f"{hits.trace} hits for 200 calls in 32-bit code"

@@ -22,12 +22,14 @@ def mainline():
 
 def test_mainline_builds_from_its_suite_with_the_base_config(mainline):
     meta = json.loads(mainline.metadata.read_text())
-    assert meta["series"] == "uprobes-7.3-fixes" and len(meta["patches"]) == 7
+    assert meta["series"] == "uprobes-7.3-fixes" and len(meta["patches"]) == 9
     assert mainline.release.startswith("7.3.0")
     assert mainline.label.startswith("debian:7.3 (7.3~")
     config = mainline.config.read_text()
     for needed in ("CONFIG_UPROBE_EVENTS=y", "CONFIG_ACPI=y", "CONFIG_X86_MPPARSE=y",
-                   "CONFIG_USERFAULTFD=y", "CONFIG_KERNEL_LZ4=y"):
+                   "CONFIG_USERFAULTFD=y", "CONFIG_KERNEL_LZ4=y", "CONFIG_SECCOMP_FILTER=y",
+                   "CONFIG_IA32_EMULATION=y",
+                   "CONFIG_SYSCALL_USER_DISPATCH=y"):  # the last from kernels.toml's fragment
         assert needed in config
 
 

@@ -11,6 +11,21 @@ def test_known_specs():
     assert sources.parse_spec("debian:6.12").default_series == "uprobes-6.12-fixes"
 
 
+def test_per_source_config_fragments_are_data_and_exist():
+    """7.x gets fragments/mainline.config after base.config (CONFIG_SYSCALL_USER_DISPATCH is
+    not an option in 6.x); other sources get nothing extra; every named fragment parses."""
+    assert sources.parse_spec("debian:6.1").config_fragments == ()
+    mainline = sources.parse_spec("debian:7.3").config_fragments
+    assert [p.name for p in mainline] == ["mainline.config"]
+    assert sources.parse_spec("debian:7.2").config_fragments == mainline
+    for name in sources.KNOWN["sources"]:
+        for path in sources.parse_spec(name).config_fragments:
+            symbols = {o.symbol for o in kconfig.parse_fragment(path).options}
+            assert symbols, f"{path} sets nothing"
+    assert "CONFIG_SYSCALL_USER_DISPATCH" in {
+        o.symbol for o in kconfig.parse_fragment(mainline[0]).options}
+
+
 def test_unknown_debian_version():
     with pytest.raises(SourceError, match="Unknown Debian kernel source 'debian:5.10'"):
         sources.parse_spec("debian:5.10")

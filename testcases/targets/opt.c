@@ -1,14 +1,18 @@
+#define _GNU_SOURCE
 /* Optimized uprobes: the probed program checks itself.
  *
- * usage: opt state NTHREADS ITERS   every thread calls site_opt ITERS times through run_site
+ * usage: opt state NTHREADS ITERS [prof]
+ *                                   every thread calls site_opt ITERS times through run_site
  *                                   (opt_sites.S) and compares the whole state after the call
  *                                   with the state before it
  *        opt pause NCALLS            calls site_opt NCALLS times, prints the site's bytes, then
  *                                   waits for SIGUSR1 (the harness removes the probe) and
  *                                   prints them again
+ *                                   (prof: under a SIGPROF sampler, see on_prof)
  *        opt sys                     makes syscall 336 (uprobe) from ordinary code
  *        opt time SITE N             ns per call of one site (bench_probe_cost.py): plain, nop10,
  *                                    nop10_split, push, mov, riprel, ret
+ *        opt reach|sud|seccomp|fork|stepped|calls ...   see opt_env.c
  * prints key=value words: calls, gpr_bad, flags_bad, xmm_bad, redzone_bad, below_bad (the
  * 32 bytes under the 128-byte red zone), site=<10 bytes hex> (detached=... after SIGUSR1),
  * <label>_tramp=<[uprobes-trampoline] if the site holds a call>, <label>_call_target=<in|out|
@@ -23,7 +27,11 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <sys/time.h>
+#include <ucontext.h>
 #include <unistd.h>
+
+#include "opt.h"
 
 #define WINDOW 160
 #define REDZONE 128
@@ -53,6 +61,67 @@ static long iterations;
 static uint64_t calls, gpr_bad, flags_bad, xmm_bad, redzone_bad, below_bad;
 static pthread_barrier_t start_line;
 
+static void fill_ctx(struct opt_ctx *ctx, long id, long i, uint64_t site)
+{
+	memset(ctx, 0, sizeof(*ctx));
+	for (int r = 0; r < 14; r++)
+		ctx->gpr_in[r] = ((uint64_t)id << 48) ^ ((uint64_t)i << 8) ^
+				 (0x0101010101010101ull * (r + 1));
+	ctx->flags_in = FLAGS[(i + id) % 8];
+	ctx->site = site;
+	for (int x = 0; x < 16; x++)
+		for (int b = 0; b < 16; b++)
+			ctx->xmm_in[x][b] = (uint8_t)(x * 16 + b + i + id);
+	ctx->fill = (uint8_t)((i * 7 + id) | 1);
+}
+
+enum { BAD_GPR = 1, BAD_FLAGS = 2, BAD_XMM = 4, BAD_REDZONE = 8, BAD_BELOW = 16 };
+
+static int compare_ctx(const struct opt_ctx *ctx)
+{
+	int bad = 0;
+	int gpr = ctx->gpr_out[15] != (uint64_t)ctx;
+	for (int r = 0; r < 14; r++)
+		gpr |= ctx->gpr_out[r] != ctx->gpr_in[r];
+	if (gpr)
+		bad |= BAD_GPR;
+	if ((ctx->flags_out & 0xcd5) != (ctx->flags_in & 0xcd5))   /* arith + DF + IF */
+		bad |= BAD_FLAGS;
+	if (memcmp(ctx->xmm_out, ctx->xmm_in, sizeof(ctx->xmm_in)))
+		bad |= BAD_XMM;
+	for (int b = 0; b < WINDOW; b++)
+		if (ctx->stack_out[b] != (uint8_t)ctx->fill)
+			bad |= b >= WINDOW - REDZONE ? BAD_REDZONE : BAD_BELOW;
+	return bad;
+}
+
+static const char *const GPR_NAMES[16] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+	"r8", "r9", "r10", "r11", "r12", "r13", "r14", "-", "r15"};
+
+int opt_check_site_once(uint64_t site)
+{
+	struct opt_ctx *ctx = aligned_alloc(64, sizeof(*ctx));
+	fill_ctx(ctx, 1, 1, site);
+	run_site(ctx);
+	int bad = compare_ctx(ctx) & ~BAD_BELOW;     /* the optimized path writes below */
+	/* say what changed: child_bad=<mask> (1 gpr, 2 flags, 4 xmm, 8 red zone), each
+	   changed register as in/out, each changed red-zone byte */
+	printf("child_bad=%d ", bad);
+	for (int r = 0; r < 14; r++)
+		if (ctx->gpr_out[r] != ctx->gpr_in[r])
+			printf("%s=%#llx/%#llx ", GPR_NAMES[r], (unsigned long long)ctx->gpr_in[r],
+			       (unsigned long long)ctx->gpr_out[r]);
+	if ((ctx->flags_out & 0xcd5) != (ctx->flags_in & 0xcd5))
+		printf("flags=%#llx/%#llx ", (unsigned long long)ctx->flags_in,
+		       (unsigned long long)ctx->flags_out);
+	for (int b = WINDOW - REDZONE; b < WINDOW; b++)     /* the red zone only */
+		if (ctx->stack_out[b] != (uint8_t)ctx->fill)
+			printf("sp-%d=%02x ", WINDOW - b, ctx->stack_out[b]);
+	fflush(stdout);
+	free(ctx);
+	return bad;
+}
+
 static void *worker(void *arg)
 {
 	long id = (long)arg;
@@ -60,43 +129,89 @@ static void *worker(void *arg)
 
 	pthread_barrier_wait(&start_line);
 	for (long i = 0; i < iterations; i++) {
-		memset(ctx, 0, sizeof(*ctx));
-		for (int r = 0; r < 14; r++)
-			ctx->gpr_in[r] = ((uint64_t)id << 48) ^ ((uint64_t)i << 8) ^
-					 (0x0101010101010101ull * (r + 1));
-		ctx->flags_in = FLAGS[(i + id) % 8];
-		ctx->site = (uint64_t)site_opt;
-		for (int x = 0; x < 16; x++)
-			for (int b = 0; b < 16; b++)
-				ctx->xmm_in[x][b] = (uint8_t)(x * 16 + b + i + id);
-		ctx->fill = (uint8_t)((i * 7 + id) | 1);
+		fill_ctx(ctx, id, i, (uint64_t)site_opt);
 		run_site(ctx);
-
 		__atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
-		int gpr = ctx->gpr_out[15] != (uint64_t)ctx;
-		for (int r = 0; r < 14; r++)
-			gpr |= ctx->gpr_out[r] != ctx->gpr_in[r];
-		if (gpr)
+		int bad = compare_ctx(ctx);
+		if (bad & BAD_GPR)
 			__atomic_fetch_add(&gpr_bad, 1, __ATOMIC_RELAXED);
-		if ((ctx->flags_out & 0xcd5) != (ctx->flags_in & 0xcd5))   /* arith + DF + IF */
+		if (bad & BAD_FLAGS)
 			__atomic_fetch_add(&flags_bad, 1, __ATOMIC_RELAXED);
-		if (memcmp(ctx->xmm_out, ctx->xmm_in, sizeof(ctx->xmm_in)))
+		if (bad & BAD_XMM)
 			__atomic_fetch_add(&xmm_bad, 1, __ATOMIC_RELAXED);
-		int red = 0, below = 0;
-		for (int b = 0; b < WINDOW; b++) {
-			int differs = ctx->stack_out[b] != (uint8_t)ctx->fill;
-			if (b >= WINDOW - REDZONE)
-				red |= differs;
-			else
-				below |= differs;
-		}
-		if (red)
+		if (bad & BAD_REDZONE)
 			__atomic_fetch_add(&redzone_bad, 1, __ATOMIC_RELAXED);
-		if (below)
+		if (bad & BAD_BELOW)
 			__atomic_fetch_add(&below_bad, 1, __ATOMIC_RELAXED);
 	}
 	free(ctx);
 	return NULL;
+}
+
+/* opt state ... prof: a SIGPROF sampler (every 100 us of CPU time) whose handler scribbles
+   over the caller-saved registers and xmm0-15 (the kernel must restore them all) and keeps
+   the interrupted rip: where in the optimized sequence the signals landed */
+#define MAX_SAMPLES 65536
+static uint64_t samples[MAX_SAMPLES];
+static unsigned long sample_count;
+
+static void on_prof(int sig, siginfo_t *si, void *ucv)
+{
+	(void)sig; (void)si;
+	ucontext_t *uc = ucv;
+	unsigned long slot = __atomic_fetch_add(&sample_count, 1, __ATOMIC_RELAXED);
+	if (slot < MAX_SAMPLES)
+		samples[slot] = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+	__asm__ volatile("pcmpeqb %%xmm0, %%xmm0\n\tmovdqa %%xmm0, %%xmm1\n\t"
+			 "movdqa %%xmm0, %%xmm7\n\tmovdqa %%xmm0, %%xmm15\n\t"
+			 "mov $-1, %%rax\n\tmov %%rax, %%rcx\n\tmov %%rax, %%rdx\n\t"
+			 "mov %%rax, %%rsi\n\tmov %%rax, %%rdi\n\tmov %%rax, %%r8\n\t"
+			 "mov %%rax, %%r9\n\tmov %%rax, %%r10\n\tmov %%rax, %%r11\n\t"
+			 "stc\n\tstd\n\tcld"
+			 ::: "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
+			     "xmm0", "xmm1", "xmm7", "xmm15", "cc", "memory");
+}
+
+static void start_sampler(void)
+{
+	struct sigaction sa = {.sa_sigaction = on_prof, .sa_flags = SA_SIGINFO | SA_RESTART};
+	sigaction(SIGPROF, &sa, NULL);
+	struct itimerval every = {{0, 100}, {0, 100}};
+	setitimer(ITIMER_PROF, &every, NULL);
+}
+
+static void stop_sampler(void)
+{
+	struct itimerval off = {{0, 0}, {0, 0}};
+	setitimer(ITIMER_PROF, &off, NULL);
+	signal(SIGPROF, SIG_IGN);
+}
+
+/* where the samples landed: in the trampoline, between the lea and the call (site + 5),
+   elsewhere in the site */
+static void print_samples(void)
+{
+	unsigned long n = sample_count < MAX_SAMPLES ? sample_count : MAX_SAMPLES;
+	unsigned long tramp = 0, between = 0, site = 0;
+	uint64_t lo = 0, hi = 0;
+	FILE *maps = fopen("/proc/self/maps", "r");
+	char line[512];
+	while (maps && fgets(line, sizeof(line), maps))
+		if (strstr(line, "uprobes-trampoline"))
+			sscanf(line, "%lx-%lx", &lo, &hi);
+	if (maps)
+		fclose(maps);
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t rip = samples[i];
+		if (rip >= lo && rip < hi)
+			tramp++;
+		else if (rip == (uint64_t)site_opt + 5)
+			between++;
+		else if (rip >= (uint64_t)site_opt && rip < (uint64_t)site_opt + 11)
+			site++;
+	}
+	printf("samples=%lu samples_in_tramp=%lu samples_between=%lu samples_in_site=%lu ",
+	       sample_count, tramp, between, site);
 }
 
 static void print_site(const char *label)
@@ -175,6 +290,9 @@ static void on_usr1(int sig) { (void)sig; go_on = 1; }
 
 int main(int argc, char **argv)
 {
+	int env = opt_env_main(argc, argv);
+	if (env >= 0)
+		return env;
 	if (argc >= 2 && !strcmp(argv[1], "sys")) {
 		errno = 0;
 		long ret = syscall(336);
@@ -199,8 +317,11 @@ int main(int argc, char **argv)
 		printf("\n");
 		return 0;
 	}
-	if (argc != 4 || strcmp(argv[1], "state")) {
-		fprintf(stderr, "usage: %s state NTHREADS ITERS | pause NCALLS | sys\n", argv[0]);
+	int prof = argc == 5 && !strcmp(argv[4], "prof");
+	if ((argc != 4 && !prof) || strcmp(argv[1], "state")) {
+		fprintf(stderr, "usage: %s state NTHREADS ITERS [prof] | pause NCALLS | sys | "
+			"time SITE N | reach CASE | sud N | seccomp filter|strict N | fork N | "
+			"stepped ENABLE off|offon | calls N LABEL\n", argv[0]);
 		return 2;
 	}
 	long nthreads = atol(argv[2]);
@@ -216,8 +337,14 @@ int main(int argc, char **argv)
 			perror("pthread_create");
 			return 2;
 		}
+	if (prof)
+		start_sampler();
 	for (long t = 0; t < nthreads; t++)
 		pthread_join(tids[t], NULL);
+	if (prof) {
+		stop_sampler();
+		print_samples();
+	}
 	printf("calls=%llu gpr_bad=%llu flags_bad=%llu xmm_bad=%llu redzone_bad=%llu "
 	       "below_bad=%llu ", (unsigned long long)calls, (unsigned long long)gpr_bad,
 	       (unsigned long long)flags_bad, (unsigned long long)xmm_bad,

@@ -42,6 +42,22 @@ site_opt_split:
 	ret
 	.size site_opt_split, .-site_opt_split
 
+/* the nop10 at each of the last ten bytes of a page: site_tail0 starts at page offset
+   0xff6 (the last one that fits), site_tailK at 0xff6 + K straddles the page by K bytes.
+   site_tail0 is also the only offset from which a rewritten call can reach exactly +2 GiB
+   (opt reach maps its page pair at chosen addresses) */
+	.irp k, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+	.p2align 12
+	.skip 4096 - 10 + \k
+	.globl site_tail\k
+	.type site_tail\k, @function
+site_tail\k:
+	.byte 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00
+	lea 1(%rdi), %rax
+	ret
+	.size site_tail\k, .-site_tail\k
+	.endr
+
 	.globl run_site
 	.type run_site, @function
 run_site:
@@ -91,6 +107,8 @@ run_site:
 	mov OFF_GPR_IN + 0x58(%r15), %r12
 	mov OFF_GPR_IN + 0x60(%r15), %r13
 	mov OFF_GPR_IN + 0x68(%r15), %r14
+	.globl run_site_call
+run_site_call:                  /* opt stepped plants its breakpoint here */
 	call *OFF_SITE(%r15)
 	pushf
 	pop OFF_FLAGS_OUT(%r15)
@@ -138,5 +156,67 @@ run_site:
 	pop %rbx
 	ret
 	.size run_site, .-run_site
+
+/* a nop10 in 32-bit code of this 64-bit process (as WoW64-style emulators run it): reached
+   with a far jump into the 32-bit user code segment 0x23 on a stack below 4 GiB, and a far
+   jump back to 0x33 (far jumps, not lcall/lret: QEMU 7.2's TCG does the far call's pushes
+   and the far return's pops as supervisor accesses, which SMAP faults). Its first hit is in
+   32-bit mode, where the 64-bit trampoline cannot be used: it must stay an int3 probe.
+   long call_in_32bit_mode(long value, void *low_stack_top): value + 1 */
+	.code32
+	.p2align 4
+	.globl site_opt32
+	.type site_opt32, @function
+site_opt32:
+	.byte 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00
+	lea 1(%eax), %eax
+	ret
+	.size site_opt32, .-site_opt32
+enter32:
+	call site_opt32
+	ljmp *back64_pointer
+	.code64
+
+	.globl call_in_32bit_mode
+	.type call_in_32bit_mode, @function
+call_in_32bit_mode:
+	push %rbx
+	push %rbp
+	push %r12
+	push %r13
+	push %r14
+	push %r15
+	mov %rsp, saved_rsp(%rip)
+	mov %rsi, %rsp
+	mov $0x2b, %ecx                 /* 32-bit code addresses data through DS: a null */
+	mov %ecx, %ds                   /* selector there faults (real CPUs; TCG lets it be) */
+	mov %ecx, %es
+	mov %edi, %eax
+	ljmp *enter32_pointer(%rip)
+back64:
+	mov saved_rsp(%rip), %rsp
+	xor %ecx, %ecx
+	mov %ecx, %ds
+	mov %ecx, %es
+	mov %eax, %eax
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	pop %rbp
+	pop %rbx
+	ret
+	.size call_in_32bit_mode, .-call_in_32bit_mode
+
+	.data
+	.p2align 3
+saved_rsp:
+	.quad 0
+enter32_pointer:
+	.long enter32
+	.word 0x23
+back64_pointer:
+	.long back64
+	.word 0x33
 
 	.section .note.GNU-stack,"",@progbits
