@@ -98,7 +98,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
     series = series_mod.load_series(spec.default_series if request.series is None
                                     else request.series)
     fragments = [kconfig.parse_fragment(kconfig.BASE_FRAGMENT)]
-    fragments += [kconfig.parse_fragment(f) for f in spec.config_fragments]
+    fragments += [kconfig.parse_fragment(f) for f in spec.source_fragments]
     fragments += [kconfig.parse_fragment(Path(f)) for f in request.fragments]
     compiler = compiler_version()
     family_lock = "source-" + hashlib.sha256(spec.text.split("@")[0].encode()).hexdigest()[:12]

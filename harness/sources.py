@@ -41,13 +41,13 @@ class KernelSpec:
         return entry.get("default_series", "") if entry else ""
 
     @property
-    def config_fragments(self) -> tuple[Path, ...]:
+    def source_fragments(self) -> tuple[Path, ...]:
         """Fragments this source always gets after the base one (kernels.toml
-        `config_fragments`, names under harness/configs/fragments/): options that exist
-        only in some kernels, such as 7.x's CONFIG_SYSCALL_USER_DISPATCH."""
+        `source_fragments`, names under harness/configs/fragments/): options that exist
+        only in some kernels, such as 7.3's CONFIG_SYSCALL_USER_DISPATCH."""
         entry = KNOWN["sources"].get(self.text) or {}
         return tuple(CONFIGS_DIR / "fragments" / name
-                     for name in entry.get("config_fragments", []))
+                     for name in entry.get("source_fragments", []))
 
 
 @dataclass(frozen=True)

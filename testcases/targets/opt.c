@@ -148,7 +148,8 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-/* opt state ... prof: a SIGPROF sampler (every 100 us of CPU time) whose handler scribbles
+/* opt state ... prof: a SIGPROF sampler (ITIMER_PROF asks for every 100 us of CPU time;
+   the kernel delivers at most one per timer tick) whose handler scribbles
    over the caller-saved registers and xmm0-15 (the kernel must restore them all) and keeps
    the interrupted rip: where in the optimized sequence the signals landed */
 #define MAX_SAMPLES 65536
@@ -332,13 +333,13 @@ int main(int argc, char **argv)
 	}
 	pthread_t tids[256];
 	pthread_barrier_init(&start_line, NULL, nthreads);
+	if (prof)
+		start_sampler();
 	for (long t = 0; t < nthreads; t++)
 		if (pthread_create(&tids[t], NULL, worker, (void *)t)) {
 			perror("pthread_create");
 			return 2;
 		}
-	if (prof)
-		start_sampler();
 	for (long t = 0; t < nthreads; t++)
 		pthread_join(tids[t], NULL);
 	if (prof) {

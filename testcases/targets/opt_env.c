@@ -13,11 +13,14 @@
  *                       minus_out   T = call end - 2^31 - 4096   (out of reach)
  *                       noroom      no T: A sits in the middle of a 6 GiB PROT_NONE
  *                                   reservation, no page within reach is free
- *                     prints a_site (bytes), a_call_target (in|out|none: inside a
- *                     [uprobes-trampoline] mapping), a_reused (the call goes to T), fault
- *                     (the address a call jumped to, relative to T, if it crashed)
+ *                     prints a_site (bytes), a_call_target (in: on the first byte of a
+ *                     [uprobes-trampoline] mapping; mid: elsewhere in one; out; none),
+ *                     a_reused (the call goes to T), fault (the address a call jumped
+ *                     to, relative to T, if it crashed)
  *   sud N             syscall user dispatch on, only the program's own text allowed, the
- *                     selector set to BLOCK around N calls of site_nop10; counts SIGSYS
+ *                     selector set to BLOCK around N calls of site_nop10 and site_ret;
+ *                     counts SIGSYS; then a syscall 336 from a page outside the allowed
+ *                     range, which must still raise SIGSYS (foreign_sigsys=1)
  *   seccomp filter|strict N
  *                     N calls of site_nop10 under a seccomp filter that kills the process on
  *                     any syscall but write/exit/exit_group/rt_sigreturn, or in strict mode
@@ -69,7 +72,7 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-extern long site_nop10(long);
+extern long site_nop10(long), site_ret(long);
 extern void site_opt(void);
 extern long site_tail0(long);
 extern char run_site_call[];
@@ -109,6 +112,14 @@ static int in_trampoline(uint64_t addr)
 	return find_mapping(addr, &m) && !strcmp(m.name, "[uprobes-trampoline]");
 }
 
+/* the trampoline's code starts its mapping: a call must land exactly there */
+static int at_trampoline(uint64_t addr)
+{
+	struct mapping m;
+	return find_mapping(addr, &m) && !strcmp(m.name, "[uprobes-trampoline]") &&
+	       addr == m.lo;
+}
+
 static int is_optimized(const uint8_t *p)
 {
 	static const uint8_t opt[] = {0x48, 0x8d, 0x64, 0x24, 0x80, 0xe8};
@@ -133,10 +144,12 @@ static void print_bytes(const char *label, const uint8_t *p)
 	printf(" ");
 }
 
+/* none: no call in the site; in: the call lands on a trampoline's first byte; mid: inside a
+   trampoline mapping but not at its start; out: anywhere else */
 static const char *target_class(const uint8_t *p)
 {
 	uint64_t t = call_target(p);
-	return !t ? "none" : in_trampoline(t) ? "in" : "out";
+	return !t ? "none" : at_trampoline(t) ? "in" : in_trampoline(t) ? "mid" : "out";
 }
 
 /* ---- reach: trampoline placement at and around the rel32 boundary ------------------------ */
@@ -234,12 +247,17 @@ static int reach(const char *which)
 	const uint8_t *h = (const uint8_t *)home;
 	printf("calls_home=3 ");
 	print_bytes("home_site", h);
-	if (!is_optimized(h) || !in_trampoline(call_target(h))) {
+	printf("home_call_target=%s ", target_class(h));
+	if (!is_optimized(h)) {
 		printf("optimized=no calls=%ld\n", reach_calls);
 		return 0;
 	}
-	tramp_base = call_target(h);
 	printf("optimized=yes ");
+	if (!at_trampoline(call_target(h))) {
+		printf("calls=%ld\n", reach_calls);
+		return 1;
+	}
+	tramp_base = call_target(h);
 
 	int64_t distance;                  /* T - (A's call end), A's call end = A + 0x1000 */
 	if (!strcmp(which, "plus_edge"))
@@ -301,21 +319,42 @@ static int sud(long n)
 		printf("sud=unsupported errno=%d\n", errno);
 		return 0;
 	}
-	long bad = 0;
-	site_fn volatile fn = site_nop10;
+	/* a syscall 336 of the program's own, from outside the allowed range: it must still
+	   be dispatched (the exemption is for the trampolines, not for the number) */
+	static const uint8_t stub[] = {0xb8, 0x50, 0x01, 0x00, 0x00,   /* mov $336, %eax */
+				       0x0f, 0x05, 0xc3};              /* syscall; ret */
+	uint8_t *foreign = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (foreign == MAP_FAILED) {
+		printf("setup=no_stub_page errno=%d\n", errno);
+		return 2;
+	}
+	memcpy(foreign, stub, sizeof(stub));
+	mprotect(foreign, 4096, PROT_READ | PROT_EXEC);
+
+	long bad = 0, done = 0;
+	site_fn volatile entry = site_nop10, ret = site_ret;
 	for (long i = 0; i < n; i++) {
 		selector = SYSCALL_DISPATCH_FILTER_BLOCK;
-		long r = fn(i);
+		long r1 = entry(i), r2 = ret(i);
 		selector = SYSCALL_DISPATCH_FILTER_ALLOW;
-		bad += r != i + 1;
+		bad += (r1 != i + 1) + (r2 != i + 1);
+		done++;
 	}
+	long probe_sigsys = sigsys_count, probe_nr = sigsys_nr;
+	uint64_t probe_addr = sigsys_addr;
+	selector = SYSCALL_DISPATCH_FILTER_BLOCK;
+	((void (*)(void))foreign)();
+	selector = SYSCALL_DISPATCH_FILTER_ALLOW;
+	long foreign_sigsys = sigsys_count - probe_sigsys;
 	prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0);
 	const uint8_t *p = (const uint8_t *)site_nop10;
 	struct mapping where = {0};
-	find_mapping(sigsys_addr, &where);
-	printf("sud=on calls=%ld bad=%ld sigsys=%ld sigsys_nr=%ld sigsys_in=%s ", n, bad,
-	       sigsys_count, sigsys_nr, sigsys_count ? (where.name[0] ? where.name : "anon")
-						     : "none");
+	int found = probe_sigsys && find_mapping(probe_addr, &where);
+	printf("sud=on calls=%ld bad=%ld sigsys=%ld sigsys_nr=%ld sigsys_in=%s "
+	       "foreign_sigsys=%ld foreign_nr=%ld ", done, bad, probe_sigsys, probe_nr,
+	       !probe_sigsys ? "none" : !found ? "unmapped" : where.name[0] ? where.name : "anon",
+	       foreign_sigsys, sigsys_nr);
 	print_bytes("site", p);
 	printf("\n");
 	return 0;
@@ -352,12 +391,14 @@ static int seccomp_mode(const char *mode, long n)
 		return 0;
 	}
 	/* from here on: write and exit only (no stdio flushing, no exit_group in strict mode) */
-	long bad = 0;
+	long bad = 0, done = 0;
 	site_fn volatile fn = site_nop10;
-	for (long i = 0; i < n; i++)
+	for (long i = 0; i < n; i++) {
 		bad += fn(i) != i + 1;
+		done++;
+	}
 	const uint8_t *p = (const uint8_t *)site_nop10;
-	int len = snprintf(text, sizeof(text), "seccomp=%s calls=%ld bad=%ld site=", mode, n,
+	int len = snprintf(text, sizeof(text), "seccomp=%s calls=%ld bad=%ld site=", mode, done,
 			   bad);
 	for (int i = 0; i < 10; i++)
 		len += snprintf(text + len, sizeof(text) - len, "%02x", p[i]);
@@ -394,6 +435,10 @@ static int fork_mode(long n, const char *self)
 	fflush(stdout);
 
 	pid_t child = fork();
+	if (child < 0) {
+		printf("setup=fork_failed errno=%d\n", errno);
+		return 2;
+	}
 	if (child == 0) {
 		long cbad = 0;
 		for (long i = 0; i < n; i++)
@@ -411,6 +456,10 @@ static int fork_mode(long n, const char *self)
 	static char stack[1 << 16] __attribute__((aligned(16)));
 	pid_t vchild = clone(clone_child, stack + sizeof(stack), CLONE_VM | CLONE_VFORK | SIGCHLD,
 			     (void *)n);
+	if (vchild < 0) {
+		printf("setup=clone_failed errno=%d\n", errno);
+		return 2;
+	}
 	waitpid(vchild, &status, 0);
 	printf("vfork_bad=%ld vfork_status=%d\n", clone_calls_bad, status);
 	fflush(stdout);
@@ -469,27 +518,29 @@ static int stepped(const char *enable, const char *action)
 		void (*volatile fn)(void) = site_opt;
 		for (long i = 0; i < 3; i++)
 			fn();
-		ptrace(PTRACE_TRACEME, 0, NULL, NULL);
+		if (ptrace(PTRACE_TRACEME, 0, NULL, NULL))
+			_exit(2);
 		raise(SIGSTOP);
 		int bad = opt_check_site_once((uint64_t)site_opt);
 		printf("child_traps=%ld ", traps);
 		fflush(stdout);
 		_exit(bad);
 	}
-	int status;
-	waitpid(child, &status, 0);
-	if (!WIFSTOPPED(status)) {
+	int status = 0;
+	if (child < 0 || waitpid(child, &status, 0) != child || !WIFSTOPPED(status)) {
 		printf("setup=child_did_not_stop status=%d\n", status);
 		return 2;
 	}
 	uint64_t between = (uint64_t)site_opt + 5;
 	uint8_t stopped_site[10] = {0}, paused_site[10] = {0};
-	read_child(child, (uint64_t)site_opt, stopped_site);
+	int unread = read_child(child, (uint64_t)site_opt, stopped_site);
 	print_bytes("stopped_site", stopped_site);
 	/* an int3 on run_site's `call *site`, then two single steps: the call and the lea.
-	   (Single-stepping all the way from raise() there, ~1,050 steps through libc and
-	   run_site, left TF set past the detach on 7.3 and on a 6.18 host, without probes
-	   too: every later insn trapped. Not investigated; the breakpoint avoids it.) */
+	   Single-stepping there from raise() would cross run_site's popf, and x86 ptrace
+	   loses track of its own TF after stepping a popf that clears it: enable_single_step()
+	   sets TF again for the next step but takes it for the user's, so PTRACE_DETACH
+	   leaves it set and the child traps on every later insn (7.3, and a 6.18 host
+	   without any probe: push $0x202; popf; nop, stepped, then detached) */
 	struct user_regs_struct regs;
 	long steps = 0;
 	uint64_t at = (uint64_t)run_site_call;
@@ -502,7 +553,9 @@ static int stepped(const char *enable, const char *action)
 		return 2;
 	}
 	waitpid(child, &status, 0);
-	ptrace(PTRACE_GETREGS, child, NULL, &regs);
+	memset(&regs, 0, sizeof(regs));
+	if (WIFSTOPPED(status))
+		ptrace(PTRACE_GETREGS, child, NULL, &regs);
 	if (!WIFSTOPPED(status) || regs.rip != at + 1) {
 		printf("setup=breakpoint_missed status=%d rip=%#llx\n", status,
 		       (unsigned long long)regs.rip);
@@ -526,12 +579,12 @@ static int stepped(const char *enable, const char *action)
 		failed = write_file(enable, "0\n");
 		if (offon && !failed)
 			failed = write_file(enable, "1\n");
-		read_child(child, (uint64_t)site_opt, paused_site);
+		unread |= read_child(child, (uint64_t)site_opt, paused_site);
 	}
 	ptrace(PTRACE_DETACH, child, NULL, NULL);
 	waitpid(child, &status, 0);
-	printf("reached_between=%s steps=%ld toggle_failed=%d ", reached ? "yes" : "no", steps,
-	       failed);
+	printf("reached_between=%s steps=%ld toggle_failed=%d mem_unread=%d ",
+	       reached ? "yes" : "no", steps, failed, unread ? 1 : 0);
 	print_bytes("paused_site", paused_site);
 	printf("child_exited=%d child_status=%d\n", WIFEXITED(status),
 	       WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
