@@ -219,9 +219,10 @@ def _optimizes_or_skip(guest, f: dict[str, str], key: str, what: str) -> None:
 @pytest.mark.parametrize("case", ["plus_in", "plus_edge", "minus_edge", "minus_out"])
 def test_trampoline_reach_at_the_rel32_boundary(request, guest, target, uprobe, case):
     """A second mapping of the probed page placed so that the first trampoline lies exactly
-    at, or one page inside/outside, the +-2 GiB reach of the rewritten call: the kernel may
-    reuse that trampoline or map another, but the call must land in one, and every call
-    must count (a nop10 at page offset 0xff6, mapped at 0x600000000000 and then at A)."""
+    at, or one page inside/outside, the +-2 GiB reach of the rewritten call: the call must
+    land on a trampoline's first byte, the first trampoline be reused exactly when a rel32
+    reaches it, and every call count (a nop10 at page offset 0xff6, mapped at
+    0x600000000000 and then at A)."""
     path, binary = target("opt")
     uprobe.add("edge", path, binary, "site_tail0")
     result = guest.run([path, "reach", case], timeout=120)
