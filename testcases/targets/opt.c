@@ -195,13 +195,7 @@ static void print_samples(void)
 	unsigned long n = sample_count < MAX_SAMPLES ? sample_count : MAX_SAMPLES;
 	unsigned long tramp = 0, between = 0, site = 0;
 	uint64_t lo = 0, hi = 0;
-	FILE *maps = fopen("/proc/self/maps", "r");
-	char line[512];
-	while (maps && fgets(line, sizeof(line), maps))
-		if (strstr(line, "uprobes-trampoline"))
-			sscanf(line, "%lx-%lx", &lo, &hi);
-	if (maps)
-		fclose(maps);
+	trampoline_mapping(&lo, &hi);
 	for (unsigned long i = 0; i < n; i++) {
 		uint64_t rip = samples[i];
 		if (rip >= lo && rip < hi)
@@ -229,26 +223,11 @@ static void print_site(const char *label)
  * target lies in a mapping named [uprobes-trampoline]. Also the name of that mapping. */
 static void print_trampoline(const char *label)
 {
-	const uint8_t *p = (const uint8_t *)site_opt;
-	int32_t rel;
-	memcpy(&rel, p + 6, 4);
-	uint64_t target = (uint64_t)p + 10 + rel;
-	int has_call = p[5] == 0xe8;
-	FILE *maps = fopen("/proc/self/maps", "r");
-	char line[512], name[128] = "none";
-	int inside = 0;
-	while (maps && fgets(line, sizeof(line), maps)) {
-		if (!strstr(line, "uprobes-trampoline"))
-			continue;
-		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && target >= lo && target < hi)
-			inside = 1;
-		snprintf(name, sizeof(name), "%s", "[uprobes-trampoline]");
-	}
-	if (maps)
-		fclose(maps);
-	printf("%s_tramp=%s %s_call_target=%s ", label, has_call ? name : "none", label,
-	       !has_call ? "none" : inside ? "in" : "out");
+	uint64_t target = call_target((const uint8_t *)site_opt), lo, hi;
+	int mapped = trampoline_mapping(&lo, &hi);
+	printf("%s_tramp=%s %s_call_target=%s ", label,
+	       target && mapped ? "[uprobes-trampoline]" : "none", label,
+	       !target ? "none" : in_trampoline(target) ? "in" : "out");
 }
 
 extern void site_opt_split(void);

@@ -106,7 +106,20 @@ static int find_mapping(uint64_t addr, struct mapping *out)
 	return found;
 }
 
-static int in_trampoline(uint64_t addr)
+int trampoline_mapping(uint64_t *lo, uint64_t *hi)
+{
+	FILE *maps = fopen("/proc/self/maps", "r");
+	char line[512];
+	int found = 0;
+	while (maps && fgets(line, sizeof(line), maps))
+		if (strstr(line, "[uprobes-trampoline]"))
+			found |= sscanf(line, "%lx-%lx", lo, hi) == 2;
+	if (maps)
+		fclose(maps);
+	return found;
+}
+
+int in_trampoline(uint64_t addr)
 {
 	struct mapping m;
 	return find_mapping(addr, &m) && !strcmp(m.name, "[uprobes-trampoline]");
@@ -126,8 +139,7 @@ static int is_optimized(const uint8_t *p)
 	return !memcmp(p, opt, sizeof(opt));
 }
 
-/* where the call in bytes 5..9 of a site goes (0 if there is no call) */
-static uint64_t call_target(const uint8_t *p)
+uint64_t call_target(const uint8_t *p)
 {
 	int32_t rel;
 	if (p[5] != 0xe8)
@@ -203,6 +215,22 @@ static int call_n(site_fn fn, int n)
 	return 0;
 }
 
+/* map the page pair at `at` and call its nop10 three times: the site, or NULL after printing
+   why (setup=map_failed, or wrong_result with the calls made so far) */
+static site_fn map_and_call(uint64_t at, int flags)
+{
+	site_fn fn = map_edge_at(at, flags);
+	if (!fn) {
+		printf("setup=map_failed errno=%d\n", errno);
+		return NULL;
+	}
+	if (call_n(fn, 3)) {
+		printf("calls=%ld wrong_result=1\n", reach_calls);
+		return NULL;
+	}
+	return fn;
+}
+
 static int reach(const char *which)
 {
 	struct sigaction sa = {.sa_sigaction = on_crash, .sa_flags = SA_SIGINFO};
@@ -220,30 +248,18 @@ static int reach(const char *which)
 			printf("setup=reservation_failed errno=%d\n", errno);
 			return 2;
 		}
-		site_fn a = map_edge_at(HOME, MAP_FIXED);
-		if (!a) {
-			printf("setup=map_failed errno=%d\n", errno);
+		site_fn a = map_and_call(HOME, MAP_FIXED);
+		if (!a)
 			return 2;
-		}
-		if (call_n(a, 3)) {
-			printf("calls=%ld wrong_result=1\n", reach_calls);
-			return 1;
-		}
 		printf("calls=%ld ", reach_calls);
 		print_bytes("a_site", (const uint8_t *)a);
 		printf("a_call_target=%s\n", target_class((const uint8_t *)a));
 		return 0;
 	}
 
-	site_fn home = map_edge_at(HOME, MAP_FIXED_NOREPLACE);
-	if (!home) {
-		printf("setup=map_failed errno=%d\n", errno);
+	site_fn home = map_and_call(HOME, MAP_FIXED_NOREPLACE);
+	if (!home)
 		return 2;
-	}
-	if (call_n(home, 3)) {
-		printf("calls=%ld wrong_result=1\n", reach_calls);
-		return 1;
-	}
 	const uint8_t *h = (const uint8_t *)home;
 	printf("calls_home=3 ");
 	print_bytes("home_site", h);
@@ -273,16 +289,10 @@ static int reach(const char *which)
 		return 2;
 	}
 	uint64_t a_at = tramp_base - distance - 0x1000;
-	site_fn a = map_edge_at(a_at, MAP_FIXED_NOREPLACE);
-	if (!a) {
-		printf("setup=map_failed errno=%d\n", errno);
-		return 2;
-	}
 	printf("distance=%lld ", (long long)distance);
-	if (call_n(a, 3)) {
-		printf("calls=%ld wrong_result=1\n", reach_calls);
-		return 1;
-	}
+	site_fn a = map_and_call(a_at, MAP_FIXED_NOREPLACE);
+	if (!a)
+		return 2;
 	const uint8_t *ab = (const uint8_t *)a;
 	printf("calls=%ld ", reach_calls);
 	print_bytes("a_site", ab);

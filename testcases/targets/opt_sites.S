@@ -22,6 +22,24 @@
 #define OFF_STACK_OUT 0x320   /* 160 bytes: [site sp - 160, site sp) */
 #define WINDOW        160
 
+/* the SysV callee-saved registers, around code that loads every register */
+	.macro save_callee_saved
+	push %rbx
+	push %rbp
+	push %r12
+	push %r13
+	push %r14
+	push %r15
+	.endm
+	.macro restore_callee_saved
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	pop %rbp
+	pop %rbx
+	.endm
+
 	.text
 	.globl site_opt
 	.type site_opt, @function
@@ -61,12 +79,7 @@ site_tail\k:
 	.globl run_site
 	.type run_site, @function
 run_site:
-	push %rbx
-	push %rbp
-	push %r12
-	push %r13
-	push %r14
-	push %r15
+	save_callee_saved
 	mov %rdi, %r15
 	/* the call below pushes the return address at -8(%rsp): the site's stack pointer is
 	   %rsp - 8 and the window is [%rsp - 8 - WINDOW, %rsp - 8) */
@@ -148,12 +161,7 @@ run_site_call:                  /* opt stepped plants its breakpoint here */
 	lea OFF_STACK_OUT(%r15), %rdi
 	mov $WINDOW, %ecx
 	rep movsb
-	pop %r15
-	pop %r14
-	pop %r13
-	pop %r12
-	pop %rbp
-	pop %rbx
+	restore_callee_saved
 	ret
 	.size run_site, .-run_site
 
@@ -180,12 +188,7 @@ enter32:
 	.globl call_in_32bit_mode
 	.type call_in_32bit_mode, @function
 call_in_32bit_mode:
-	push %rbx
-	push %rbp
-	push %r12
-	push %r13
-	push %r14
-	push %r15
+	save_callee_saved
 	mov %rsp, saved_rsp(%rip)
 	mov %rsi, %rsp
 	mov $0x2b, %ecx                 /* 32-bit code addresses data through DS: a null */
@@ -199,12 +202,7 @@ back64:
 	mov %ecx, %ds
 	mov %ecx, %es
 	mov %eax, %eax
-	pop %r15
-	pop %r14
-	pop %r13
-	pop %r12
-	pop %rbp
-	pop %rbx
+	restore_callee_saved
 	ret
 	.size call_in_32bit_mode, .-call_in_32bit_mode
 
