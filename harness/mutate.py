@@ -256,7 +256,8 @@ def run_baseline(kernel: str, runs: int, options: RunOptions, note=print) -> Bas
 def format_table(results: list[MutantResult]) -> str:
     """mutant x family: CAUGHT / missed / '-' (not run); '*' marks declared families."""
     width = max([28] + [len(r.name) + 2 for r in results])
-    head = f"{'mutant':<{width}}{'build s':>8}{'test s':>8}  " + "".join(f"{f:<10}" for f in FAMILIES)
+    head = (f"{'mutant':<{width}}{'build s':>8}{'test s':>8}  "
+            + "".join(f"{f:<10}" for f in FAMILIES))
     lines = [head, "-" * len(head)]
     for r in results:
         cells = []

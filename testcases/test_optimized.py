@@ -286,6 +286,199 @@ def test_no_room_for_a_trampoline(guest, target, uprobe):
     assert hits.trace == int(f["calls"]) == 3, f"{hits.trace} hits for {f['calls']} calls"
 
 
+def _serve_script(exe: str, steps: list[tuple[str, str]]) -> str:
+    """A shell script that runs `opt serve` (commands on a fifo, one reply line each) and
+    goes through `steps`: ("ask", COMMAND) sends a command and prints its reply with every
+    key prefixed by the step's number (s1_site=...), sN_no_reply=1 if the program died on
+    it, sN_serve_gone=1 after that; ("sh", LINE) runs a shell line. Ends with
+    serve_status (128 + signal if it was killed)."""
+    lines = [
+        "trap '' PIPE",
+        "d=$(mktemp -d) && mkfifo $d/in || exit 90",
+        f"{exe} serve < $d/in > $d/out 2>&1 & b=$!",
+        "exec 3> $d/in",
+        "ask() { kill -0 $b 2>/dev/null || { echo \"$1_serve_gone=1\"; return; };",
+        "  n=$(wc -l < $d/out); echo \"$2\" >&3; i=0;",
+        "  while [ $(wc -l < $d/out) -le $n ] && [ $i -lt 400 ]; do",
+        "    kill -0 $b 2>/dev/null || break; sleep 0.05; i=$((i+1)); done;",
+        "  if [ $(wc -l < $d/out) -gt $n ]; then",
+        "    tail -n 1 $d/out | sed \"s/^/$1_/; s/ \\([a-z]\\)/ $1_\\1/g\";",
+        "  else echo \"$1_no_reply=1\"; fi; }",
+        "i=0; until grep -q ready $d/out || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done",
+    ]
+    for number, (kind, text) in enumerate(steps, 1):
+        lines.append(f"ask s{number} {shlex.quote(text)}" if kind == "ask" else text)
+    lines += ["echo quit >&3 2>/dev/null; exec 3>&-; wait $b; echo \"serve_status=$?\""]
+    return "\n".join(lines) + "\n"
+
+
+def _served(result) -> dict[str, str]:
+    """The fields of a _serve_script run, which must have kept the served program alive."""
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    died = [key for key in f if key.endswith(("_no_reply", "_serve_gone"))]
+    assert not died and f.get("serve_status") == "0", \
+        f"the probed program died (status {f.get('serve_status')}, no reply from " \
+        f"{died[0].split('_')[0] if died else '-'}): {result.stdout}"
+    return f
+
+
+@pytest.mark.vm(tcg="exact")
+def test_optimization_failing_in_another_process(request, guest, target, uprobe):
+    """Process B's site is optimized; then process A hits the same probe where no
+    trampoline fits, so optimizing fails (the kernel then stops optimizing this probe); a
+    second event is enabled on the same site and both are disabled. B's text must stay
+    `lea; call` while probed (never int3 over the lea: that leaves `cc 8d 64 24 80`, and
+    removing the probe then leaves `66 8d 64 24 80` = `lea -0x80(%rsp),%sp`, a 16-bit write
+    of the stack pointer), then become the nop10 again; B's calls after that, one on a stack
+    whose low 16 bits are 0x40, must return on a balanced stack. A third process started
+    after the failure records whether it was optimized."""
+    path, binary = target("opt")
+    first = uprobe.add("first", path, binary, "site_tail0")
+    second = uprobe.add("second", path, binary, "site_tail0")
+    exe = shlex.quote(path)
+    steps = [
+        ("sh", f"{probes.enable_command(second, on=False)} || exit 91"),
+        ("ask", "call 3"), ("ask", "show"),                       # s2, s3: B optimized
+        ("sh", f"{exe} reach noroom"),                            # A: a_site=...
+        ("ask", "show"),                                           # s5: after A failed
+        ("sh", f"printf 'call 3\\nshow\\nquit\\n' | {exe} serve | tail -n 1 "
+               "| sed 's/^/c_/; s/ \\([a-z]\\)/ c_\\1/g'"),
+        ("sh", f"{probes.enable_command(second)} || exit 92"),
+        ("ask", "show"),                                           # s8: a second event
+        ("ask", "call 5"),                                         # s9
+        ("sh", f"{probes.enable_command(second, on=False)} && "
+               f"{probes.enable_command(first, on=False)} || exit 93"),
+        ("ask", "show"),                                           # s11: no probe left
+        ("ask", "call 5"),                                         # s12
+        ("ask", "lowsp"),                                          # s13
+    ]
+    result = guest.run(["sh", "-c", _serve_script(exe, steps)], timeout=180)
+    f = _served(result)
+    assert "setup" not in f, f"A could not reserve its range: {result.stdout}"
+    for step in ("s2", "s9", "s12"):
+        assert f[f"{step}_bad"] == "0", f"B's calls returned wrong values: {result.stdout}"
+    hits = uprobe.hits()
+    assert hits["first"].trace == 3 + 3 + 3 + 5, f"first event: {hits['first'].trace} hits"
+    assert hits["second"].trace == 5, f"second event: {hits['second'].trace} hits"
+    if not f["s3_site"].startswith(OPTIMIZED):
+        assert not _has_optimizer(guest), f"B's site was not optimized: {f['s3_site']}"
+        pytest.skip(f"this kernel does not optimize uprobes: B's site reads {f['s3_site']}")
+    assert f["a_site"] == INT3_STAGED and f["calls"] == "3", f"A, with no room: {result.stdout}"
+    request.node.user_properties.append(("third_process_after_failure", f["c_site"]))
+    assert f["s5_site"].startswith(OPTIMIZED), \
+        f"A's failure changed B's site into {f['s5_site']}"
+    assert f["s8_site"].startswith(OPTIMIZED), \
+        f"enabling a second event wrote {f['s8_site']} over B's optimized site (expected " \
+        f"{OPTIMIZED}...)"
+    assert f["s11_site"].startswith(UNOPTIMIZED), \
+        f"with no probe left B's site reads {f['s11_site']}, not the nop10 " \
+        f"({UNOPTIMIZED}...)"
+    assert f["s13_lowsp_status"] == "0", \
+        f"a call of B's unprobed site on a stack at 0x...0040 ended with status " \
+        f"{f['s13_lowsp_status']} (signal {f['s13_lowsp_signal']}): the stack pointer moved"
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("how", ["munmap", "fixed", "protnone"])
+def test_trampoline_changed_by_the_program(request, guest, target, uprobe, how):
+    """After the site was optimized the program unmaps the trampoline, maps anonymous memory
+    over it (MAP_FIXED), or makes it PROT_NONE (the kernel lets it: the mapping is not
+    sealed). A call while probed then faults: the program did it (recorded, not judged).
+    But once the probe is removed the site must be the nop10 again and calls must work;
+    re-enabling and removing the probe again must leave it so (a call on a stack whose low
+    16 bits are 0x40 included), and every call that reached the probe is counted."""
+    path, binary = target("opt")
+    probe = uprobe.add("site", path, binary, "site_tail0")
+    exe = shlex.quote(path)
+    steps = [
+        ("ask", "call 3"), ("ask", "show"),                        # s1, s2
+        ("ask", f"tramp {how}"),                                   # s3
+        ("ask", "child"),                                          # s4: probed, changed
+        ("sh", f"{probes.enable_command(probe, on=False)} || exit 91"),
+        ("ask", "show"), ("ask", "child"),                         # s6, s7: no probe
+        ("sh", f"{probes.enable_command(probe)} || exit 92"),
+        ("ask", "call 2"), ("ask", "show"),                        # s9, s10: probed again
+        ("sh", f"{probes.enable_command(probe, on=False)} || exit 93"),
+        ("ask", "show"), ("ask", "child"), ("ask", "lowsp"),       # s12-s14: no probe
+    ]
+    result = guest.run(["sh", "-c", _serve_script(exe, steps)], timeout=180)
+    f = _served(result)
+    assert f["s1_bad"] == "0" and f["s9_bad"] == "0", result.stdout
+    hits = uprobe.hits()["site"]
+    assert hits.trace >= 3, f"{hits.trace} hits for the first 3 calls: {result.stdout}"
+    if not f["s2_site"].startswith(OPTIMIZED):
+        assert not _has_optimizer(guest), f"the site was not optimized: {f['s2_site']}"
+        pytest.skip(f"this kernel does not optimize uprobes: the site reads {f['s2_site']}")
+    assert f[f"s3_tramp_{how}"] == "0", f"the program could not {how} the trampoline: " \
+                                        f"errno {f[f's3_tramp_{how}']}"
+    request.node.user_properties.append(("probed_call_after_change", f["s4_child_status"]))
+    assert f["s6_site"].startswith(UNOPTIMIZED) and f["s7_child_status"] == "0", \
+        f"with the probe removed the site reads {f['s6_site']} and a call ended with " \
+        f"status {f['s7_child_status']}: {result.stdout}"
+    assert f["s12_site"].startswith(UNOPTIMIZED), \
+        f"probed again and removed, the site reads {f['s12_site']}: {result.stdout}"
+    assert f["s13_child_status"] == "0" and f["s14_lowsp_status"] == "0", result.stdout
+    assert hits.trace == 3 + 2, f"{hits.trace} hits for 3 + 2 probed calls: {result.stdout}"
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("order", ["inner_first", "inner_after"])
+def test_probe_inside_an_optimized_nop10(guest, target, uprobe, order):
+    """A second probe at byte 5 of the nop10 (inside it: never executed as an instruction
+    boundary of the nop10, which older kernels leave harmless). Registered before the
+    outer probe is optimized, the rewrite replaces it (it never hits); registered after,
+    its int3 would land on the call's opcode and run the file's bytes there (00 00: `add
+    %al,(%rax)`) out of line: the kernel must refuse it or keep the program intact. The
+    outer probe counts every call; the program's calls return right throughout."""
+    path, binary = target("opt")
+    outer = uprobe.add("outer", path, binary, "site_tail0")
+    inner = uprobe.add("inner", path, binary, "site_tail0+5")
+    exe = shlex.quote(path)
+    late = inner if order == "inner_after" else outer
+    steps = [
+        ("sh", f"{probes.enable_command(late, on=False)} || exit 91"),
+        ("ask", "call 3"), ("ask", "show"),                        # s2, s3
+        ("sh", f"{probes.enable_command(late)} 2>/dev/null; echo late_enable=$?"),
+        ("ask", "child"), ("ask", "call 3"), ("ask", "show"),      # s5-s7
+        ("sh", f"{probes.enable_command(inner, on=False)} 2>/dev/null; "
+               f"{probes.enable_command(outer, on=False)} || exit 92"),
+        ("ask", "show"), ("ask", "child"),                         # s9, s10: no probe
+    ]
+    result = guest.run(["sh", "-c", _serve_script(exe, steps)], timeout=180)
+    f = _served(result)
+    assert f["s5_child_status"] == "0", f"a call after the inner probe was enabled died: " \
+                                        f"{result.stdout}"
+    assert f["s2_bad"] == f["s6_bad"] == "0", result.stdout
+    hits = uprobe.hits()
+    outer_calls = 3 + 1 + 3 if order == "inner_after" else 1 + 3
+    assert hits["outer"].trace == outer_calls, \
+        f"outer probe: {hits['outer'].trace} hits for {outer_calls} calls: {result.stdout}"
+    assert hits["inner"].trace == 0, f"the probe inside the nop10 hit: {result.stdout}"
+    assert f["s9_site"] in (NOP10,) or f["s9_site"].startswith(UNOPTIMIZED), result.stdout
+    assert f["s10_child_status"] == "0", result.stdout
+
+
+@pytest.mark.vm(tcg="exact")
+def test_stack_near_its_guard_page(guest, target, uprobe):
+    """A call of the probed nop10 on a stack with 0x40 bytes mapped below %rsp and a
+    PROT_NONE page under them (a thread stack near its end; the unprobed function uses no
+    stack at all). The int3 path uses none either; the optimized path stores 0xa0 bytes
+    below %rsp (red zone skipped, return address, rcx/r11/rax)."""
+    path, binary = target("opt")
+    uprobe.add("site", path, binary, "site_tail0")
+    script = f"printf 'call 3\\nguard\\nquit\\n' | {shlex.quote(path)} serve"
+    result = guest.run(["sh", "-c", script], timeout=120)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    hits = uprobe.hits()["site"]
+    assert f["bad"] == "0" and hits.trace >= 3, f"{hits.trace} hits for 3 calls"
+    assert f["guard_status"] == "0", \
+        f"the probed call near the guard page ended with status {f['guard_status']} " \
+        f"(signal {f['guard_signal']}); unprobed it returns"
+    assert hits.trace == 4, f"{hits.trace} hits for 4 calls"
+
+
 @pytest.mark.vm(tcg="exact")
 @pytest.mark.parametrize("kind", ["p", "r"], ids=["entry", "return"])
 def test_probe_under_syscall_user_dispatch(guest, target, uprobe, kind):

@@ -301,7 +301,7 @@ int main(int argc, char **argv)
 	if ((argc != 4 && !prof) || strcmp(argv[1], "state")) {
 		fprintf(stderr, "usage: %s state NTHREADS ITERS [prof] | pause NCALLS | sys | "
 			"time SITE N | reach CASE | sud N | seccomp filter|strict N | fork N | "
-			"stepped ENABLE off|offon | calls N LABEL\n", argv[0]);
+			"stepped ENABLE off|offon | calls N LABEL | serve\n", argv[0]);
 		return 2;
 	}
 	long nthreads = atol(argv[2]);

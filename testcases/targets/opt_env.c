@@ -31,6 +31,9 @@
  *                     0xff6..0xfff (the last ten bytes of a page), and their bytes
  *   seg32 N           N calls of site_opt32, a nop10 in 32-bit code, through a far call into
  *                     the 32-bit user code segment (0x23)
+ *   serve             reads commands from stdin (call N, show, lowsp, quit) and answers
+ *                     each with one line: calls of site_tail0, its bytes, and one call
+ *                     on a stack whose low 16 bits are 0x40 (see serve())
  *   stepped ENABLE off|offon
  *                     a traced child makes 3 calls, then is single-stepped to the instruction
  *                     between the lea and the call of the optimized site; the parent writes 0
@@ -664,8 +667,159 @@ static int calls_mode(long n, const char *label)
 	return 0;
 }
 
+/* ---- serve: one process whose optimized site outlives other processes' events --------- */
+
+extern long call_on_stack(site_fn fn, long value, void *stack_top, uint64_t *rsp_after);
+
+/* site_tail0 called in a child on a stack whose low 16 bits are 0x40 where the site starts
+   (a 16-bit `lea -0x80(%rsp),%sp` would move %rsp by 64 KiB there): the child's exit status,
+   0 when the call returned value + 1 on a balanced stack */
+static int call_on_low_stack(int *signal_out)
+{
+	*signal_out = 0;
+	pid_t child = fork();
+	if (child < 0)
+		return -1;
+	if (child == 0) {
+		size_t size = 0x40000;
+		uint8_t *area = mmap(NULL, size, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (area == MAP_FAILED)
+			_exit(2);
+		uint64_t base = ((uint64_t)area + 0x1ffff) & ~0xffffull;   /* 64 KiB aligned */
+		uint8_t *top = (uint8_t *)base + 0x48;       /* the call leaves base + 0x40 */
+		uint64_t after = 0;
+		long got = call_on_stack(site_tail0, 41, top, &after);
+		_exit(got == 42 && after == (uint64_t)top ? 0 : 1);
+	}
+	int status;
+	if (waitpid(child, &status, 0) != child)
+		return -1;
+	if (WIFSIGNALED(status)) {
+		*signal_out = WTERMSIG(status);
+		return 128 + WTERMSIG(status);
+	}
+	return WEXITSTATUS(status);
+}
+
+/* site_tail0 called once in a child on a stack whose lowest mapped byte is 0x40 below
+   the stack pointer at the site, with a PROT_NONE guard page under it, as a thread stack
+   near its end (the unprobed function needs no stack below %rsp): the child's status */
+static int call_above_guard(int *signal_out)
+{
+	*signal_out = 0;
+	pid_t child = fork();
+	if (child < 0)
+		return -1;
+	if (child == 0) {
+		uint8_t *area = mmap(NULL, 0x3000, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (area == MAP_FAILED || mprotect(area, 0x1000, PROT_NONE))
+			_exit(2);
+		uint8_t *top = area + 0x1000 + 0x48;         /* the call leaves page + 0x40 */
+		uint64_t after = 0;
+		long got = call_on_stack(site_tail0, 41, top, &after);
+		_exit(got == 42 && after == (uint64_t)top ? 0 : 1);
+	}
+	int status;
+	if (waitpid(child, &status, 0) != child)
+		return -1;
+	if (WIFSIGNALED(status)) {
+		*signal_out = WTERMSIG(status);
+		return 128 + WTERMSIG(status);
+	}
+	return WEXITSTATUS(status);
+}
+
+/* one call of site_tail0 in a child (the caller survives a crash): the child's status */
+static int call_in_child(int *signal_out)
+{
+	*signal_out = 0;
+	pid_t child = fork();
+	if (child < 0)
+		return -1;
+	if (child == 0)
+		_exit(site_tail0(41) == 42 ? 0 : 1);
+	int status;
+	if (waitpid(child, &status, 0) != child)
+		return -1;
+	if (WIFSIGNALED(status)) {
+		*signal_out = WTERMSIG(status);
+		return 128 + WTERMSIG(status);
+	}
+	return WEXITSTATUS(status);
+}
+
+/* what the program does to the trampoline site_tail0 calls: munmap it, mprotect it
+   PROT_NONE, or map anonymous memory over it with MAP_FIXED: 0 or errno */
+static int change_trampoline(const char *how)
+{
+	uint64_t t = call_target((const uint8_t *)site_tail0);
+	if (!t || !in_trampoline(t))
+		return -1;
+	t &= ~0xfffull;
+	int ok;
+	if (!strcmp(how, "munmap"))
+		ok = munmap((void *)t, 4096) == 0;
+	else if (!strcmp(how, "protnone"))
+		ok = mprotect((void *)t, 4096, PROT_NONE) == 0;
+	else
+		ok = mmap((void *)t, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == (void *)t;
+	return ok ? 0 : errno;
+}
+
+/* commands on stdin, one reply line each on stdout:
+     call N   N calls of site_tail0 -> calls=N bad=K
+     show     -> site=BYTES call_target=in|mid|out|none
+     lowsp    -> lowsp_status=S lowsp_signal=G (call_on_low_stack)
+     guard    -> guard_status=S guard_signal=G (call_above_guard)
+     child    -> child_status=S child_signal=G (call_in_child)
+     tramp munmap|protnone|fixed -> tramp_HOW=0|errno|-1 (no trampoline) (change_trampoline)
+     quit     */
+static int serve(void)
+{
+	char line[128];
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	const uint8_t *p = (const uint8_t *)site_tail0;
+	printf("ready=1\n");
+	while (fgets(line, sizeof(line), stdin)) {
+		long n;
+		if (sscanf(line, "call %ld", &n) == 1) {
+			site_fn volatile fn = site_tail0;
+			long bad = 0;
+			for (long i = 0; i < n; i++)
+				bad += fn(i) != i + 1;
+			printf("calls=%ld bad=%ld\n", n, bad);
+		} else if (!strncmp(line, "show", 4)) {
+			print_bytes("site", p);
+			printf("call_target=%s\n", target_class(p));
+		} else if (!strncmp(line, "lowsp", 5)) {
+			int sig, status = call_on_low_stack(&sig);
+			printf("lowsp_status=%d lowsp_signal=%d\n", status, sig);
+		} else if (!strncmp(line, "guard", 5)) {
+			int sig, status = call_above_guard(&sig);
+			printf("guard_status=%d guard_signal=%d\n", status, sig);
+		} else if (!strncmp(line, "child", 5)) {
+			int sig, status = call_in_child(&sig);
+			printf("child_status=%d child_signal=%d\n", status, sig);
+		} else if (!strncmp(line, "tramp ", 6)) {
+			char how[16] = "";
+			sscanf(line + 6, "%15s", how);
+			printf("tramp_%s=%d\n", how, change_trampoline(how));
+		} else if (!strncmp(line, "quit", 4)) {
+			return 0;
+		} else {
+			printf("error=unknown_command\n");
+		}
+	}
+	return 0;
+}
+
 int opt_env_main(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "serve"))
+		return serve();
 	if (argc == 3 && !strcmp(argv[1], "tail"))
 		return tail(atol(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "seg32"))

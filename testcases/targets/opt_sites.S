@@ -206,6 +206,28 @@ back64:
 	ret
 	.size call_in_32bit_mode, .-call_in_32bit_mode
 
+/* long call_on_stack(long (*fn)(long), long value, void *stack_top, uint64_t *rsp_after):
+   fn(value) called with %rsp = stack_top (so fn starts with stack_top - 8); stores the %rsp
+   the call returned with in *rsp_after (stack_top when fn kept its stack balanced) */
+	.text
+	.globl call_on_stack
+	.type call_on_stack, @function
+call_on_stack:
+	push %rbp
+	push %rbx
+	mov %rsp, %rbp
+	mov %rcx, %rbx
+	mov %rdi, %rax
+	mov %rsi, %rdi
+	mov %rdx, %rsp
+	call *%rax
+	mov %rsp, (%rbx)
+	mov %rbp, %rsp
+	pop %rbx
+	pop %rbp
+	ret
+	.size call_on_stack, .-call_on_stack
+
 	.data
 	.p2align 3
 saved_rsp:
