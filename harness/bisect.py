@@ -34,7 +34,7 @@ from typing import Callable, Protocol
 
 from . import report, scenario_run
 from .errors import BuildError, ConfigError, HarnessError, InfraError, PatchError, SourceError
-from .paths import REPO_ROOT, cache_dir
+from .paths import cache_dir
 
 EXIT_FOUND, EXIT_ABORT, EXIT_ENDPOINT, EXIT_INCONCLUSIVE = 0, 3, 4, 5
 STEP_GOOD, STEP_BAD, STEP_SKIP, STEP_ABORT = 0, 1, 125, 128
@@ -489,14 +489,11 @@ class HarnessRunner:
         self.steps_dir.mkdir(parents=True, exist_ok=True)
         stem = self.steps_dir / f"{built.commit[:12]}-run{index + 1}"
         junit, log = stem.with_suffix(".xml"), stem.with_suffix(".log")
-        junit.unlink(missing_ok=True)
-        started = time.monotonic()
-        with open(log, "wb") as handle:
-            status = subprocess.call(pytest_command(self.options, built.spec, junit),
-                                     cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT)
-        _note(f"run {index + 1}: pytest exit {status}, output {log}")
-        results = report.read_junit(junit) if junit.is_file() else None
-        return classify_run(results, status, time.monotonic() - started)
+        finished = scenario_run.run(pytest_command(self.options, built.spec, junit), junit,
+                                    log=log)
+        _note(f"run {index + 1}: pytest exit {finished.status}, output {log}")
+        results = report.read_junit(junit) if finished.has_results else None
+        return classify_run(results, finished.status, finished.seconds)
 
 
 def absolute_options(repo: str, series: str | None, fragments: list[str], **kw) -> ScenarioOptions:

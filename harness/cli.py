@@ -112,11 +112,9 @@ def cmd_console(args) -> int:
 def cmd_main(args) -> int:
     """The main job: build the kernel, run every scenario on it, write a report."""
     import datetime
-    import subprocess
     from pathlib import Path
 
     from . import kernel, report, scenario_run
-    from .paths import REPO_ROOT
     from .progress import Progress
 
     progress = Progress.auto()
@@ -130,7 +128,7 @@ def cmd_main(args) -> int:
         fragments=tuple(str(Path(f).resolve()) for f in args.config_fragment),
         extra=tuple(args.pytest_args))
     progress.note(f"running the scenarios: {' '.join(cmd[2:])}")
-    status = subprocess.call(cmd, cwd=REPO_ROOT)
+    status = scenario_run.run(cmd, junit).status
     if not junit.exists():
         print(f"uprobe-harness: pytest wrote no results (exit {status})", file=sys.stderr)
         return EXIT_INFRA

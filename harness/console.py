@@ -26,6 +26,9 @@ from .paths import CONFIGS_DIR
 
 PATTERNS_FILE = CONFIGS_DIR / "console_patterns.toml"
 KINDS = ("crashed", "reboot")
+MAX_TEXT = 32 << 20     # characters of the raw console kept in memory (the log file has all)
+MAX_LINE = 64 << 10     # a line is cut there (the kernel prints at most 1,024 per line)
+KEEP_LINES = 20_000     # complete lines kept for splat excerpts (a splat is <= max_lines)
 
 _ANSI_ESCAPE = re.compile(  # CSI ("ESC [ 2 J"), OSC ("ESC ] ... BEL"), others ("ESC c", "ESC ( B")
     r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]")
@@ -246,19 +249,27 @@ class ConsoleWatch:
         self._table = table or default_table()
         self._banner_pending = boot_banner_expected
         self._lock = threading.Lock()
-        self._chunks: list[str] = []
-        self._partial = ""  # raw text after the last newline
-        self._lines: list[str] = []  # normalised complete lines
+        self._chunks: list[str] = []       # the last MAX_TEXT characters fed, as fed
+        self._chunks_size = 0
+        self._text_dropped = 0             # characters fed before those
+        self._partial: list[str] = []      # raw text after the last newline, in pieces
+        self._partial_size = 0
+        self._cut = False                  # the line being fed was cut at MAX_LINE
+        self._lines: list[str] = []        # normalised complete lines, the last ones only
+        self._first = 0                    # the line number (0-based) of self._lines[0]
         self._open: _OpenSplat | None = None
         self._last_start: int | None = None
         self._findings: list[ConsoleFinding] = []
 
     @property
     def text(self) -> str:
-        """Everything fed so far, as fed."""
+        """Everything fed so far, as fed; of a console that printed more than MAX_TEXT
+        characters, a note of how many came first and the last MAX_TEXT."""
         with self._lock:
             joined = "".join(self._chunks)
             self._chunks = [joined]
+            if self._text_dropped:
+                return f"[uprobe-harness: {self._text_dropped} characters before]\n" + joined
             return joined
 
     @property
@@ -268,17 +279,41 @@ class ConsoleWatch:
                 return list(self._findings)
             probe = copy.copy(self)
             probe._lines, probe._findings = list(self._lines), list(self._findings)
+            probe._partial = list(self._partial)
         probe._finish()
         return probe._findings
 
     def feed(self, chunk: str) -> list[ConsoleFinding]:
+        """Linear in the chunk's size whatever came before (a line without a newline is
+        kept in pieces, and cut at MAX_LINE characters); memory is bounded by MAX_TEXT,
+        MAX_LINE and KEEP_LINES."""
         with self._lock:
-            self._chunks.append(chunk)
-            *complete, self._partial = (self._partial + chunk).split("\n")
+            self._keep_text(chunk)
             known = len(self._findings)
-            for raw in complete:
-                self._add_line(raw)
+            *complete, last = chunk.split("\n")
+            for piece in complete:
+                self._extend_partial(piece)
+                self._add_line("".join(self._partial))
+                self._partial, self._partial_size, self._cut = [], 0, False
+            self._extend_partial(last)
             return self._findings[known:]
+
+    def _keep_text(self, chunk: str) -> None:
+        self._chunks.append(chunk)
+        self._chunks_size += len(chunk)
+        while self._chunks_size > MAX_TEXT and len(self._chunks) > 1:
+            oldest = self._chunks.pop(0)
+            self._chunks_size -= len(oldest)
+            self._text_dropped += len(oldest)
+
+    def _extend_partial(self, piece: str) -> None:
+        room = MAX_LINE - self._partial_size
+        if self._cut or not piece:
+            return
+        if len(piece) > room:
+            piece, self._cut = piece[:room], True
+        self._partial.append(piece)
+        self._partial_size += len(piece)
 
     def finish(self) -> list[ConsoleFinding]:
         """End of the console stream: the last line and the splat in progress are complete."""
@@ -289,14 +324,17 @@ class ConsoleWatch:
 
     def _finish(self) -> None:
         if self._partial:
-            self._add_line(self._partial)
-            self._partial = ""
-        self._close(len(self._lines))
+            self._add_line("".join(self._partial))
+            self._partial, self._partial_size, self._cut = [], 0, False
+        self._close(self._first + len(self._lines))
 
     def _add_line(self, raw: str) -> None:
         line = normalise_line(raw)
-        index = len(self._lines)
+        index = self._first + len(self._lines)
         self._lines.append(line)
+        if len(self._lines) >= 2 * KEEP_LINES:       # amortised: one copy per KEEP_LINES
+            self._lines = self._lines[-KEEP_LINES:]
+            self._first = index + 1 - KEEP_LINES
         message = message_of(line)
         opened = self._splat_starting(message, index)
         if opened is not None:
@@ -336,11 +374,16 @@ class ConsoleWatch:
 
     def _finding(self, splat: _OpenSplat, end: int) -> ConsoleFinding:
         pattern = splat.pattern
-        following = (message_of(line) for line in self._lines[splat.start + 1:end])
+        following = (message_of(line) for line in self._window(splat.start + 1, end))
         title = self._table.stable(pattern.render_title(splat.match, following))
         first = max(0, splat.start - pattern.lines_before)
         return ConsoleFinding(kind=pattern.kind, signature=pattern.name, title=title,
-                              line_no=splat.start + 1, excerpt="\n".join(self._lines[first:end]))
+                              line_no=splat.start + 1,
+                              excerpt="\n".join(self._window(first, end)))
+
+    def _window(self, start: int, end: int) -> list[str]:
+        """Lines start..end-1 (0-based line numbers of the whole console) still kept."""
+        return self._lines[max(start - self._first, 0):max(end - self._first, 0)]
 
 
 def scan(text: str, table: PatternTable | None = None, *,

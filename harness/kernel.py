@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import kconfig, sources
+from . import children, kconfig, sources
 from . import series as series_mod
 from .errors import BuildError, PatchError
 from .paths import cache_dir
@@ -186,20 +186,21 @@ def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_
     expected = _previous_object_count(build_dir)
     progress.start("building", expected)
     env = {**os.environ, **REPRODUCIBLE_ENV}
-    proc = subprocess.Popen(cmd, cwd=source.tree, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
+    # dies with us (children); its own session, so that an interruption stops all its jobs
+    proc = children.popen(cmd, cwd=source.tree, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
     tail: list[bytes] = []
     try:
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line)
-            del tail[:-40]
-            if _COMPILE_LINE.match(line):
-                progress.advance(line.decode(errors="replace").strip())
-        rc = proc.wait()
+        with children.sigterm_interrupts():
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line)
+                del tail[:-40]
+                if _COMPILE_LINE.match(line):
+                    progress.advance(line.decode(errors="replace").strip())
+            rc = proc.wait()
     except BaseException:
-        proc.kill()
-        proc.wait()
+        children.stop(proc, timeout=0)
         raise
     finally:
         progress.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from . import report, scenario_run
 from .errors import HarnessError
-from .paths import PATCHES_DIR, REPO_ROOT
+from .paths import PATCHES_DIR
 
 KNOWN_BAD_DIR = PATCHES_DIR / "known-bad"
 # the hand-written families (pytest markers, one per test module); the instruction sweep is
@@ -180,15 +179,12 @@ def run_suite(kernel: str, series: str | None, families: tuple[str, ...] | None,
     cmd = scenario_run.pytest_command(kernel, junit, series=series, smp=options.smp,
                                       accel=options.accel,
                                       extra=(selection(families) if families else ()) + ("-q",))
-    junit.parent.mkdir(parents=True, exist_ok=True)
     log = junit.with_suffix(".log")
-    start = time.monotonic()
-    with open(log, "w") as out:
-        subprocess.call(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.monotonic() - start
-    if not junit.exists():
-        raise HarnessError(f"pytest wrote no results for {junit.parent.name}; see {log}.")
-    return report.read_junit(junit), seconds
+    finished = scenario_run.run(cmd, junit, log=log)
+    if not finished.has_results:
+        raise HarnessError(f"pytest wrote no results for {junit.parent.name} (exit "
+                           f"{finished.status}); see {log}.")
+    return report.read_junit(junit), finished.seconds
 
 
 def run_mutant(mutant: Mutant, options: RunOptions, note=print) -> MutantResult:

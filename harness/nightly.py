@@ -15,14 +15,13 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import __version__, regressions, report, scenario_run
+from . import __version__, children, regressions, report, scenario_run
 from .errors import HarnessError
 from .nightly_matrix import Cell, Matrix
 from .paths import REPO_ROOT
@@ -84,7 +83,6 @@ class HarnessCellRunner:
 
     def __init__(self, options: NightlyOptions, note=print):
         self.options, self.note = options, note
-        self._child: subprocess.Popen | None = None
 
     def run(self, cell: Cell, cell_dir: Path) -> CellRun:
         from . import kernel
@@ -100,22 +98,13 @@ class HarnessCellRunner:
                        seconds=time.monotonic() - started)
             return CellRun(row, [Result(SETUP_TEST, "build", "error", 0.0, str(error))])
         row.update(_kernel_fields(built))
-        junit = cell_dir / "junit.xml"
-        junit.unlink(missing_ok=True)          # a rerun of an interrupted shard: no stale file
+        junit = cell_dir / "junit.xml"         # run() removes a stale one (a rerun shard)
         cmd = scenario_run.pytest_command(
             cell.kernel, junit, series=cell.series, fragments=cell.fragments, smp=cell.smp,
             accel=cell.accel, extra=(*cell.selection, f"--basetemp={cell_dir / 'tmp'}", "-q"))
         self.note(f"{cell.key}: {built.label}{' + ' + built.series if built.series else ''}: "
                   f"pytest {' '.join(cell.selection) or '(all scenarios)'}")
-        with open(cell_dir / "pytest.log", "w") as log:
-            # its own session: one SIGINT from _stop, not a second one from the terminal
-            self._child = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                status = self._child.wait()
-            finally:
-                _stop(self._child)
-                self._child = None
+        status = scenario_run.run(cmd, junit, log=cell_dir / "pytest.log").status
         row.update(seconds=round(time.monotonic() - started, 1), pytest_exit=status,
                    junit=str(junit))
         if not junit.exists():
@@ -140,29 +129,6 @@ class HarnessCellRunner:
                       f"{row['kernel_identity']} built first (the source moved?)")
             row["kernel_identity"] = next(iter(tested))
         return CellRun(row, results)
-
-
-def _stop(child: subprocess.Popen) -> None:
-    """SIGINT to the pytest session (it shuts its VMs down), SIGKILL after 30 s; further
-    SIGINT/SIGTERM to us meanwhile are held back so that the child never outlives us."""
-    if child.poll() is not None:
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        try:
-            os.killpg(child.pid, signal.SIGINT)
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            return
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        child.wait()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _kernel_fields(built) -> dict:
@@ -229,34 +195,28 @@ def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runn
     with ResultsDB(options.db_path) as db:
         db.begin_shard(options.run_id, now(), matrix.name, matrix.digest, version,
                        options.shard, options.shard_count, socket.gethostname())
-        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            for index, cell in enumerate(cells, start=1):
-                note(f"cell {index}/{len(cells)}: {cell.key}")
-                cell_dir = run_dir / cell.slug
-                cell_dir.mkdir(parents=True, exist_ok=True)
-                started = now()
-                outcome = runner.run(cell, cell_dir)
-                row = {**outcome.row, "cell": cell.key, "shard": options.shard,
-                       "started": started, "harness_version": version,
-                       "dir": _relpath(str(cell_dir), options.results_dir)}
-                row.setdefault("status", "ok")
-                row["input_digest"] = input_digest(row)
-                results = [_relative(r, options.results_dir) for r in outcome.results]
-                if row.get("junit"):
-                    row["junit"] = _relpath(row["junit"], options.results_dir)
-                db.add_cell(options.run_id, row, results)
+            with children.sigterm_interrupts():
+                for index, cell in enumerate(cells, start=1):
+                    note(f"cell {index}/{len(cells)}: {cell.key}")
+                    cell_dir = run_dir / cell.slug
+                    cell_dir.mkdir(parents=True, exist_ok=True)
+                    started = now()
+                    outcome = runner.run(cell, cell_dir)
+                    row = {**outcome.row, "cell": cell.key, "shard": options.shard,
+                           "started": started, "harness_version": version,
+                           "dir": _relpath(str(cell_dir), options.results_dir)}
+                    row.setdefault("status", "ok")
+                    row["input_digest"] = input_digest(row)
+                    results = [_relative(r, options.results_dir) for r in outcome.results]
+                    if row.get("junit"):
+                        row["junit"] = _relpath(row["junit"], options.results_dir)
+                    db.add_cell(options.run_id, row, results)
         except BaseException:
             db.finish_shard(options.run_id, options.shard, now(), "interrupted")
             raise
-        finally:
-            signal.signal(signal.SIGTERM, previous_term)
         db.finish_shard(options.run_id, options.shard, now(), "complete")
         return regressions.compare_run(db, options.run_id)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _relpath(path: str, base: Path) -> str:

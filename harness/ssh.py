@@ -159,23 +159,43 @@ class SSHSession:
         return out
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
-    out, err = bytearray(), bytearray()
+MAX_OUTPUT = 16 << 20      # bytes kept of each of stdout and stderr; the rest is counted
+
+
+def _drain(channel: paramiko.Channel, deadline: float,
+           limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
+    """stdout and stderr until the command exits. The deadline holds even while the guest
+    keeps writing, and each stream keeps its first `limit` bytes (a note says how many more
+    were dropped)."""
+    streams = {"out": bytearray(), "err": bytearray()}
+    dropped = {"out": 0, "err": 0}
+
+    def take(name: str, data: bytes) -> None:
+        room = limit - len(streams[name])
+        streams[name] += data[:max(room, 0)]
+        dropped[name] += max(len(data) - max(room, 0), 0)
+
+    def result() -> tuple[bytes, bytes]:
+        for name in streams:
+            if dropped[name]:
+                streams[name] += f"\n[uprobe-harness: {dropped[name]} more bytes dropped]\n" \
+                    .encode()
+        return bytes(streams["out"]), bytes(streams["err"])
+
     while True:
-        if channel.recv_ready():
-            out += channel.recv(65536)
-            continue
-        if channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
-            continue
-        if channel.exit_status_ready() and not channel.recv_ready() \
-                and not channel.recv_stderr_ready():
-            # one last read: data may arrive just after the status
-            while channel.recv_ready():
-                out += channel.recv(65536)
-            while channel.recv_stderr_ready():
-                err += channel.recv_stderr(65536)
-            return bytes(out), bytes(err)
         if time.monotonic() > deadline:
             raise socket.timeout()
+        if channel.recv_ready():
+            take("out", channel.recv(65536))
+            continue
+        if channel.recv_stderr_ready():
+            take("err", channel.recv_stderr(65536))
+            continue
+        if channel.exit_status_ready():
+            # one last read: data may arrive just after the status
+            while channel.recv_ready() and time.monotonic() <= deadline:
+                take("out", channel.recv(65536))
+            while channel.recv_stderr_ready() and time.monotonic() <= deadline:
+                take("err", channel.recv_stderr(65536))
+            return result()
         channel.status_event.wait(0.01)

@@ -2,17 +2,17 @@
 
 Lessons from QEMUMachine: a context manager; the console is drained on its own thread so
 QEMU never blocks on a full pty; shutdown is soft then hard through one cleanup path;
-launch failures carry the command line and QEMU's own output. QEMU gets PR_SET_PDEATHSIG,
-so it dies with the harness even when the harness is killed with SIGKILL.
+launch failures carry the command line and QEMU's own output. QEMU is started through
+`children` (PR_SET_PDEATHSIG from one long-lived thread), so it dies with the harness even
+when the harness is killed with SIGKILL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-import ctypes
 import json
 import os
-import queue
 import shlex
 import shutil
 import signal
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pexpect
 
+from . import children
 from .console import ConsoleWatch
 from .errors import BootError, InfraError
 from .paths import CONFIGS_DIR, cache_dir
 from .ssh import SSHSession
 
 MACHINE = tomllib.loads((CONFIGS_DIR / "qemu_x86_64.toml").read_text())
-PR_SET_PDEATHSIG = 1
 UNIX_PATH_MAX = 100        # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
 SOCKET_DIR_PREFIX = "uph-qmp-"
@@ -91,6 +91,36 @@ class AccelChoice:
     reason: str
 
 
+QMP_QUIT_TIMEOUT = 3.0     # s for connect + greeting + quit; SIGKILL follows anyway
+
+
+def qmp_quit(socket_path: Path, timeout: float) -> str | None:
+    """Ask QEMU to quit over QMP, bounded by `timeout` as a whole (a wedged QEMU, or a monitor
+    that accepts but never greets, must not hang the shutdown). None, or what went wrong."""
+    from qemu.qmp import QMPClient
+
+    async def quit_() -> None:
+        client = QMPClient("uprobe-harness")
+        await client.connect(str(socket_path))
+        try:
+            await client.execute("quit")
+        except Exception:               # QEMU may close the monitor before it answers
+            pass
+        finally:
+            try:
+                await client.disconnect()
+            except Exception:           # ...and the reader saw that first
+                pass
+
+    try:
+        asyncio.run(asyncio.wait_for(quit_(), timeout))
+    except asyncio.TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except Exception as error:          # no monitor to connect to, or no QMP greeting
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 @dataclass(frozen=True)
 class GuestRecord:
     """What a verdict must record about the machine that produced it."""
@@ -100,48 +130,6 @@ class GuestRecord:
     vcpus_seen: int
     kernel_identity: str
     kernel_release: str
-
-
-def _set_pdeathsig() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-class _Spawner:
-    """Starts child processes from one long-lived thread. PR_SET_PDEATHSIG fires when the
-    *thread* that forked the child ends, so QEMU must not be forked from a short-lived
-    thread (parallel boots, helper threads): it would be killed when that thread ends."""
-
-    def __init__(self):
-        self._requests: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def _serve(self) -> None:
-        while True:
-            fn, done = self._requests.get()
-            try:
-                done.append((True, fn()))
-            except BaseException as error:  # handed back to the caller
-                done.append((False, error))
-
-    def call(self, fn):
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, daemon=True,
-                                                name="uph-spawner")
-                self._thread.start()
-        done: list = []
-        self._requests.put((fn, done))
-        while not done:
-            time.sleep(0.005)
-        ok, value = done[0]
-        if not ok:
-            raise value
-        return value
-
-
-_SPAWNER = _Spawner()
 
 
 def qemu_binary() -> str:
@@ -209,9 +197,8 @@ def _kvm_boots(bzimage: Path, seconds: float) -> bool:
     cmd = [qemu_binary(), "-accel", "kvm", "-cpu", MACHINE["cpu_kvm"], "-m", "256",
            "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
            "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
-    proc = _SPAWNER.call(lambda: subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=_set_pdeathsig))
+    proc = children.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL)
     seen = threading.Event()
 
     def reader():
@@ -332,8 +319,9 @@ class VM:
         self.watch = ConsoleWatch()
         self._log_handle = open(self.console_log, "ab")
         command = self.command
-        self._child = _SPAWNER.call(lambda: pexpect.spawn(
-            command[0], command[1:], echo=False, timeout=None, preexec_fn=_set_pdeathsig))
+        self._child = children.SPAWNER.call(lambda: pexpect.spawn(
+            command[0], command[1:], echo=False, timeout=None,
+            preexec_fn=children.set_pdeathsig))
         _LIVE.add(self)
         self._drain = threading.Thread(target=self._drain_console, daemon=True,
                                        name=f"console-{self.name}")
@@ -442,17 +430,10 @@ class VM:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def _qmp_quit(self) -> None:
-        sock = self.qmp_socket
-        if not sock.exists():
-            return
-        try:
-            from qemu.qmp.legacy import QEMUMonitorProtocol
-            qmp = QEMUMonitorProtocol(str(sock))
-            qmp.connect(negotiate=True)
-            qmp.cmd("quit")
-            qmp.close()
-        except Exception:
-            pass
+        if self.qmp_socket.exists():
+            problem = qmp_quit(self.qmp_socket, QMP_QUIT_TIMEOUT)
+            if problem:
+                self.note(f"{self.name}: QMP quit failed ({problem}); killing QEMU")
 
     def _kill(self) -> None:
         child = self._child

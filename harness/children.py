@@ -1,0 +1,113 @@
+"""Child processes that never outlive the harness.
+
+Every process the harness starts and waits for (QEMU, the pytest child of main, bisect,
+mutate and nightly) is forked from one long-lived thread with PR_SET_PDEATHSIG=SIGKILL: the
+signal fires when the *thread* that forked the child ends, so the child dies with the harness
+even when the harness is killed with SIGKILL, and never with a short-lived helper thread.
+A pytest child in turn starts its QEMUs the same way, so one SIGKILL takes the whole tree
+down. The graceful path (SIGINT/SIGTERM to the harness) is `stop`: one SIGINT to the child's
+session, which lets pytest shut its VMs down, and SIGKILL when that takes too long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT = 30.0         # seconds between the SIGINT and the SIGKILL of a stopped child
+
+
+def set_pdeathsig() -> None:
+    """preexec_fn of every child: SIGKILL when the forking thread (the spawner) ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Spawner:
+    """Runs the functions that fork children on one long-lived daemon thread."""
+
+    def __init__(self):
+        self._requests: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._requests.get()
+            try:
+                done.append((True, fn()))
+            except BaseException as error:  # handed back to the caller
+                done.append((False, error))
+
+    def call(self, fn):
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name="uph-spawner")
+                self._thread.start()
+        done: list = []
+        self._requests.put((fn, done))
+        while not done:
+            time.sleep(0.005)
+        ok, value = done[0]
+        if not ok:
+            raise value
+        return value
+
+
+SPAWNER = Spawner()
+
+
+def popen(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """subprocess.Popen of a child that dies with the harness (see the module's doc)."""
+    return SPAWNER.call(lambda: subprocess.Popen(cmd, preexec_fn=set_pdeathsig, **kwargs))
+
+
+def stop(child: subprocess.Popen, timeout: float | None = None) -> None:
+    """Stop a child started in its own session: SIGINT to the session (pytest shuts its VMs
+    down), SIGKILL to it after `timeout` s (default STOP_TIMEOUT). Further SIGINT/SIGTERM
+    to us are held back meanwhile (delivered afterwards): the child never outlives us."""
+    if child.poll() is not None:
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        try:
+            os.killpg(child.pid, signal.SIGINT)
+            child.wait(STOP_TIMEOUT if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block SIGTERM raises KeyboardInterrupt like SIGINT does, so that `finally`
+    clauses (stopping children) run. Only the main thread can set handlers; elsewhere this
+    does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
