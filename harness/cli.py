@@ -114,10 +114,16 @@ def cmd_main(args) -> int:
     import datetime
     from pathlib import Path
 
-    from . import kernel, report, scenario_run
+    from . import kernel, report, scenario_run, sources
     from .progress import Progress
 
     progress = Progress.auto()
+    # pytest runs from the repository root, later: it gets the kernel, series and fragments
+    # spelled so that it builds (finds cached) exactly what was built here
+    args.kernel = sources.pinned_spec(args.kernel)
+    if args.series is not None and Path(args.series).exists():
+        args.series = str(Path(args.series).resolve())
+    args.config_fragment = [str(Path(f).resolve()) for f in args.config_fragment]
     built = kernel.build(_build_request(args), progress)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = Path(args.results or Path("results") / stamp).resolve()
@@ -125,14 +131,19 @@ def cmd_main(args) -> int:
     junit = results_dir / "junit.xml"
     cmd = scenario_run.pytest_command(
         args.kernel, junit, series=args.series, smp=args.smp, accel=args.accel,
-        fragments=tuple(str(Path(f).resolve()) for f in args.config_fragment),
-        extra=tuple(args.pytest_args))
+        fragments=tuple(args.config_fragment), extra=tuple(args.pytest_args))
     progress.note(f"running the scenarios: {' '.join(cmd[2:])}")
     status = scenario_run.run(cmd, junit).status
     if not junit.exists():
         print(f"uprobe-harness: pytest wrote no results (exit {status})", file=sys.stderr)
         return EXIT_INFRA
     results = report.read_junit(junit)
+    tested = {r.properties.get("kernel_identity") for r in results} - {None, ""}
+    if tested - {built.identity}:
+        print(f"uprobe-harness: the scenarios ran on kernel {', '.join(sorted(tested))}, not "
+              f"on {built.identity} built for this report (did the source change meanwhile?)",
+              file=sys.stderr)
+        return EXIT_INFRA
     title = f"uprobe-harness: {built.label}" + (f" + {built.series}" if built.series else "")
     print(report.format_summary(results, title))
     context = {"kernel": built.label, "series": built.series or "none",
@@ -301,10 +312,15 @@ def cmd_nightly(args) -> int:
     its previous run, write the reports; exit 1 on new failures (see --fail-on)."""
     from pathlib import Path
 
-    from . import nightly, nightly_matrix
+    from . import nightly, nightly_matrix, results_db
     from .progress import Progress
     matrix = nightly_matrix.load_matrix(Path(args.matrix))
     index, count = nightly_matrix.parse_shard(args.shard)
+    if args.run_id:
+        try:
+            results_db.check_run_id(args.run_id)
+        except ValueError as error:
+            raise HarnessError(f"--run-id: {error}") from None
     if count > 1 and not args.run_id:
         raise HarnessError(f"--shard {args.shard}: give every shard of the run the same "
                            f"--run-id (e.g. the CI pipeline id), or they never form one run.")

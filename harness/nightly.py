@@ -333,6 +333,9 @@ def merge(into: Path, sources: list[Path], note=print) -> list[str]:
                 row = next(c for c in db.cells(run_id) if c["cell"] == cell)
                 if row["dir"] and (source_db.parent / row["dir"]).is_dir():
                     target = into / row["dir"]
+                    if not target.resolve().is_relative_to(into.resolve()):
+                        raise HarnessError(f"merge: cell {cell} of run {run_id} would be "
+                                           f"copied to {target.resolve()}, outside {into}.")
                     shutil.rmtree(target, ignore_errors=True)
                     shutil.copytree(source_db.parent / row["dir"], target, symlinks=True)
             runs = sorted({r for r, _ in taken})

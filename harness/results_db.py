@@ -220,6 +220,7 @@ class ResultsDB:
         src.row_factory = sqlite3.Row
         taken: list[tuple[str, str]] = []
         try:
+            _check_source(src, other)
             with self.transaction() as db:
                 for run in src.execute("SELECT * FROM runs").fetchall():
                     _check_run(db, run["run_id"], run["shard_count"], run["matrix_digest"],
@@ -252,6 +253,44 @@ class ResultsDB:
             return taken
         finally:
             src.close()
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+PATH_FIELDS = (("cells", "dir"), ("cells", "junit"), ("results", "console_log"))
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names a directory under the results dir: letters, digits, . _ + -."""
+    if not RUN_ID.match(run_id or "") or run_id in (".", ".."):
+        raise ValueError(f"run id {run_id!r} is not a plain name (letters, digits, '.', '_', "
+                         f"'+', '-'; at most 128 characters): it names a directory.")
+    return run_id
+
+
+def check_stored_path(value: str | None, where: str) -> None:
+    """Paths in a history are relative to its results dir and stay below it."""
+    if not value:
+        return
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts or "\0" in value:
+        raise ValueError(f"{where}: stored path {value!r} is absolute or leaves the results "
+                         f"directory; a history only holds paths below its own directory.")
+
+
+def _check_source(src: sqlite3.Connection, other: Path) -> None:
+    """Everything a merge will use as a name or path, checked before anything is taken."""
+    for (run_id,) in src.execute("SELECT DISTINCT run_id FROM cells UNION "
+                                 "SELECT run_id FROM runs"):
+        try:
+            check_run_id(run_id)
+        except ValueError as error:
+            raise ValueError(f"{other}: {error}") from None
+    for table, field in PATH_FIELDS:
+        columns = {row[1] for row in src.execute(f"PRAGMA table_info({table})")}
+        if field not in columns:
+            continue
+        for run_id, value in src.execute(f"SELECT run_id, {field} FROM {table}"):
+            check_stored_path(value, f"{other}: {table}.{field} of run {run_id}")
 
 
 def _insert(db, table: str, row: dict, verb: str = "INSERT") -> None:

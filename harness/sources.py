@@ -87,6 +87,23 @@ def parse_spec(text: str | None) -> KernelSpec:
     )
 
 
+def pinned_spec(text: str | None) -> str:
+    """The same kernel as `text`, spelled so that another process in another directory, a
+    moment later, resolves it to the same build: a git tree's absolute path at the commit
+    its revision names now, a kernel image's absolute path; Debian sources unchanged."""
+    spec = parse_spec(text)
+    if spec.kind == "git":
+        commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet",
+                                 f"{spec.rev}^{{commit}}"], cwd=spec.path, capture_output=True,
+                                text=True).stdout.strip()
+        if not commit:
+            raise SourceError(f"'{spec.rev}' is not a commit in {spec.path}.")
+        return f"{spec.path}@{commit}"
+    if spec.kind == "prebuilt":
+        return str(spec.path)
+    return spec.text
+
+
 @contextmanager
 def locked(name: str):
     """An exclusive lock on one cache object, across processes (pytest-xdist workers)."""

@@ -90,3 +90,25 @@ def test_reset_survives_git_locks_left_by_a_killed_run(git_tree):
     sources._reset(git_tree, commit)
     assert "nhit++" in (git_tree / "kernel" / "counter.c").read_text()
     assert not list((git_tree / ".git").glob("*.lock"))
+
+
+def test_pinned_spec_names_the_commit_and_the_absolute_path(tmp_path, monkeypatch):
+    """`main` hands pytest (which runs from the repository root, later) the kernel it built:
+    a relative git tree at HEAD becomes its absolute path at the commit HEAD names now."""
+    import subprocess
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tree)]
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "one"], check=True)
+    first = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    pinned = sources.pinned_spec("linux@HEAD")
+    assert pinned == f"{tree}@{first}"
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
+    assert sources.parse_spec(pinned).rev == first          # still the built commit
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"x")
+    assert sources.pinned_spec("bzImage") == str(image)
+    assert sources.pinned_spec("debian:7.3") == "debian:7.3"

@@ -278,6 +278,44 @@ def test_merge_folds_shards_into_one_complete_run(tmp_path):
         assert len(db.cells("ci-42")) == 3
 
 
+@pytest.mark.parametrize("table, field, value", [
+    ("cells", "dir", "ABSOLUTE"), ("cells", "dir", "runs/../../../victim"),
+    ("cells", "junit", "/etc/passwd"), ("results", "console_log", "../../x.log"),
+    ("cells", "run_id", "../../victim")])
+def test_merge_refuses_a_shard_whose_paths_leave_its_directory(tmp_path, capsys, table,
+                                                               field, value):
+    """A shard database is input: a stored path that is absolute or climbs out (or a run id
+    that does) is refused with the file, table and field named, and nothing is written:
+    not the target history, and not the path it points at."""
+    import sqlite3
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+    shard = tmp_path / "shard1"
+    options = nightly.NightlyOptions(shard, shard / "results.db", "ci-7", 1, 1)
+    nightly.run_nightly(matrix, matrix.cells, options, ScriptedRunner(PASSING),
+                        note=lambda *_: None)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("precious")
+    value = str(victim) if value == "ABSOLUTE" else value
+    with sqlite3.connect(shard / "results.db") as db:
+        db.execute(f"UPDATE {table} SET {field}=?", (value,))
+    into = tmp_path / "merged"
+    assert cli.main(["merge", "--into", str(into), str(shard)]) == 1
+    err = capsys.readouterr().err
+    assert str(shard / "results.db") in err and (f"{table}.{field}" in err or "run id" in err)
+    assert (victim / "keep").read_text() == "precious"
+    with ResultsDB(into / "results.db") as db:
+        assert db.runs() == []
+
+
+def test_a_run_id_must_be_a_plain_name(tmp_path, capsys):
+    matrix_path = write_matrix(tmp_path)
+    assert cli.main(["nightly", "--matrix", str(matrix_path), "--run-id", "../x",
+                     "--results-dir", str(tmp_path / "res")]) == 1
+    assert "--run-id: run id '../x' is not a plain name" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
+
+
 def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert cli.main(["nightly", "--matrix", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml does not exist" in capsys.readouterr().err
