@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import sandbox
 from .errors import ConfigError
 from .paths import CONFIGS_DIR
 
@@ -154,7 +156,7 @@ def _symbol_exists(source: Path, symbol: str) -> bool:
 
 
 def make_config(source: Path, build_dir: Path, fragments: list[Fragment], make_args: list[str],
-                log) -> dict[str, str]:
+                log, readable: Sequence[Path] = ()) -> dict[str, str]:
     """tinyconfig + fragments (merge_config.sh) + olddefconfig in build_dir, then verify.
 
     The .config keeps its old mtime when its content did not change, so an unchanged
@@ -166,7 +168,9 @@ def make_config(source: Path, build_dir: Path, fragments: list[Fragment], make_a
     def run(cmd: list[str]) -> None:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        result = subprocess.run(cmd, cwd=source, stdout=log, stderr=subprocess.STDOUT)
+        boxed = sandbox.wrap(cmd, sandbox.build_paths(source, build_dir),
+                             [*readable, *(f.path for f in fragments)], cwd=source)
+        result = subprocess.run(boxed, cwd=source, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             raise ConfigError(f"Config step failed: {' '.join(cmd)} (see {log.name}).")
 

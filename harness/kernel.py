@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import children, kconfig, sources
+from . import children, kconfig, sandbox, sources
 from . import series as series_mod
 from .errors import BuildError, PatchError
 from .paths import cache_dir
@@ -89,6 +89,13 @@ def reproducer(request: BuildRequest, series_name: str) -> str:
     return shlex.join(cmd)
 
 
+def source_lock_name(spec: sources.KernelSpec) -> str:
+    """One lock per cache tree: a git tree by its resolved path (the cache tree's own key),
+    however it was spelled (./linux, /abs/linux/, a symlink to it)."""
+    where = str(spec.path) if spec.path is not None else spec.text.split("@")[0]
+    return "source-" + hashlib.sha256(where.encode()).hexdigest()[:12]
+
+
 def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
     progress = progress or Progress.auto()
     spec = sources.parse_spec(request.kernel)
@@ -101,9 +108,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
     fragments += [kconfig.parse_fragment(f) for f in spec.source_fragments]
     fragments += [kconfig.parse_fragment(Path(f)) for f in request.fragments]
     compiler = compiler_version()
-    family_lock = "source-" + hashlib.sha256(spec.text.split("@")[0].encode()).hexdigest()[:12]
-
-    with sources.locked(family_lock):
+    with sources.locked(source_lock_name(spec)):
         started = time.monotonic()
         source = sources.prepare(spec, progress.note)
         prepared = time.monotonic()
@@ -167,7 +172,8 @@ def _configure(source, series, fragments, build_dir: Path, make_args, log, progr
         return
     progress.note(f"configuring {source.label} in {build_dir}")
     stamp_file.unlink(missing_ok=True)
-    kconfig.make_config(source.tree, build_dir, fragments, make_args, log)
+    kconfig.make_config(source.tree, build_dir, fragments, make_args, log,
+                        readable=_readable(source))
     stamp_file.write_text(stamp)
 
 
@@ -179,6 +185,12 @@ def _artefact_key(source_identity: str, series, fragments, compiler: str) -> str
     return h.hexdigest()
 
 
+def _readable(source) -> list[Path]:
+    """A git tree's cache clone shares the user's repository objects: the sandbox must let
+    the build read them (git describe in setlocalversion)."""
+    return [source.spec.path] if source.spec.kind == "git" and source.spec.path else []
+
+
 def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_dir: Path) -> None:
     cmd = ["make", *make_args, "bzImage"]
     log.write(("$ " + shlex.join(cmd) + "\n").encode())
@@ -187,7 +199,9 @@ def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_
     progress.start("building", expected)
     env = {**os.environ, **REPRODUCIBLE_ENV}
     # dies with us (children); its own session, so that an interruption stops all its jobs
-    proc = children.popen(cmd, cwd=source.tree, stdout=subprocess.PIPE,
+    boxed = sandbox.wrap(cmd, sandbox.build_paths(source.tree, build_dir), _readable(source),
+                         cwd=source.tree)
+    proc = children.popen(boxed, cwd=source.tree, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, env=env, start_new_session=True)
     tail: list[bytes] = []
     try:

@@ -61,6 +61,41 @@ _DEFAULT_KEYS = {"series", "smp", "selection", "accel", "config_fragments"}
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
+_SELECTION_FLAGS = {"-x", "-q", "-v"}
+_SELECTION_OPTIONS = {"-m", "-k", "--repeat"}      # each takes the next argument
+
+
+def _checked_selection(path: Path, name: str, args: list[str]) -> tuple[str, ...]:
+    """A selection chooses scenarios; it is not a pytest command line: a matrix comes from
+    elsewhere, and pytest imports and runs any file it is given (and plugins, with -p). So:
+    -m EXPR, -k EXPR, --repeat N, -x, -q, -v, and node ids of files under testcases/."""
+    testcases = Path(__file__).resolve().parent.parent / "testcases"
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in _SELECTION_OPTIONS:
+            if index + 1 >= len(args):
+                raise MatrixError(f"{path}: [selection] {name}: {arg} needs an argument.")
+            index += 2
+            continue
+        if arg in _SELECTION_FLAGS:
+            index += 1
+            continue
+        node = arg.split("::", 1)[0]
+        parts = Path(node).parts
+        if not arg.startswith("-") and len(parts) >= 2 and parts[0] == "testcases" \
+                and ".." not in parts and node.endswith(".py") \
+                and (testcases.parent / node).resolve().is_relative_to(testcases):
+            index += 1
+            continue
+        raise MatrixError(
+            f"{path}: [selection] {name}: {arg!r} is not allowed. A selection may hold -m "
+            f"EXPR, -k EXPR, --repeat N, -x, -q, -v and node ids of scenario files under "
+            f"testcases/ (e.g. testcases/test_stack.py::test_name); other pytest arguments "
+            f"could import and run code from anywhere.")
+    return tuple(args)
+
+
 def load_matrix(path: Path) -> Matrix:
     path = Path(path)
     if not path.is_file():
@@ -80,7 +115,7 @@ def load_matrix(path: Path) -> Matrix:
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise MatrixError(f"{path}: [selection] {name} must be a list of pytest arguments "
                               f"(strings), e.g. {name} = [\"-m\", \"smp\"].")
-        selections[name] = tuple(args)
+        selections[name] = _checked_selection(path, name, args)
     kernels = data.get("kernel", [])
     if not kernels:
         raise MatrixError(f"{path}: no [[kernel]] entries: the matrix has no cells.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def _console_excerpt(path: Path, test: str, crashed: bool) -> str:
     return "\n".join(lines[-CONSOLE_EXCERPT_LINES:]) if crashed else ""
 
 
+def _own_console_log(results_dir: Path, stored: str | None) -> Path | None:
+    """A result's console log, only when it is a file below the results directory once
+    resolved (the database may come from elsewhere: an absolute path, `..`, or a symlink
+    copied in by a merge must not put host files into the report)."""
+    if not stored:
+        return None
+    path = results_dir / stored
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return None
+    if not resolved.is_relative_to(results_dir.resolve()) or not resolved.is_file():
+        return None
+    return resolved
+
+
 def build_context(db, run_id: str, comparison: Comparison, results_dir: Path,
                   report_path: Path, history: int) -> dict:
     cells = db.cells(run_id)
@@ -88,9 +105,9 @@ def build_context(db, run_id: str, comparison: Comparison, results_dir: Path,
             anchor = f"d{len(details)}"
             anchors[(test, cell)] = anchor
             link = excerpt = ""
-            if result.console_log:
-                console = results_dir / result.console_log
-                link = os.path.relpath(console, report_path.parent)
+            console = _own_console_log(results_dir, result.console_log)
+            if console is not None:
+                link = urllib.parse.quote(os.path.relpath(console, report_path.parent))
                 if result.outcome in ("crashed", "error", "failed"):
                     excerpt = _console_excerpt(console, test, result.outcome == "crashed")
             details.append(Detail(anchor, cell, result, link, excerpt))

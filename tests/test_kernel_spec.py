@@ -112,3 +112,16 @@ def test_pinned_spec_names_the_commit_and_the_absolute_path(tmp_path, monkeypatc
     image.write_bytes(b"x")
     assert sources.pinned_spec("bzImage") == str(image)
     assert sources.pinned_spec("debian:7.3") == "debian:7.3"
+
+
+def test_one_git_tree_takes_one_lock_however_it_is_spelled(tmp_path, monkeypatch):
+    import subprocess
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    (tmp_path / "alias").symlink_to(tree)
+    monkeypatch.chdir(tmp_path)
+    names = {kernel.source_lock_name(sources.parse_spec(text))
+             for text in ("linux@HEAD", "./linux", f"{tree}/@v1", "alias@HEAD")}
+    assert len(names) == 1
+    assert kernel.source_lock_name(sources.parse_spec("debian:6.1")) not in names

@@ -136,6 +136,23 @@ def test_matrix_errors_name_the_file_and_the_entry(tmp_path, text, needle):
     assert "matrix.toml" in str(error.value)
 
 
+@pytest.mark.parametrize("args, ok", [
+    (["-m", "smp and not sweep"], True), (["-k", "nop10", "-x", "--repeat", "3"], True),
+    (["testcases/test_stack.py::test_x[a]", "-q"], True),
+    (["/tmp/evil_test.py"], False), (["../evil/test_x.py"], False),
+    (["testcases/../tests/test_nightly.py"], False), (["-p", "evil_plugin"], False),
+    (["--rootdir=/"], False), (["-c", "/tmp/pytest.ini"], False), (["-m"], False),
+    (["tests/test_nightly.py"], False)])
+def test_a_selection_only_selects_scenarios(tmp_path, args, ok):
+    text = MATRIX.replace('smp = ["-m", "smp"]', f"smp = {args!r}".replace("'", '"'))
+    if ok:
+        nightly_matrix.load_matrix(write_matrix(tmp_path, text))
+        return
+    with pytest.raises(MatrixError) as error:
+        nightly_matrix.load_matrix(write_matrix(tmp_path, text))
+    assert "matrix.toml: [selection] smp:" in str(error.value)
+
+
 def test_exclude_removes_cells(tmp_path):
     text = MATRIX + "[[exclude]]\nkernel = 'k61'\nseries = 'none'\n"
     keys = [c.key for c in nightly_matrix.load_matrix(write_matrix(tmp_path, text)).cells]
@@ -455,6 +472,32 @@ def test_report_escapes_what_tests_print(tmp_path):
     text = html.read_text()
     assert "<script>alert(1)" not in text and "<img src=x" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+@pytest.mark.parametrize("how", ["symlink", "absolute", "climb", "scheme"])
+def test_report_reads_and_links_only_its_own_console_logs(tmp_path, how):
+    """A history from elsewhere: a console log that is a symlink to a host file (a merge
+    copies symlinks), an absolute path, a path that climbs out, or a `javascript:` name
+    neither embeds the file nor links anywhere but below the report."""
+    import sqlite3
+    secret = tmp_path / "secret.txt"
+    secret.write_text("WARNING: CPU: 0 PID: 1 at host-secret\n")
+    comparison = run(tmp_path, ScriptedRunner(with_outcome("k61/default/smp1,4/all",
+                                                           "threads::t_a", "crashed")), "r1")
+    res = tmp_path / "res"
+    with sqlite3.connect(res / "results.db") as db:
+        (stored,) = db.execute("SELECT console_log FROM results WHERE outcome='crashed'"
+                               ).fetchone()
+        target = {"symlink": stored, "absolute": str(secret),
+                  "climb": "../secret.txt", "scheme": "javascript:alert(1)"}[how]
+        db.execute("UPDATE results SET console_log=? WHERE outcome='crashed'", (target,))
+    if how == "symlink":
+        (res / stored).unlink()
+        (res / stored).symlink_to(secret)
+    with ResultsDB(res / "results.db") as db:
+        text = nightly.write_outputs(db, "r1", comparison, res)["report"].read_text()
+    assert "host-secret" not in text
+    assert 'href="javascript:' not in text and "secret.txt" not in text
 
 
 def test_a_history_from_an_older_schema_is_upgraded_in_place(tmp_path):
