@@ -90,7 +90,8 @@ def cmd_boot(args) -> int:
             line = ensure_keys().known_hosts_line("127.0.0.1", machine.port)
             known_hosts.write_text(line + "\n")
             status = subprocess.call([
-                "ssh", "-i", str(img.client_key), "-p", str(machine.port),
+                "ssh", "-F", "none", "-o", "ForwardAgent=no", "-o", "ForwardX11=no",
+                "-i", str(img.client_key), "-p", str(machine.port),
                 "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
                 "-o", "IdentitiesOnly=yes", "root@127.0.0.1"])
         findings = machine.watch.findings

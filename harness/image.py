@@ -514,6 +514,10 @@ def make_tree(inputs: Inputs) -> Tree:
 
 
 def _image(directory: Path, identity: str, keys: Keys) -> Image:
+    # the archive holds the guest's SSH host private key: only its owner reads it (also
+    # for images cached before this was so)
+    os.chmod(directory, 0o700)
+    os.chmod(directory / INITRAMFS_NAME, 0o600)
     return Image(
         initramfs=directory / INITRAMFS_NAME,
         identity=identity,
@@ -564,7 +568,8 @@ def build_image(recipe: str = "default", modules: Sequence[Path] = ()) -> Image:
             },
         }
         (tmp / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp / INITRAMFS_NAME, 0o600)
+        os.chmod(tmp, 0o700)
         try:
             os.rename(tmp, final)
         except OSError:

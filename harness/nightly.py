@@ -283,6 +283,14 @@ def write_outputs(db: ResultsDB, run_id: str, comparison: regressions.Comparison
     return outputs
 
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str | None) -> str:
+    """Text XML 1.0 can carry: a guest's console or a test's output may hold any byte."""
+    return _NOT_XML.sub("\ufffd", text or "")
+
+
 def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
     """The run as one JUnit file (from the database, so it works after a merge too): one
     <testsuite> per cell, named by the cell's key."""
@@ -296,14 +304,14 @@ def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
                               errors=str(sum(r.outcome == "error" for r in results.values())))
         for test, result in sorted(results.items()):
             family, _, name = test.partition("::")
-            case = ET.SubElement(suite, "testcase", classname=f"{cell['cell']}.{family}",
-                                 name=name or test, time=f"{result.seconds or 0:.3f}")
-            first = (result.message.splitlines() or [""])[0][:500]
+            case = ET.SubElement(suite, "testcase", classname=_xml(f"{cell['cell']}.{family}"),
+                                 name=_xml(name or test), time=f"{result.seconds or 0:.3f}")
+            first = _xml((result.message.splitlines() or [""])[0][:500])
             if result.outcome in ("failed", "crashed", "xpass"):
-                ET.SubElement(case, "failure", message=result.crash_title or first).text = \
-                    result.message
+                ET.SubElement(case, "failure", message=_xml(result.crash_title) or first).text = \
+                    _xml(result.message)
             elif result.outcome == "error":
-                ET.SubElement(case, "error", message=first).text = result.message
+                ET.SubElement(case, "error", message=first).text = _xml(result.message)
             elif result.outcome in ("skipped", "xfail"):
                 ET.SubElement(case, "skipped", type=f"uprobe-harness.{result.outcome}",
                               message=first)

@@ -216,7 +216,7 @@ class ResultsDB:
         """Fold another results database into this one. A complete shard replaces a
         running/interrupted copy of the same shard; a shard already complete here is kept.
         Returns the (run id, cell) pairs taken from `other`."""
-        src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+        src = sqlite3.connect(f"{Path(other).resolve().as_uri()}?mode=ro", uri=True)
         src.row_factory = sqlite3.Row
         taken: list[tuple[str, str]] = []
         try:

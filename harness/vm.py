@@ -94,6 +94,12 @@ class AccelChoice:
 QMP_QUIT_TIMEOUT = 3.0     # s for connect + greeting + quit; SIGKILL follows anyway
 
 
+def qemu_option_value(value) -> str:
+    """A value inside a QEMU option list: a comma is written as two (else it would end the
+    value and start another option)."""
+    return str(value).replace(",", ",,")
+
+
 def qmp_quit(socket_path: Path, timeout: float) -> str | None:
     """Ask QEMU to quit over QMP, bounded by `timeout` as a whole (a wedged QEMU, or a monitor
     that accepts but never greets, must not hang the shutdown). None, or what went wrong."""
@@ -286,7 +292,7 @@ class VM:
                 "-kernel", str(self.kernel.bzimage), "-initrd", str(self.image.initramfs),
                 "-append", self._cmdline(),
                 "-netdev", net, "-device", f"{MACHINE['nic']},netdev=n0",
-                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off"]
+                "-qmp", f"unix:{qemu_option_value(self.qmp_socket)},server=on,wait=off"]
 
     def start(self, timeout: float | None = None) -> VM:
         timeout = timeout or MACHINE["boot_timeout_s"]

@@ -93,7 +93,10 @@ def archive(tmp_path, isolated_cache):
     _make_key(rogue_home, "rogue")
     repo = tmp_path / "repo"
     _publish(repo, "testsuite", [_make_deb(tmp_path, "9.9~rc1-1")], trusted_home)
-    return repo, keyring, trusted_home, rogue_home
+    yield repo, keyring, trusted_home, rogue_home
+    for home in (trusted_home, rogue_home):      # gpg starts an agent per homedir
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       capture_output=True)
 
 
 def _pkg(repo: Path, keyring: Path, suite: str = "testsuite", package: str = PACKAGE):

@@ -154,6 +154,9 @@ def test_keys_private_and_outside_repo(built):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600
         assert not private.resolve().is_relative_to(REPO_ROOT)
     assert keys.known_hosts_line("127.0.0.1", 10022) == (f"[127.0.0.1]:10022 {img.host_key_line}")
+    # the initramfs carries the guest's host private key: owner-only, directory too
+    assert stat.S_IMODE(img.initramfs.stat().st_mode) == 0o600
+    assert stat.S_IMODE(img.initramfs.parent.stat().st_mode) == 0o700
 
 
 def test_keys_refuse_repo_location(tmp_path, monkeypatch):

@@ -333,6 +333,19 @@ def test_a_run_id_must_be_a_plain_name(tmp_path, capsys):
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
 
 
+def test_merge_reads_a_shard_whose_path_has_uri_characters(tmp_path):
+    """The shard database is opened read-only through an SQLite URI: '#' or '?' in its path
+    must not open another file."""
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+    shard = tmp_path / "shard #1?x=y"
+    options = nightly.NightlyOptions(shard, shard / "results.db", "ci-9", 1, 1)
+    nightly.run_nightly(matrix, matrix.cells, options, ScriptedRunner(PASSING),
+                        note=lambda *_: None)
+    assert cli.main(["merge", "--into", str(tmp_path / "merged"), str(shard)]) == 0
+    with ResultsDB(tmp_path / "merged" / "results.db") as db:
+        assert len(db.cells("ci-9")) == 3
+
+
 def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert cli.main(["nightly", "--matrix", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml does not exist" in capsys.readouterr().err
@@ -498,6 +511,22 @@ def test_report_reads_and_links_only_its_own_console_logs(tmp_path, how):
         text = nightly.write_outputs(db, "r1", comparison, res)["report"].read_text()
     assert "host-secret" not in text
     assert 'href="javascript:' not in text and "secret.txt" not in text
+
+
+def test_merged_junit_stays_well_formed_with_control_characters(tmp_path):
+    noise = "lost \x01\x07\x1b[31m hits\x00"
+
+    class Noisy(ScriptedRunner):
+        def run(self, cell, cell_dir):
+            out = super().run(cell, cell_dir)
+            return nightly.CellRun(out.row, [Result("fp::t" + noise, "fp", "failed", 0, noise,
+                                                    noise)])
+    comparison = run(tmp_path, Noisy(PASSING), "r1")
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        junit = nightly.write_outputs(db, "r1", comparison, tmp_path / "res")["junit"]
+    import xml.etree.ElementTree as ET
+    failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
+    assert failure is not None and "lost" in failure.text and "\x01" not in failure.text
 
 
 def test_a_history_from_an_older_schema_is_upgraded_in_place(tmp_path):

@@ -62,3 +62,7 @@ def test_a_monitor_that_answers_is_told_to_quit(tmp_path):
     assert vm.qmp_quit(path, 3.0) is None
     thread.join(5)
     assert seen == ["qmp_capabilities", "quit"]
+
+
+def test_a_comma_in_the_socket_path_stays_one_qemu_option_value():
+    assert vm.qemu_option_value("/tmp/a,b/qmp.sock") == "/tmp/a,,b/qmp.sock"
