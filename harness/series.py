@@ -81,6 +81,14 @@ def load_series(spec: str | Path | None) -> Series:
     )
 
 
+def _series_root(directory: Path) -> Path:
+    """Where a series' patch files may live: its own directory, or all of patches/ for a
+    series kept there (a known-bad series reuses the default series' patch files)."""
+    resolved = directory.resolve()
+    patches = PATCHES_DIR.resolve()
+    return patches if resolved.is_relative_to(patches) else resolved
+
+
 def parse_quilt(series_file: Path) -> Series:
     """Parse a quilt series file: one patch per line, `#` comments, optional `-pN`."""
     directory = series_file.parent
@@ -101,6 +109,13 @@ def parse_quilt(series_file: Path) -> Series:
                 )
             strip = int(match.group(1))
         patch_path = directory / name
+        root = _series_root(directory)
+        if not patch_path.resolve().is_relative_to(root):
+            raise PatchError(
+                f"{series_file}:{line_no}: patch file '{name}' lies outside {root}: a series "
+                f"names patches in its own directory (one under patches/ may also name "
+                f"patches of another series there)."
+            )
         if not patch_path.is_file():
             raise PatchError(
                 f"{series_file}:{line_no}: patch file '{name}' is listed but does not exist "

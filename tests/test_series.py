@@ -47,6 +47,22 @@ def test_missing_patch_file_names_series_line(tmp_path):
         series.load_series(d)
 
 
+@pytest.mark.parametrize("name", ["../outside.patch", "ABSOLUTE", "link.patch"])
+def test_a_series_names_only_patches_in_its_directory(tmp_path, name):
+    (tmp_path / "outside.patch").write_text(GOOD)
+    d = write_series(tmp_path / "s", {"a.patch": GOOD})
+    (d / "link.patch").symlink_to(tmp_path / "outside.patch")
+    name = str(tmp_path / "outside.patch") if name == "ABSOLUTE" else name
+    (d / "series").write_text(f"a.patch\n{name}\n")
+    with pytest.raises(PatchError, match=r"series:2: patch file .* lies outside"):
+        series.load_series(d)
+
+
+def test_a_known_bad_series_may_reuse_the_default_series_patches():
+    mutant = series.load_series("known-bad/mainline-trampoline-pop-order")
+    assert mutant.patches[0].name.startswith("../../uprobes-7.3-fixes/")
+
+
 def test_unknown_option_rejected(tmp_path):
     d = write_series(tmp_path / "s", {"a.patch": GOOD}, "a.patch -R\n")
     with pytest.raises(PatchError, match="unsupported option '-R'"):
