@@ -105,8 +105,13 @@ def load_matrix(path: Path) -> Matrix:
     except tomllib.TOMLDecodeError as error:
         raise MatrixError(f"Matrix file {path} is not valid TOML: {error}.") from error
     _check_keys(path, "the top level", data, _TOP_KEYS)
+    _check_types(path, "the top level", {k: v for k, v in data.items() if k == "name"})
+    for key in ("defaults", "selection"):
+        if not isinstance(data.get(key, {}), dict):
+            raise MatrixError(f"{path}: {key} must be a [{key}] table.")
     defaults = data.get("defaults", {})
     _check_keys(path, "[defaults]", defaults, _DEFAULT_KEYS)
+    _check_types(path, "[defaults]", defaults)
     selections = {"all": ()}
     for name, args in data.get("selection", {}).items():
         if not _NAME.match(name):
@@ -116,7 +121,7 @@ def load_matrix(path: Path) -> Matrix:
             raise MatrixError(f"{path}: [selection] {name} must be a list of pytest arguments "
                               f"(strings), e.g. {name} = [\"-m\", \"smp\"].")
         selections[name] = _checked_selection(path, name, args)
-    kernels = data.get("kernel", [])
+    kernels = _tables(path, "kernel", data.get("kernel", []))
     if not kernels:
         raise MatrixError(f"{path}: no [[kernel]] entries: the matrix has no cells.")
     base = path.parent
@@ -124,6 +129,7 @@ def load_matrix(path: Path) -> Matrix:
     for index, entry in enumerate(kernels, start=1):
         where = f"[[kernel]] #{index}"
         _check_keys(path, where, entry, _KERNEL_KEYS)
+        _check_types(path, where, entry)
         name = entry.get("name") or ""
         if not _NAME.match(name):
             raise MatrixError(f"{path}: {where} needs a name of letters, digits and ._+- "
@@ -152,13 +158,44 @@ def load_matrix(path: Path) -> Matrix:
             cells.append(Cell(name, _resolve_kernel(entry["kernel"], base), series_name,
                               _resolve_series(series, base), smp, selection,
                               selections[selection], merged.get("accel", "auto"), fragments))
-    cells = [c for c in cells if not _excluded(c, data.get("exclude", []), path)]
+    rules = _tables(path, "exclude", data.get("exclude", []))
+    cells = [c for c in cells if not _excluded(c, rules, path)]
     keys = [c.key for c in cells]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise MatrixError(f"{path}: cells {', '.join(duplicates)} appear twice: give the "
                           f"[[kernel]] entries distinct names.")
     return Matrix(data.get("name", path.stem), path.resolve(), tuple(cells))
+
+
+_TYPES = {   # key -> (what it may be, in words; a check)
+    "name": ("a string", lambda v: isinstance(v, str)),
+    "kernel": ("a string", lambda v: isinstance(v, str)),
+    "accel": ("a string", lambda v: isinstance(v, str)),
+    "smp": ("a string or a list of them (\"1,4\")",
+            lambda v: all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                          for x in _as_list(v))),
+    "selection": ("a selection name or a list of them",
+                  lambda v: all(isinstance(x, str) for x in _as_list(v))),
+    "config_fragments": ("a path or a list of paths",
+                         lambda v: all(isinstance(x, str) for x in _as_list(v))),
+    "series": ("a series entry or a list of them",
+               lambda v: all(isinstance(x, (str, dict)) for x in _as_list(v))),
+}
+
+
+def _check_types(path: Path, where: str, table: dict) -> None:
+    for key, value in table.items():
+        if key in _TYPES and not _TYPES[key][1](value):
+            raise MatrixError(f"{path}: {where}: {key} must be {_TYPES[key][0]} "
+                              f"(got {value!r}).")
+
+
+def _tables(path: Path, key: str, value) -> list[dict]:
+    """An array of tables ([[kernel]], [[exclude]])."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise MatrixError(f"{path}: {key} must be written as [[{key}]] tables.")
+    return value
 
 
 def _check_keys(path: Path, where: str, table: dict, allowed: set[str]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+from .errors import InfraError
 from .paths import TEMPLATES_DIR
 
 FAMILIES = {"test_threads": "threads", "test_stack": "stack", "test_fp": "fp",
@@ -33,7 +34,13 @@ class TestResult:
 
 
 def read_junit(path: Path) -> list[TestResult]:
-    root = ET.parse(path).getroot()
+    """The results of a pytest JUnit file; a file that is not one is an InfraError naming
+    it (pytest was killed mid-write, or something else wrote there)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as error:
+        raise InfraError(f"{path} is not a readable JUnit XML file ({error}); the pytest run "
+                         f"that should have written it did not finish.") from error
     results = []
     for case in root.iter("testcase"):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
@@ -52,8 +59,15 @@ def read_junit(path: Path) -> list[TestResult]:
             message = skipped.get("message", "")
             outcome = "xfail" if skipped.get("type") == "pytest.xfail" else "skipped"
         results.append(TestResult(case.get("name", ""), case.get("classname", ""), outcome,
-                                  float(case.get("time", 0) or 0), message.strip(), props))
+                                  _seconds(case.get("time")), message.strip(), props))
     return results
+
+
+def _seconds(text: str | None) -> float:
+    try:
+        return max(float(text or 0), 0.0)
+    except ValueError:
+        return 0.0
 
 
 def summary_by_family(results: list[TestResult]) -> dict[str, Counter]:

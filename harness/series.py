@@ -93,7 +93,12 @@ def parse_quilt(series_file: Path) -> Series:
     """Parse a quilt series file: one patch per line, `#` comments, optional `-pN`."""
     directory = series_file.parent
     patches = []
-    for line_no, raw in enumerate(series_file.read_text().splitlines(), start=1):
+    try:
+        lines = series_file.read_text().splitlines()
+    except UnicodeDecodeError as error:
+        raise PatchError(f"{series_file} is not a text file ({error}); a quilt series file "
+                         f"lists one patch file name per line.") from None
+    for line_no, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -108,6 +113,8 @@ def parse_quilt(series_file: Path) -> Series:
                     f"'{name}'. A quilt series line is 'PATCH [-pN]'."
                 )
             strip = int(match.group(1))
+        if "\0" in name:
+            raise PatchError(f"{series_file}:{line_no}: a patch file name holds a NUL byte.")
         patch_path = directory / name
         root = _series_root(directory)
         if not patch_path.resolve().is_relative_to(root):
