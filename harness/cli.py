@@ -130,9 +130,13 @@ def cmd_main(args) -> int:
     results_dir = Path(args.results or Path("results") / stamp).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     junit = results_dir / "junit.xml"
+    # the VMs' console logs (linked from the report) stay with the results, not in pytest's
+    # rotating /tmp/pytest-of-USER directories
+    basetemp = () if any(a.startswith("--basetemp") for a in args.pytest_args) else \
+        (f"--basetemp={results_dir / 'tmp'}",)
     cmd = scenario_run.pytest_command(
         args.kernel, junit, series=args.series, smp=args.smp, accel=args.accel,
-        fragments=tuple(args.config_fragment), extra=tuple(args.pytest_args))
+        fragments=tuple(args.config_fragment), extra=(*basetemp, *args.pytest_args))
     progress.note(f"running the scenarios: {' '.join(cmd[2:])}")
     status = scenario_run.run(cmd, junit).status
     if not junit.exists():

@@ -93,12 +93,7 @@ def pinned_spec(text: str | None) -> str:
     its revision names now, a kernel image's absolute path; Debian sources unchanged."""
     spec = parse_spec(text)
     if spec.kind == "git":
-        commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet",
-                                 f"{spec.rev}^{{commit}}"], cwd=spec.path, capture_output=True,
-                                text=True).stdout.strip()
-        if not commit:
-            raise SourceError(f"'{spec.rev}' is not a commit in {spec.path}.")
-        return f"{spec.path}@{commit}"
+        return f"{spec.path}@{_resolve_commit(spec.path, spec.rev)}"
     if spec.kind == "prebuilt":
         return str(spec.path)
     return spec.text
@@ -199,12 +194,23 @@ def _extract_debian(tarball: Path, tree: Path, identity: str, progress) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _resolve_commit(path: Path, rev: str) -> str:
+    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                            cwd=path, capture_output=True, text=True)
+    commit = result.stdout.strip()
+    if commit:
+        return commit
+    if "dubious ownership" in result.stderr:
+        raise SourceError(f"git refuses to read {path}: it is owned by another user than the "
+                          f"one running the harness (git's safe.directory check). Run the "
+                          f"harness as the tree's owner, or mark the tree safe: git config "
+                          f"--global --add safe.directory {path}")
+    raise SourceError(f"'{rev}' is not a commit in {path}.")
+
+
 def _prepare_git(spec: KernelSpec) -> Source:
     user_repo = spec.path
-    commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{spec.rev}^{{commit}}"],
-                            cwd=user_repo, capture_output=True, text=True).stdout.strip()
-    if not commit:
-        raise SourceError(f"'{spec.rev}' is not a commit in {user_repo}.")
+    commit = _resolve_commit(user_repo, spec.rev)
     name = "git-" + hashlib.sha256(str(user_repo).encode()).hexdigest()[:12]
     tree = cache_dir("sources") / name
     if not (tree / ".git").exists():

@@ -125,3 +125,20 @@ def test_one_git_tree_takes_one_lock_however_it_is_spelled(tmp_path, monkeypatch
              for text in ("linux@HEAD", "./linux", f"{tree}/@v1", "alias@HEAD")}
     assert len(names) == 1
     assert kernel.source_lock_name(sources.parse_spec("debian:6.1")) not in names
+
+
+def test_a_tree_owned_by_another_user_gets_a_message_that_says_so(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.fail("runs as root (it chowns a tree to another user)")
+    monkeypatch.setenv("HOME", str(tmp_path))          # no global safe.directory
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tree),
+                    "commit", "-q", "--allow-empty", "-m", "one"], check=True)
+    subprocess.run(["chown", "-R", "65534:65534", str(tree)], check=True)
+    with pytest.raises(SourceError, match="safe.directory"):
+        sources.pinned_spec(f"{tree}@HEAD")
