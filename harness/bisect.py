@@ -41,7 +41,6 @@ STEP_GOOD, STEP_BAD, STEP_SKIP, STEP_ABORT = 0, 1, 125, 128
 FAILING = ("failed", "crashed", "xpass")
 SKIP_ERRORS = {BuildError: "build failed", PatchError: "patch series does not apply",
                ConfigError: "config fragment does not apply"}
-_EXC_NAME = re.compile(r"\b(?:harness\.[\w.]+\.)?(\w+(?:Error|Timeout)): ")
 _FOUND = re.compile(r"^([0-9a-f]{40}) is the first (\w+) commit$", re.M)
 _SHA_LINE = re.compile(r"^[0-9a-f]{40}$", re.M)
 
@@ -141,17 +140,12 @@ def _excerpt(results: list[report.TestResult], lines: int = 20) -> str:
     return "\n".join(parts[:3])
 
 
-def _error_class(message: str) -> str:
-    match = _EXC_NAME.search(message)
-    return match.group(1) if match else ""
-
-
 def classify_run(results: list[report.TestResult] | None, status: int,
                  seconds: float = 0.0) -> Run:
     """One pytest run -> Run. Raises InfraError/AbortBisect when no step can be judged."""
     errors = [r for r in results or [] if r.outcome == "error"]
     infra = [r for r in results or [] if r.outcome in ("error", "failed")
-             and _error_class(r.message) == "InfraError"]
+             and r.exception == "InfraError"]
     if infra:
         raise InfraError(f"{infra[0].module}::{infra[0].name}: {infra[0].message}")
     if status == 3:
@@ -167,7 +161,7 @@ def classify_run(results: list[report.TestResult] | None, status: int,
     if failures:
         return Run("fail", failures, _excerpt(results), seconds)
     if errors:
-        booted = not any(_error_class(r.message) == "BootError" for r in errors)
+        booted = not any(r.exception == "BootError" for r in errors)
         why = "setup error" if booted else "did not boot"
         return Run("untestable", detail=f"{why}: {_excerpt(errors, 5)}", seconds=seconds)
     if status != 0:

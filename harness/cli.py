@@ -158,8 +158,7 @@ def cmd_main(args) -> int:
     print(f"report: {html_path}\njunit:  {junit}")
     if status == 5:
         return EXIT_USAGE
-    if status == 3 or any(r.outcome == "error" and ("InfraError" in r.message or
-                                                    "BootError" in r.message)
+    if status == 3 or any(r.outcome == "error" and r.exception in ("InfraError", "BootError")
                           for r in results):
         return EXIT_INFRA
     return EXIT_OK if status == 0 else EXIT_FAIL

@@ -289,6 +289,12 @@ def repeat(request) -> int:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.failed and call.excinfo is not None and not any(
+            name == "exception" for name, _ in item.user_properties):
+        # the exception's class, for the tools that read the JUnit (main, bisect, mutate):
+        # recorded by the harness, so a guest's output in a message cannot fake it
+        kind = call.excinfo.type
+        item.user_properties.append(("exception", f"{kind.__module__}.{kind.__qualname__}"))
     g: Guest | None = getattr(item, "_uph_guest", None)
     if call.when == "teardown" and g is not None and report.passed:
         _attribute_teardown(item, g, report)   # e.g. a splat while the probes were removed

@@ -29,6 +29,12 @@ class TestResult:
     properties: dict = field(default_factory=dict)
 
     @property
+    def exception(self) -> str:
+        """The class name of the exception that failed the test (recorded by the plugin as
+        a property, never read from the message, which may quote a guest), or ''."""
+        return (self.properties.get("exception") or "").rsplit(".", 1)[-1]
+
+    @property
     def family(self) -> str:
         return FAMILIES.get(self.module.rsplit(".", 1)[-1], self.module)
 

@@ -18,14 +18,18 @@ OTHER = "testcases.test_threads::test_hits[smp4]"
 # -- synthetic JUnit files ---------------------------------------------------------------------
 
 def junit(tmp_path: Path, *cases: tuple) -> list[report.TestResult]:
-    """cases: (name, kind, message) with kind passed|failed|crashed|error|skipped."""
+    """cases: (name, kind, message[, exception class as the plugin records it]) with kind
+    passed|failed|crashed|error|skipped."""
     body = []
-    for name, kind, message in cases:
+    for name, kind, message, *exception in cases:
         message = quoteattr(message)
-        inner = {"passed": "", "failed": f"<failure message={message}>trace</failure>",
-                 "crashed": '<properties><property name="verdict" value="crashed"/>'
+        props = "".join(f'<property name="exception" value="{e}"/>' for e in exception)
+        inner = {"passed": "", "failed": f"<properties>{props}</properties>"
+                                         f"<failure message={message}>trace</failure>",
+                 "crashed": f'<properties><property name="verdict" value="crashed"/>{props}'
                             f"</properties><failure message={message}>trace</failure>",
-                 "error": f"<error message={message}>trace</error>",
+                 "error": f"<properties>{props}</properties>"
+                          f"<error message={message}>trace</error>",
                  "skipped": f'<skipped type="pytest.skip" message={message}/>'}[kind]
         module, _, test = name.partition("::")
         body.append(f'<testcase classname="{module}" name="{test}" time="1.5">{inner}</testcase>')
@@ -55,10 +59,19 @@ def test_crash_keeps_its_title(tmp_path):
 
 def test_boot_failure_is_untestable(tmp_path):
     results = junit(tmp_path, (NODE, "error", 'failed on setup with "harness.errors.BootError: '
-                                              "Guest 'smp4-multi-1' did not boot\""))
+                                              "Guest 'smp4-multi-1' did not boot\"",
+                               "harness.errors.BootError"))
     run = bisect.classify_run(results, 1)
     assert run.kind == "untestable" and run.detail.startswith("did not boot")
     assert bisect.vote([run], None)[0] == "skip"
+
+
+def test_a_guest_quoting_infraerror_does_not_abort_the_bisection(tmp_path):
+    """The exception class comes from the plugin's property, not from the message: a
+    probed program that prints 'InfraError: ...' (quoted in an assertion) fails the step."""
+    results = junit(tmp_path, (NODE, "failed", "AssertionError: guest said InfraError: x",
+                               "builtins.AssertionError"))
+    assert bisect.classify_run(results, 1).kind == "fail"
 
 
 def test_kernel_fixture_exit_is_untestable():
@@ -67,7 +80,8 @@ def test_kernel_fixture_exit_is_untestable():
 
 def test_infra_error_in_a_fixture_aborts(tmp_path):
     results = junit(tmp_path, (NODE, "error", 'failed on setup with "harness.errors.InfraError: '
-                                              'qemu-system-x86_64 is not installed"'))
+                                              'qemu-system-x86_64 is not installed"',
+                               "harness.errors.InfraError"))
     with pytest.raises(InfraError, match="not installed"):
         bisect.classify_run(results, 1)
 

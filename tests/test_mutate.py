@@ -61,7 +61,11 @@ def test_unknown_mutant_name(tmp_path):
 
 
 def _result(module, outcome, name="t", message="boom"):
-    return report.TestResult(name, f"testcases.{module}", outcome, 0.1, message)
+    """The plugin records the exception's class as a property; here it is the word before
+    the colon of the message when that names one."""
+    head = message.split(":", 1)[0]
+    props = {"exception": f"x.{head}"} if ":" in message and head.endswith("Error") else {}
+    return report.TestResult(name, f"testcases.{module}", outcome, 0.1, message, props)
 
 
 def test_classify_counts_failures_crashes_and_errors_but_not_xfails_or_infra_errors():
@@ -75,6 +79,13 @@ def test_classify_counts_failures_crashes_and_errors_but_not_xfails_or_infra_err
     assert verdicts["fp"].caught and verdicts["fp"].failing == ["c: kernel BUG"]
     assert verdicts["threads"].caught and not verdicts["riprel"].caught
     assert len(verdicts["riprel"].harness_errors) == 2
+
+
+def test_a_guest_quoting_infraerror_is_still_a_catch():
+    quoted = report.TestResult("q", "testcases.test_stack", "failed", 0.1,
+                               "AssertionError: the program printed InfraError: boom",
+                               {"exception": "builtins.AssertionError"})
+    assert mutate.classify([quoted], mutate.FAMILIES)["stack"].caught
 
 
 def test_a_declared_family_that_passes_or_did_not_run_is_a_miss():
