@@ -34,11 +34,12 @@ from typing import Callable, Protocol
 
 from . import report, scenario_run
 from .errors import BuildError, ConfigError, HarnessError, InfraError, PatchError, SourceError
+from .outcome import FAILING as FAILING_OUTCOMES
 from .paths import cache_dir
 
 EXIT_FOUND, EXIT_ABORT, EXIT_ENDPOINT, EXIT_INCONCLUSIVE = 0, 3, 4, 5
 STEP_GOOD, STEP_BAD, STEP_SKIP, STEP_ABORT = 0, 1, 125, 128
-FAILING = ("failed", "crashed", "xpass")
+FAILING = tuple(o.value for o in FAILING_OUTCOMES)
 SKIP_ERRORS = {BuildError: "build failed", PatchError: "patch series does not apply",
                ConfigError: "config fragment does not apply"}
 _FOUND = re.compile(r"^([0-9a-f]{40}) is the first (\w+) commit$", re.M)

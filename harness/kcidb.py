@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 
+from .outcome import Outcome
+
 ORIGIN = "uprobe_harness"
-STATUS = {"passed": "PASS", "failed": "FAIL", "crashed": "FAIL", "xfail": "FAIL",
-          "xpass": "PASS", "skipped": "SKIP", "error": "ERROR"}
+STATUS = {o.value: o.kcidb for o in Outcome}
 _PATH_PART = re.compile(r"[^A-Za-z0-9_-]+")
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from . import report, scenario_run
 from .errors import HarnessError
+from .outcome import BAD
 from .paths import PATCHES_DIR
 
 KNOWN_BAD_DIR = PATCHES_DIR / "known-bad"
 # the hand-written families (pytest markers, one per test module); the instruction sweep is
 # run by the baseline only: per mutant it would add a minute and it declares no mechanism
 FAMILIES = tuple(f for f in report.FAMILIES.values() if f != "sweep")
-CAUGHT_OUTCOMES = ("failed", "crashed", "error", "xpass")
+CAUGHT_OUTCOMES = BAD
 _FIELDS = {"summary": str, "kernel": str, "mechanism": str, "file": str, "breaks": list}
 
 

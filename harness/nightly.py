@@ -24,6 +24,8 @@ from pathlib import Path
 from . import __version__, children, regressions, report, scenario_run
 from .errors import HarnessError
 from .nightly_matrix import Cell, Matrix
+from .outcome import FAILING
+from .outcome import severity as outcome_severity
 from .paths import REPO_ROOT
 from .results_db import Result, ResultsDB
 
@@ -141,7 +143,6 @@ def _kernel_fields(built) -> dict:
             "config_digest": meta.get("fragments_digest", "")}
 
 
-SEVERITY = ("crashed", "error", "failed", "xpass", "xfail", "skipped", "passed")
 
 
 def merge_duplicates(results: list[Result]) -> list[Result]:
@@ -153,8 +154,7 @@ def merge_duplicates(results: list[Result]) -> list[Result]:
         if seen is None:
             merged[result.test] = result
             continue
-        worse, other = sorted((seen, result), key=lambda r: SEVERITY.index(r.outcome)
-                              if r.outcome in SEVERITY else 0)
+        worse, other = sorted((seen, result), key=lambda r: outcome_severity(r.outcome))
         merged[result.test] = replace(
             worse, seconds=seen.seconds + result.seconds,
             message="\n\n".join(m for m in (worse.message, other.message) if m),
@@ -299,7 +299,7 @@ def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
     for cell in db.cells(run_id):
         results = db.results(run_id, cell["cell"])
         suite = ET.SubElement(root, "testsuite", name=cell["cell"], tests=str(len(results)),
-                              failures=str(sum(r.outcome in ("failed", "crashed", "xpass")
+                              failures=str(sum(r.outcome in FAILING
                                                for r in results.values())),
                               errors=str(sum(r.outcome == "error" for r in results.values())))
         for test, result in sorted(results.items()):
@@ -307,7 +307,7 @@ def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
             case = ET.SubElement(suite, "testcase", classname=_xml(f"{cell['cell']}.{family}"),
                                  name=_xml(name or test), time=f"{result.seconds or 0:.3f}")
             first = _xml((result.message.splitlines() or [""])[0][:500])
-            if result.outcome in ("failed", "crashed", "xpass"):
+            if result.outcome in FAILING:
                 ET.SubElement(case, "failure", message=_xml(result.crash_title) or first).text = \
                     _xml(result.message)
             elif result.outcome == "error":

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import jinja2
 
+from .outcome import BAD, Outcome
 from .paths import TEMPLATES_DIR
 from .regressions import CATEGORIES, Comparison
 from .results_db import Result
 
-COLOURS = {"passed": "#3a3", "failed": "#d33", "crashed": "#800", "error": "#f80",
-           "xfail": "#db3", "xpass": "#36c", "skipped": "#aaa"}
-SYMBOLS = {"passed": "pass", "failed": "FAIL", "crashed": "CRASH", "error": "ERROR",
-           "xfail": "xfail", "xpass": "XPASS", "skipped": "skip"}
+COLOURS = {o.value: o.colour for o in Outcome}
+SYMBOLS = {o.value: o.symbol for o in Outcome}
 CONSOLE_EXCERPT_LINES = 60
 
 
@@ -36,8 +35,8 @@ def sparkline(outcomes: list[str]) -> str:
     """A small inline SVG: one bar per run, oldest left, coloured by outcome."""
     width = 5 * len(outcomes)
     bars = "".join(
-        f'<rect x="{5 * i}" y="{2 if o in ("failed", "crashed", "error", "xpass") else 6}" '
-        f'width="4" height="{10 if o in ("failed", "crashed", "error", "xpass") else 6}" '
+        f'<rect x="{5 * i}" y="{2 if o in BAD else 6}" '
+        f'width="4" height="{10 if o in BAD else 6}" '
         f'fill="{COLOURS.get(o, "#999")}"><title>{html.escape(o)}</title></rect>'
         for i, o in enumerate(outcomes))
     return (f'<svg class="spark" width="{width}" height="12" viewBox="0 0 {width} 12" '

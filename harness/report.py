@@ -11,12 +11,13 @@ from pathlib import Path
 import jinja2
 
 from .errors import InfraError
+from .outcome import ORDER
 from .paths import TEMPLATES_DIR
 
 FAMILIES = {"test_threads": "threads", "test_stack": "stack", "test_fp": "fp",
             "test_riprel": "riprel", "test_optimized": "optimized", "test_sweep": "sweep"}
 # A probe the kernel refuses is a failure (pytest_plugin), not an outcome of its own.
-OUTCOMES = ("passed", "failed", "crashed", "xfail", "xpass", "skipped", "error")
+OUTCOMES = tuple(o.value for o in ORDER)
 
 
 @dataclass(frozen=True)

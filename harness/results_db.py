@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .outcome import BAD as BAD_OUTCOMES
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started TEXT NOT NULL, matrix TEXT, matrix_digest TEXT,
@@ -40,7 +42,7 @@ CELL_FIELDS = ("cell", "shard", "kernel_spec", "kernel_label", "kernel_identity"
                "dir", "started", "seconds", "status", "error", "pytest_exit")
 RESULT_FIELDS = ("test", "family", "outcome", "seconds", "message", "crash_title",
                  "console_log", "machine")
-BAD = frozenset({"failed", "crashed", "error", "xpass"})
+BAD = BAD_OUTCOMES
 
 
 @dataclass(frozen=True)
