@@ -112,56 +112,18 @@ def cmd_console(args) -> int:
 
 def cmd_main(args) -> int:
     """The main job: build the kernel, run every scenario on it, write a report."""
-    import datetime
-    from pathlib import Path
-
-    from . import kernel, report, scenario_run, sources
-    from .progress import Progress
-
-    progress = Progress.auto()
-    # pytest runs from the repository root, later: it gets the kernel, series and fragments
-    # spelled so that it builds (finds cached) exactly what was built here
-    args.kernel = sources.pinned_spec(args.kernel)
-    if args.series is not None and Path(args.series).exists():
-        args.series = str(Path(args.series).resolve())
-    args.config_fragment = [str(Path(f).resolve()) for f in args.config_fragment]
-    built = kernel.build(_build_request(args), progress)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    results_dir = Path(args.results or Path("results") / stamp).resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
-    junit = results_dir / "junit.xml"
-    # the VMs' console logs (linked from the report) stay with the results, not in pytest's
-    # rotating /tmp/pytest-of-USER directories
-    basetemp = () if any(a.startswith("--basetemp") for a in args.pytest_args) else \
-        (f"--basetemp={results_dir / 'tmp'}",)
-    cmd = scenario_run.pytest_command(
-        args.kernel, junit, series=args.series, smp=args.smp, accel=args.accel,
-        fragments=tuple(args.config_fragment), extra=(*basetemp, *args.pytest_args))
-    progress.note(f"running the scenarios: {' '.join(cmd[2:])}")
-    status = scenario_run.run(cmd, junit).status
-    if not junit.exists():
-        print(f"uprobe-harness: pytest wrote no results (exit {status})", file=sys.stderr)
-        return EXIT_INFRA
-    results = report.read_junit(junit)
-    tested = {r.properties.get("kernel_identity") for r in results} - {None, ""}
-    if tested - {built.identity}:
-        print(f"uprobe-harness: the scenarios ran on kernel {', '.join(sorted(tested))}, not "
-              f"on {built.identity} built for this report (did the source change meanwhile?)",
-              file=sys.stderr)
-        return EXIT_INFRA
-    title = f"uprobe-harness: {built.label}" + (f" + {built.series}" if built.series else "")
-    print(report.format_summary(results, title))
-    context = {"kernel": built.label, "series": built.series or "none",
-               "release": built.release, "identity": built.identity,
-               "pytest exit status": status}
-    html_path = report.render_html(results, title, context, results_dir / "report.html")
-    print(f"report: {html_path}\njunit:  {junit}")
-    if status == 5:
-        return EXIT_USAGE
-    if status == 3 or any(r.outcome == "error" and r.exception in ("InfraError", "BootError")
-                          for r in results):
-        return EXIT_INFRA
-    return EXIT_OK if status == 0 else EXIT_FAIL
+    from . import main_job
+    result = main_job.run(main_job.MainRequest(
+        kernel=args.kernel, series=args.series, fragments=tuple(args.config_fragment),
+        smp=args.smp, accel=args.accel, jobs=args.jobs, results=args.results,
+        pytest_args=tuple(args.pytest_args)))
+    if result.summary:
+        print(result.summary)
+        print(f"report: {result.report}\njunit:  {result.junit}")
+    if result.problem:
+        print(f"uprobe-harness: {result.problem}", file=sys.stderr)
+    return {main_job.Status.PASSED: EXIT_OK, main_job.Status.FAILED: EXIT_FAIL,
+            main_job.Status.USAGE: EXIT_USAGE, main_job.Status.INFRA: EXIT_INFRA}[result.status]
 
 
 def _add_bisect_options(parser: argparse.ArgumentParser, kernel_help: str) -> None:
