@@ -15,6 +15,13 @@ from .guest import Guest, Hits
 from .probes import Probe, symbol_offset
 from .targets import compile_target
 
+# plugin state on pytest's own objects (config, items); a report carries one flag as an
+# attribute (reports travel between xdist workers and have no stash)
+KNOWN_BUGS = pytest.StashKey[list]()
+GUEST = pytest.StashKey[Guest]()
+CONSOLE_START = pytest.StashKey[int]()     # where the test's window of the console begins
+CRASHED = "_uph_crashed"
+
 MARKERS = {
     "smp": "needs at least 2 vCPUs (runs on the SMP VMs)",
     "threads": "multithreaded-hits family",
@@ -44,7 +51,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
-    config._uph_known_bugs = known_bugs.load()
+    config.stash[KNOWN_BUGS] = known_bugs.load()
 
 
 def _smp_values(config) -> list[int]:
@@ -168,8 +175,8 @@ def guest(request, vm_pool) -> Guest:
                         ("xmc_stale", check.xmc_stale), ("xmc_runs", check.xmc_runs),
                         ("console_log", g.vm.console_log)):
         request.node.user_properties.append((name, value))
-    request.node._uph_guest = g
-    request.node._uph_console_start = len(g.vm.console_text())
+    request.node.stash[GUEST] = g
+    request.node.stash[CONSOLE_START] = len(g.vm.console_text())
     g.kmsg_marker(f"BEGIN {request.node.nodeid}")
     return g
 
@@ -238,7 +245,7 @@ def insn_family(request, guest, _insn_results):
             _insn_results[key] = (verdicts, missing)
             # splats during the family run are attributed per case by run_cases (CASE
             # markers); the first test's own window starts after the run
-            request.node._uph_console_start = len(guest.vm.console_text())
+            request.node.stash[CONSOLE_START] = len(guest.vm.console_text())
         return _insn_results[key]
     return run
 
@@ -255,7 +262,7 @@ def instruction_sweep(request, guest, kernel, _insn_results):
                                                    note=Progress(live=False).note)
         except Exception as error:          # one failed sweep, not one per class test
             _insn_results[key] = error
-        request.node._uph_console_start = len(guest.vm.console_text())
+        request.node.stash[CONSOLE_START] = len(guest.vm.console_text())
     if isinstance(_insn_results[key], Exception):
         raise _insn_results[key]
     return _insn_results[key]
@@ -295,7 +302,7 @@ def pytest_runtest_makereport(item, call):
         # recorded by the harness, so a guest's output in a message cannot fake it
         kind = call.excinfo.type
         item.user_properties.append(("exception", f"{kind.__module__}.{kind.__qualname__}"))
-    g: Guest | None = getattr(item, "_uph_guest", None)
+    g: Guest | None = item.stash.get(GUEST, None)
     if call.when == "teardown" and g is not None and report.passed:
         _attribute_teardown(item, g, report)   # e.g. a splat while the probes were removed
     if call.when != "call":
@@ -305,10 +312,10 @@ def pytest_runtest_makereport(item, call):
     kernel = item.funcargs.get("kernel") or (g.vm.kernel if g else None)
     if kernel is None:
         return
-    bug = known_bugs.match(item.config._uph_known_bugs, item.name, kernel)
+    bug = known_bugs.match(item.config.stash[KNOWN_BUGS], item.name, kernel)
     if bug is None:
         return
-    if report.failed and not getattr(report, "_uph_crashed", False):
+    if report.failed and not getattr(report, CRASHED, False):
         report.outcome = "skipped"
         report.wasxfail = f"known bug: {bug.reason} ({bug.link})"
     elif report.passed:
@@ -325,8 +332,9 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
             time.sleep(0.05)
         except Exception:
             pass
-    text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
-    item._uph_console_start += len(text)      # the teardown is checked from here on
+    start = item.stash.get(CONSOLE_START, 0)
+    text = vm.console_text()[start:]
+    item.stash[CONSOLE_START] = start + len(text)      # the teardown is checked from here on
     findings = console.scan(text, boot_banner_expected=False)
     problem = title = None
     if findings:
@@ -343,7 +351,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
     item.user_properties.append(("verdict", "crashed"))
     item.user_properties.append(("crash_title", title))
     report.outcome = "failed"
-    report._uph_crashed = True
+    setattr(report, CRASHED, True)
     report.longrepr = f"{problem}\n\n(test output)\n{report.longreprtext}"
     pool = item.funcargs.get("vm_pool")
     if pool is not None:
@@ -352,7 +360,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
 
 def _attribute_teardown(item, g: Guest, report) -> None:
     vm = g.vm
-    text = vm.console_text()[getattr(item, "_uph_console_start", 0):]
+    text = vm.console_text()[item.stash.get(CONSOLE_START, 0):]
     findings = console.scan(text, boot_banner_expected=False)
     problem = None
     if findings:
@@ -362,7 +370,7 @@ def _attribute_teardown(item, g: Guest, report) -> None:
     if problem is None:
         return
     report.outcome = "failed"
-    report._uph_crashed = True
+    setattr(report, CRASHED, True)
     report.longrepr = problem
     pool = item.funcargs.get("vm_pool")
     if pool is not None:
@@ -370,7 +378,7 @@ def _attribute_teardown(item, g: Guest, report) -> None:
 
 
 def pytest_report_teststatus(report, config):
-    if getattr(report, "_uph_crashed", False) and report.when == "call":
+    if getattr(report, CRASHED, False) and report.when == "call":
         return "failed", "C", "CRASHED"
 
 
