@@ -4,7 +4,9 @@ cached by content hash, uploaded to each guest once."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +47,16 @@ def compile_target(name: str) -> Target:
     digest = h.hexdigest()[:16]
     binary = cache_dir("targets", f"{name}-{digest}") / name
     if not binary.exists():
-        tmp = binary.with_suffix(".tmp")
+        # a name of its own per compile: concurrent workers (pytest-xdist) must not write
+        # one file; the rename publishes the first complete one
+        tmp = binary.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         cmd = ["gcc", "-static", "-no-pie", "-O2", "-g", *flags, "-o", str(tmp),
                *(str(p) for p in paths if p.suffix != ".h")]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise HarnessError(f"target {name} did not compile: {' '.join(cmd)}\n"
                                f"{result.stderr[-3000:]}")
-        tmp.rename(binary)
+        os.replace(tmp, binary)
     return Target(name, binary, digest)
 
 
