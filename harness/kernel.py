@@ -154,7 +154,11 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
         return _load(store, cached=False)
 
 
-_KCONFIG_PATH = re.compile(rb"^\+\+\+ \S*(Kconfig|Makefile)\S*", re.MULTILINE)
+# a patch that touches what the configuration is made from: Kconfig files (added, changed,
+# deleted, renamed), Makefiles, config fragments such as tiny.config, scripts/kconfig/
+_KCONFIG_PATH = re.compile(rb"^(?:\+\+\+ |--- |rename from |rename to |copy to )"
+                           rb"\S*(?:Kconfig|Makefile|\.config\b|scripts/kconfig/)\S*",
+                           re.MULTILINE)
 
 
 def _configure(source, series, fragments, build_dir: Path, make_args, log, progress) -> None:

@@ -142,3 +142,14 @@ def test_a_tree_owned_by_another_user_gets_a_message_that_says_so(tmp_path, monk
     subprocess.run(["chown", "-R", "65534:65534", str(tree)], check=True)
     with pytest.raises(SourceError, match="safe.directory"):
         sources.pinned_spec(f"{tree}@HEAD")
+
+
+@pytest.mark.parametrize("patch, touches", [
+    (b"--- a/arch/x86/Kconfig\n+++ b/arch/x86/Kconfig\n", True),
+    (b"--- a/init/Kconfig.old\n+++ /dev/null\n", True),               # a deleted Kconfig
+    (b"--- a/kernel/configs/tiny.config\n+++ b/kernel/configs/tiny.config\n", True),
+    (b"--- a/scripts/kconfig/merge_config.sh\n+++ b/scripts/kconfig/merge_config.sh\n", True),
+    (b"diff --git a/x/Kconfig b/y/Kconfig\nrename from x/Kconfig\nrename to y/Kconfig\n", True),
+    (b"--- a/arch/x86/kernel/uprobes.c\n+++ b/arch/x86/kernel/uprobes.c\n", False)])
+def test_what_counts_as_a_configuration_change(patch, touches):
+    assert bool(kernel._KCONFIG_PATH.search(patch)) is touches
