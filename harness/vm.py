@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import fcntl
 import json
 import os
 import shlex
@@ -49,17 +50,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_socket_dirs(parent: Path) -> list[Path]:
-    """Remove short socket directories whose creating harness process is gone.
+OWNER_LOCK = ".owner"           # flock'ed by the creating process for as long as it lives
+_OWNER_LOCKS: dict = {}         # directory -> its open, locked owner file
 
-    A SIGKILLed harness cannot clean up; the directory names carry the creator's pid, so
-    the next harness removes the ones left behind (only its own user's)."""
+
+def _owner_alive(entry: Path, pid_text: str) -> bool:
+    """Whether the process that made `entry` still runs: it holds the flock on the
+    directory's owner file (pids say nothing across pid namespaces sharing /tmp); for a
+    directory made before there was one, by its pid."""
+    lock = entry / OWNER_LOCK
+    if not lock.exists():
+        return _pid_alive(int(pid_text))
+    try:
+        with open(lock, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True                 # cannot tell: leave it
+    return False
+
+
+def remove_stale_socket_dirs(parent: Path) -> list[Path]:
+    """Remove short socket directories whose creating harness process is gone."""
     removed = []
     for entry in parent.glob(f"{SOCKET_DIR_PREFIX}*-*"):
         pid_text = entry.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
         try:
             if (not pid_text.isdigit() or entry.is_symlink() or not entry.is_dir()
-                    or entry.stat().st_uid != os.getuid() or _pid_alive(int(pid_text))):
+                    or entry.stat().st_uid != os.getuid() or _owner_alive(entry, pid_text)):
                 continue
         except OSError:
             continue
@@ -69,10 +88,22 @@ def remove_stale_socket_dirs(parent: Path) -> list[Path]:
 
 
 def short_socket_dir() -> Path:
-    """A private directory short enough for a UNIX socket path, named after this process."""
+    """A private directory short enough for a UNIX socket path, named after this process,
+    with an owner file this process keeps locked."""
     parent = Path(tempfile.gettempdir())
     remove_stale_socket_dirs(parent)
-    return Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-", dir=parent))
+    directory = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-", dir=parent))
+    handle = open(directory / OWNER_LOCK, "wb")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    _OWNER_LOCKS[directory] = handle
+    return directory
+
+
+def release_socket_dir(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    handle = _OWNER_LOCKS.pop(directory, None)
+    if handle is not None:
+        handle.close()
 
 
 @dataclass(frozen=True)
@@ -433,7 +464,7 @@ class VM:
         if self._own_workdir and not self.watch.findings:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            release_socket_dir(self._socket_dir)
 
     def _qmp_quit(self) -> None:
         if self.qmp_socket.exists():

@@ -43,3 +43,29 @@ def test_short_socket_dir_is_short_and_carries_the_pid(monkeypatch, tmp_path):
     assert directory.parent == tmp_path
     assert directory.name.startswith(f"{vm.SOCKET_DIR_PREFIX}{os.getpid()}-")
     assert not stale.exists()
+
+
+def test_liveness_is_the_owner_lock_not_the_pid(tmp_path, monkeypatch):
+    """/tmp shared by pid namespaces: a directory whose name carries a pid that is alive
+    here but whose owner lock is free is stale; one whose lock is held is alive, whatever
+    its pid says."""
+    monkeypatch.setattr(vm.tempfile, "gettempdir", lambda: str(tmp_path))
+    mine = vm.short_socket_dir()                                   # locked by this process
+    reused = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{os.getpid()}-other"    # another namespace
+    reused.mkdir()
+    (reused / vm.OWNER_LOCK).write_text("")
+    held = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{_dead_pid()}-held"
+    held.mkdir()
+    holder = subprocess.Popen([
+        "python3", "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'wb'); "
+        "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+        str(held / vm.OWNER_LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert vm.remove_stale_socket_dirs(tmp_path) == [reused]
+        assert mine.exists() and held.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    vm.release_socket_dir(mine)
+    assert not mine.exists()
