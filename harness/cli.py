@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -21,6 +22,15 @@ def _add_kernel_options(parser: argparse.ArgumentParser, kernel_default: str = "
     parser.add_argument("--config-fragment", action="append", default=[], metavar="FILE",
                         help="extra Kconfig fragment merged after the base one (repeatable)")
     parser.add_argument("-j", "--jobs", type=int, default=0, help="make -j (default: nproc)")
+
+
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text for the terminal: a message may quote the guest's console or output, whose
+    escape sequences must not reach the user's terminal (kept visible as ^[ etc.)."""
+    return _TERMINAL_CONTROL.sub(lambda m: "^" + chr((ord(m.group()) + 64) % 128), text)
 
 
 def _build_request(args):
@@ -121,7 +131,7 @@ def cmd_main(args) -> int:
         print(result.summary)
         print(f"report: {result.report}\njunit:  {result.junit}")
     if result.problem:
-        print(f"uprobe-harness: {result.problem}", file=sys.stderr)
+        print(f"uprobe-harness: {printable(result.problem)}", file=sys.stderr)
     return {main_job.Status.PASSED: EXIT_OK, main_job.Status.FAILED: EXIT_FAIL,
             main_job.Status.USAGE: EXIT_USAGE, main_job.Status.INFRA: EXIT_INFRA}[result.status]
 
@@ -179,7 +189,8 @@ def cmd_bisect_step(args) -> int:
                                        args.find_fix, reference)
     except HarnessError as error:
         kind = "infrastructure error" if isinstance(error, InfraError) else "error"
-        print(f"uprobe-harness: bisect-step: {kind}: {error}\nuprobe-harness: bisect-step: "
+        print(f"uprobe-harness: bisect-step: {kind}: {printable(str(error))}\n"
+              f"uprobe-harness: bisect-step: "
               f"exit {bisect.STEP_ABORT} (abort the bisect)", file=sys.stderr)
         return bisect.STEP_ABORT
     print(bisect.format_steps([result]))
@@ -473,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uprobe-harness: infrastructure error: {error}", file=sys.stderr)
         return EXIT_INFRA
     except HarnessError as error:
-        print(f"uprobe-harness: error: {error}", file=sys.stderr)
+        print(f"uprobe-harness: error: {printable(str(error))}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print("uprobe-harness: interrupted", file=sys.stderr)

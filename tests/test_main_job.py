@@ -51,3 +51,17 @@ def test_a_report_about_another_kernel_is_refused(fake):
     result = play(0, identity="K2")
     assert result.status is main_job.Status.INFRA and "K2" in result.problem
     assert result.report is None
+
+
+def test_guest_text_reaches_the_terminal_without_its_escape_sequences(capsys, monkeypatch):
+    from harness import cli
+    from harness.errors import BootError
+
+    def boom(args):
+        raise BootError("guest console: \x1b]0;owned\x07\x1b[2Jlogin:\r\n")
+    monkeypatch.setattr(cli, "cmd_main", boom)
+    monkeypatch.setattr("sys.argv", ["harness", "main"])
+    assert cli.main(["main"]) == cli.EXIT_FAIL
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\r" not in err
+    assert "^[]0;owned^G^[[2Jlogin:^M\n" in err
