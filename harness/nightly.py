@@ -10,7 +10,9 @@ Results directory layout (the history lives here across nights; CI keeps it as a
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -192,7 +194,7 @@ def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runn
     runner = runner or HarnessCellRunner(options, note)
     run_dir = options.results_dir / "runs" / options.run_id
     version = harness_version()
-    with ResultsDB(options.db_path) as db:
+    with _shard_lock(options), ResultsDB(options.db_path) as db:
         db.begin_shard(options.run_id, now(), matrix.name, matrix.digest, version,
                        options.shard, options.shard_count, socket.gethostname())
         try:
@@ -211,12 +213,32 @@ def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runn
                     results = [_relative(r, options.results_dir) for r in outcome.results]
                     if row.get("junit"):
                         row["junit"] = _relpath(row["junit"], options.results_dir)
-                    db.add_cell(options.run_id, row, results)
+                    last = index == len(cells)
+                    db.add_cell(options.run_id, row, results,
+                                completes_shard=now() if last else None)
         except BaseException:
             db.finish_shard(options.run_id, options.shard, now(), "interrupted")
             raise
-        db.finish_shard(options.run_id, options.shard, now(), "complete")
+        if not cells:
+            db.finish_shard(options.run_id, options.shard, now(), "complete")
         return regressions.compare_run(db, options.run_id)
+
+
+@contextlib.contextmanager
+def _shard_lock(options: NightlyOptions):
+    """One process per shard of a run and history: a rerun with the same run id must not
+    delete the rows of a shard another process is still writing."""
+    path = options.db_path.with_name(f"{options.db_path.name}.{options.run_id}."
+                                     f"{options.shard}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HarnessError(f"shard {options.shard} of run {options.run_id} is being run "
+                               f"by another process into {options.db_path}; wait for it, or "
+                               f"give this run another --run-id.") from None
+        yield
 
 
 def _relpath(path: str, base: Path) -> str:

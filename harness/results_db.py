@@ -122,7 +122,11 @@ class ResultsDB:
                        "WHERE run_id=? AND shard=?)", (run_id, run_id, shard))
             db.execute("DELETE FROM cells WHERE run_id=? AND shard=?", (run_id, shard))
 
-    def add_cell(self, run_id: str, cell: dict, results: list[Result]) -> None:
+    def add_cell(self, run_id: str, cell: dict, results: list[Result],
+                 completes_shard: str | None = None) -> None:
+        """One cell and its results; with `completes_shard` (the finishing time), the last
+        cell of its shard: the shard is marked complete in the same transaction, so that a
+        kill between the two cannot leave a shard with every cell but not complete."""
         with self.transaction() as db:
             _insert(db, "cells", {"run_id": run_id, **{k: cell.get(k) for k in CELL_FIELDS}},
                     "INSERT OR REPLACE")
@@ -130,11 +134,15 @@ class ResultsDB:
             for r in results:
                 _insert(db, "results", {"run_id": run_id, "cell": cell["cell"],
                                         **{k: getattr(r, k) for k in RESULT_FIELDS}})
+            if completes_shard is not None:
+                db.execute("UPDATE shards SET status='complete', finished=? WHERE run_id=? "
+                           "AND shard=?", (completes_shard, run_id, cell["shard"]))
 
     def finish_shard(self, run_id: str, shard: int, finished: str, status: str) -> None:
+        """A complete shard stays complete (an interruption after its last cell)."""
         with self.transaction() as db:
-            db.execute("UPDATE shards SET status=?, finished=? WHERE run_id=? AND shard=?",
-                       (status, finished, run_id, shard))
+            db.execute("UPDATE shards SET status=?, finished=? WHERE run_id=? AND shard=? "
+                       "AND status != 'complete'", (status, finished, run_id, shard))
 
     # -- reading -------------------------------------------------------------------------------
 

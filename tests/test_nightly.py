@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli, kcidb, nightly, nightly_matrix, regressions
+from harness.errors import HarnessError
 from harness.nightly_matrix import MatrixError
 from harness.results_db import Result, ResultsDB
 
@@ -344,6 +345,48 @@ def test_merge_reads_a_shard_whose_path_has_uri_characters(tmp_path):
     assert cli.main(["merge", "--into", str(tmp_path / "merged"), str(shard)]) == 0
     with ResultsDB(tmp_path / "merged" / "results.db") as db:
         assert len(db.cells("ci-9")) == 3
+
+
+def test_the_last_cell_completes_its_shard_and_an_interruption_then_keeps_it(tmp_path):
+    """A SIGTERM right after the last cell is recorded must not turn the shard interrupted."""
+    class InterruptedAfterTheLastCell(ScriptedRunner):
+        pass
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+    options = nightly.NightlyOptions(tmp_path / "res", tmp_path / "res" / "results.db", "r9")
+    real_add = ResultsDB.add_cell
+
+    def add_then_interrupt(self, run_id, cell, results, completes_shard=None):
+        real_add(self, run_id, cell, results, completes_shard)
+        if completes_shard is not None:
+            raise KeyboardInterrupt("signal 15")
+    ResultsDB.add_cell = add_then_interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nightly.run_nightly(matrix, list(matrix.cells), options,
+                                InterruptedAfterTheLastCell(PASSING), note=lambda *_: None)
+    finally:
+        ResultsDB.add_cell = real_add
+    with ResultsDB(options.db_path) as db:
+        assert [r["run_id"] for r in db.runs(complete_only=True)] == ["r9"]
+
+
+def test_a_rerun_cannot_take_a_shard_another_process_is_running(tmp_path):
+    matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
+    options = nightly.NightlyOptions(tmp_path / "res", tmp_path / "res" / "results.db", "r5")
+    seen = []
+
+    class Nested(ScriptedRunner):
+        def run(self, cell, cell_dir):
+            if not seen:        # while the first shard runs, a second process starts it
+                seen.append(1)
+                with pytest.raises(HarnessError, match="being run by another process"):
+                    nightly.run_nightly(matrix, list(matrix.cells), options,
+                                        ScriptedRunner(PASSING), note=lambda *_: None)
+            return super().run(cell, cell_dir)
+    nightly.run_nightly(matrix, list(matrix.cells), options, Nested(PASSING),
+                        note=lambda *_: None)
+    with ResultsDB(options.db_path) as db:
+        assert len(db.cells("r5")) == 3 and db.runs(complete_only=True)
 
 
 def test_cli_errors_are_one_paragraph(tmp_path, capsys):
