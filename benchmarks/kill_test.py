@@ -42,11 +42,11 @@ def commands(work: Path) -> dict[str, tuple[list[str], float]]:
     matrix.write_text(MATRIX)
     return {
         "main": ([PY, "-m", "harness", "main", "--smp", "1", "--results",
-                  str(work / "main"), "--", *SELECT], 40.0),
+                  str(work / "main"), "--", *SELECT], 25.0),
         "nightly": ([PY, "-m", "harness", "nightly", "--matrix", str(matrix), "--results-dir",
-                     str(work / "nightly"), "--fail-on", "never"], 40.0),
+                     str(work / "nightly"), "--fail-on", "never"], 25.0),
         "mutate": ([PY, "-m", "harness", "mutate", "trace-nhit-fold-assign", "--scope",
-                    "declared", "--results", str(work / "mutate")], 120.0),
+                    "declared", "--results", str(work / "mutate")], 90.0),
     }
 
 

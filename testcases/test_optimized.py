@@ -479,6 +479,28 @@ def test_stack_near_its_guard_page(guest, target, uprobe):
     assert hits.trace == 4, f"{hits.trace} hits for 4 calls"
 
 
+@pytest.mark.vm(smp=2, tcg="parallel")
+def test_probed_mapping_replaced_before_the_rewrite(request, guest, target, uprobe):
+    """The first hit of a probed nop10 goes through int3; the kernel rewrites the site after
+    the handlers, taking mmap_lock anew. A thread calls the nop10 of a freshly mapped copy of
+    the probed page pair while another maps a file of int3 bytes (lld's padding) over it at
+    once, 2,000 times: the kernel must never write into that file's pages. Needs true
+    parallelism (multi-threaded TCG; the oracle reads data, which TCG keeps coherent)."""
+    path, binary = target("opt")
+    uprobe.add("edge", path, binary, "site_tail0")
+    result = guest.run([path, "swap", "2000"], timeout=600)
+    assert result.status == 0, result.stdout + result.stderr
+    f = _fields(result.stdout)
+    assert "setup" not in f and "swap_wrong_result" not in f, result.stdout
+    hits = uprobe.hits()["edge"]
+    assert hits.trace > 0, "the probed nop10 was never hit"
+    request.node.user_properties.append(("swaps_during_a_call", f["swap_raced"]))
+    assert int(f["swap_raced"]) > 0, f"no swap happened during a call: {result.stdout}"
+    assert f["swap_foreign_written"] == "0", \
+        f"the kernel rewrote a mapping of another file at the probe's address in " \
+        f"{f['swap_foreign_written']} of 2,000 rounds ({f.get('swap_foreign_bytes')})"
+
+
 @pytest.mark.vm(tcg="exact")
 @pytest.mark.parametrize("kind", ["p", "r"], ids=["entry", "return"])
 def test_probe_under_syscall_user_dispatch(guest, target, uprobe, kind):

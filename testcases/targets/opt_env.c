@@ -47,8 +47,10 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -58,6 +60,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/ucontext.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -667,6 +670,98 @@ static int calls_mode(long n, const char *label)
 	return 0;
 }
 
+/* ---- swap: the probed mapping replaced between the first hit and the rewrite ----------- */
+
+static atomic_int swap_entering, swap_stop;
+static atomic_long swap_calls, swap_traps;
+static site_fn volatile swap_fn;
+
+/* a call that ran into the other mapping's int3: finish site_tail0's job (rax = rdi + 1)
+   and return to its caller */
+static void swap_on_trap(int sig, siginfo_t *si, void *ucv)
+{
+	(void)sig; (void)si;
+	ucontext_t *uc = ucv;
+	greg_t *r = uc->uc_mcontext.gregs;
+	r[REG_RAX] = r[REG_RDI] + 1;
+	r[REG_RIP] = *(greg_t *)r[REG_RSP];
+	r[REG_RSP] += 8;
+	atomic_fetch_add(&swap_traps, 1);
+}
+
+static void *swap_caller(void *arg)
+{
+	(void)arg;
+	for (long i = 0; !atomic_load(&swap_stop); i++) {
+		atomic_store(&swap_entering, 1);
+		long got = swap_fn(i);
+		atomic_store(&swap_entering, 0);
+		if (got != i + 1) {
+			printf("swap_wrong_result=%ld/%ld\n", got, i);
+			atomic_store(&swap_stop, 1);
+		}
+		atomic_fetch_add(&swap_calls, 1);
+	}
+	return NULL;
+}
+
+/* N times: map the probed page pair of site_tail0 at HOME, wait until a thread is calling
+   its nop10 (the first hit of this fresh mapping goes through int3, then the kernel rewrites
+   it), and map over it, at once, a file of int3 bytes (as lld pads code). The kernel must
+   never write into that file's pages: swap_foreign_written counts the times its bytes at the
+   site were not int3 any more */
+static int swap_mode(long n)
+{
+	struct sigaction sa = {.sa_sigaction = swap_on_trap, .sa_flags = SA_SIGINFO};
+	sigaction(SIGTRAP, &sa, NULL);
+	int foreign = memfd_create("int3-padding", 0);
+	uint8_t pad[EDGE_PAIR];
+	memset(pad, 0xcc, sizeof(pad));
+	if (foreign < 0 || write(foreign, pad, sizeof(pad)) != (ssize_t)sizeof(pad)) {
+		printf("setup=memfd_failed\n");
+		return 2;
+	}
+	int self = open("/proc/self/exe", O_RDONLY);
+	off_t off = (off_t)edge_file_offset();
+	uint64_t site_off = (uint64_t)site_tail0 & 0xfff;
+	void *home = mmap((void *)HOME, EDGE_PAIR, PROT_READ | PROT_EXEC,
+			  MAP_PRIVATE | MAP_FIXED_NOREPLACE, self, off);
+	if (home != (void *)HOME) {
+		printf("setup=map_failed\n");
+		return 2;
+	}
+	swap_fn = (site_fn)(HOME + site_off);
+	pthread_t caller;
+	pthread_create(&caller, NULL, swap_caller, NULL);
+	long written = 0, raced = 0;
+	for (long k = 0; k < n && !atomic_load(&swap_stop); k++) {
+		mmap((void *)HOME, EDGE_PAIR, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_FIXED,
+		     self, off);
+		for (long spin = 0; spin < 1000000 && !atomic_load(&swap_entering); spin++)
+			;
+		long before = atomic_load(&swap_calls);
+		mmap((void *)HOME, EDGE_PAIR, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_FIXED,
+		     foreign, 0);
+		raced += atomic_load(&swap_calls) == before;
+		for (long spin = 0; spin < 100000 && atomic_load(&swap_entering); spin++)
+			;
+		const uint8_t *p = (const uint8_t *)(HOME + site_off);
+		int clean = 1;
+		for (int i = 0; i < 10; i++)
+			clean &= p[i] == 0xcc;
+		if (!clean) {
+			if (!written)
+				print_bytes("swap_foreign_bytes", p);
+			written++;
+		}
+	}
+	atomic_store(&swap_stop, 1);
+	pthread_join(caller, NULL);
+	printf("swaps=%ld swap_calls=%ld swap_traps=%ld swap_raced=%ld swap_foreign_written=%ld\n",
+	       n, atomic_load(&swap_calls), atomic_load(&swap_traps), raced, written);
+	return 0;
+}
+
 /* ---- serve: one process whose optimized site outlives other processes' events --------- */
 
 extern long call_on_stack(site_fn fn, long value, void *stack_top, uint64_t *rsp_after);
@@ -820,6 +915,8 @@ int opt_env_main(int argc, char **argv)
 {
 	if (argc == 2 && !strcmp(argv[1], "serve"))
 		return serve();
+	if (argc == 3 && !strcmp(argv[1], "swap"))
+		return swap_mode(atol(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "tail"))
 		return tail(atol(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "seg32"))
