@@ -24,10 +24,15 @@ PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 30.0         # seconds between the SIGINT and the SIGKILL of a stopped child
 
 
+HELD = {signal.SIGINT, signal.SIGTERM}
+
+
 def set_pdeathsig() -> None:
-    """preexec_fn of every child: SIGKILL when the forking thread (the spawner) ends."""
+    """preexec_fn of every child: SIGKILL when the forking thread (the spawner) ends; and
+    the signals the spawner thread blocks are unblocked again (a mask is inherited)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 
 class Spawner:
@@ -39,6 +44,9 @@ class Spawner:
         self._lock = threading.Lock()
 
     def _serve(self) -> None:
+        # SIGINT/SIGTERM go to the main thread only, so that stop() can hold them back by
+        # blocking them there (a signal to the process picks any thread not blocking it)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
         while True:
             fn, done = self._requests.get()
             try:
@@ -54,8 +62,20 @@ class Spawner:
                 self._thread.start()
         done: list = []
         self._requests.put((fn, done))
-        while not done:
-            time.sleep(0.005)
+        try:
+            while not done:
+                time.sleep(0.005)
+        except BaseException:
+            # interrupted while the spawner forks: wait for it, and stop what it started
+            while not done:
+                time.sleep(0.005)
+            ok, value = done[0]
+            if ok and isinstance(value, subprocess.Popen):
+                value.kill()
+                value.wait()
+            elif ok and hasattr(value, "terminate"):       # a pexpect child
+                value.terminate(force=True)
+            raise
         ok, value = done[0]
         if not ok:
             raise value
@@ -76,7 +96,7 @@ def stop(child: subprocess.Popen, timeout: float | None = None) -> None:
     to us are held back meanwhile (delivered afterwards): the child never outlives us."""
     if child.poll() is not None:
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         try:
             os.killpg(child.pid, signal.SIGINT)

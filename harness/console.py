@@ -263,14 +263,32 @@ class ConsoleWatch:
 
     @property
     def text(self) -> str:
-        """Everything fed so far, as fed; of a console that printed more than MAX_TEXT
-        characters, a note of how many came first and the last MAX_TEXT."""
+        """What is kept of the console, as fed: all of it, or of a console that printed
+        more than 2 x MAX_TEXT characters, at least the last MAX_TEXT (`dropped` came
+        before)."""
         with self._lock:
             joined = "".join(self._chunks)
             self._chunks = [joined]
-            if self._text_dropped:
-                return f"[uprobe-harness: {self._text_dropped} characters before]\n" + joined
             return joined
+
+    @property
+    def dropped(self) -> int:
+        return self._text_dropped
+
+    @property
+    def fed(self) -> int:
+        """Characters fed so far: an offset for since()."""
+        with self._lock:
+            return self._text_dropped + self._chunks_size
+
+    def since(self, offset: int, end: int | None = None) -> str:
+        """What was fed from `offset` (a `fed` value) on, up to `end` (another), as far as
+        it is kept."""
+        with self._lock:
+            joined = "".join(self._chunks)
+            self._chunks = [joined]
+            stop = None if end is None else max(end - self._text_dropped, 0)
+            return joined[max(offset - self._text_dropped, 0):stop]
 
     @property
     def findings(self) -> list[ConsoleFinding]:
@@ -301,10 +319,11 @@ class ConsoleWatch:
     def _keep_text(self, chunk: str) -> None:
         self._chunks.append(chunk)
         self._chunks_size += len(chunk)
-        while self._chunks_size > MAX_TEXT and len(self._chunks) > 1:
-            oldest = self._chunks.pop(0)
-            self._chunks_size -= len(oldest)
-            self._text_dropped += len(oldest)
+        if self._chunks_size > 2 * MAX_TEXT:     # amortised: one copy per MAX_TEXT fed
+            joined = "".join(self._chunks)
+            cut = len(joined) - MAX_TEXT
+            self._chunks, self._chunks_size = [joined[cut:]], MAX_TEXT
+            self._text_dropped += cut
 
     def _extend_partial(self, piece: str) -> None:
         room = MAX_LINE - self._partial_size

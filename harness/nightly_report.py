@@ -105,8 +105,9 @@ def build_context(db, run_id: str, comparison: Comparison, results_dir: Path,
             anchors[(test, cell)] = anchor
             link = excerpt = ""
             console = _own_console_log(results_dir, result.console_log)
-            if console is not None:
-                link = urllib.parse.quote(os.path.relpath(console, report_path.parent))
+            if console is not None:       # linked as stored (a symlinked results dir)
+                link = urllib.parse.quote(os.path.relpath(results_dir / result.console_log,
+                                                          report_path.parent))
                 if result.outcome in ("crashed", "error", "failed"):
                     excerpt = _console_excerpt(console, test, result.outcome == "crashed")
             details.append(Detail(anchor, cell, result, link, excerpt))

@@ -176,7 +176,7 @@ def guest(request, vm_pool) -> Guest:
                         ("console_log", g.vm.console_log)):
         request.node.user_properties.append((name, value))
     request.node.stash[GUEST] = g
-    request.node.stash[CONSOLE_START] = len(g.vm.console_text())
+    request.node.stash[CONSOLE_START] = g.vm.console_offset()
     g.kmsg_marker(f"BEGIN {request.node.nodeid}")
     return g
 
@@ -245,7 +245,7 @@ def insn_family(request, guest, _insn_results):
             _insn_results[key] = (verdicts, missing)
             # splats during the family run are attributed per case by run_cases (CASE
             # markers); the first test's own window starts after the run
-            request.node.stash[CONSOLE_START] = len(guest.vm.console_text())
+            request.node.stash[CONSOLE_START] = guest.vm.console_offset()
         return _insn_results[key]
     return run
 
@@ -262,7 +262,7 @@ def instruction_sweep(request, guest, kernel, _insn_results):
                                                    note=Progress(live=False).note)
         except Exception as error:          # one failed sweep, not one per class test
             _insn_results[key] = error
-        request.node.stash[CONSOLE_START] = len(guest.vm.console_text())
+        request.node.stash[CONSOLE_START] = guest.vm.console_offset()
     if isinstance(_insn_results[key], Exception):
         raise _insn_results[key]
     return _insn_results[key]
@@ -301,7 +301,10 @@ def pytest_runtest_makereport(item, call):
         # the exception's class, for the tools that read the JUnit (main, bisect, mutate):
         # recorded by the harness, so a guest's output in a message cannot fake it
         kind = call.excinfo.type
-        item.user_properties.append(("exception", f"{kind.__module__}.{kind.__qualname__}"))
+        prop = ("exception", f"{kind.__module__}.{kind.__qualname__}")
+        item.user_properties.append(prop)
+        if prop not in report.user_properties:     # a teardown report copied them already
+            report.user_properties.append(prop)
     g: Guest | None = item.stash.get(GUEST, None)
     if call.when == "teardown" and g is not None and report.passed:
         _attribute_teardown(item, g, report)   # e.g. a splat while the probes were removed
@@ -332,9 +335,9 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
             time.sleep(0.05)
         except Exception:
             pass
-    start = item.stash.get(CONSOLE_START, 0)
-    text = vm.console_text()[start:]
-    item.stash[CONSOLE_START] = start + len(text)      # the teardown is checked from here on
+    end = vm.console_offset()
+    text = vm.console_since(item.stash.get(CONSOLE_START, 0), end)
+    item.stash[CONSOLE_START] = end      # the teardown is checked from here on
     findings = console.scan(text, boot_banner_expected=False)
     problem = title = None
     if findings:
@@ -360,7 +363,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
 
 def _attribute_teardown(item, g: Guest, report) -> None:
     vm = g.vm
-    text = vm.console_text()[item.stash.get(CONSOLE_START, 0):]
+    text = vm.console_since(item.stash.get(CONSOLE_START, 0))
     findings = console.scan(text, boot_banner_expected=False)
     problem = None
     if findings:

@@ -300,7 +300,13 @@ def _check_source(src: sqlite3.Connection, other: Path) -> None:
         if field not in columns:
             continue
         for run_id, value in src.execute(f"SELECT run_id, {field} FROM {table}"):
-            check_stored_path(value, f"{other}: {table}.{field} of run {run_id}")
+            where = f"{other}: {table}.{field} of run {run_id}"
+            check_stored_path(value, where)
+            # a merge replaces a cell's directory: only ever one of that run's cells
+            parts = Path(value).parts if value else ()
+            if field == "dir" and value and (len(parts) != 3 or parts[:2] != ("runs", run_id)):
+                raise ValueError(f"{where}: a cell directory is runs/<run id>/<cell>, not "
+                                 f"{value!r}.")
 
 
 def _insert(db, table: str, row: dict, verb: str = "INSERT") -> None:

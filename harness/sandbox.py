@@ -4,7 +4,9 @@ harness runs as root. bubblewrap (Debian's `bubblewrap`) gives each step:
 
 - the host read-only, with the home directories (keys, the harness's own cache) hidden;
 - write access to the paths the step needs only (the source tree, the build directory,
-  ccache's directory), bound back at their own paths;
+  ccache's directory), bound back at their own paths; a tree's .git stays read-only;
+- no capabilities (root without them cannot remount what is read-only, or read files it
+  does not own such as /etc/shadow);
 - a private /tmp, no network (a new network namespace with only loopback), its own pid,
   IPC and UTS namespaces, a new session (no terminal injection), and death with the harness.
 
@@ -63,11 +65,14 @@ def wrap(cmd: list[str], writable: Sequence[Path], readable: Sequence[Path] = ()
     for path in writable:
         path.mkdir(parents=True, exist_ok=True)
         args += ["--bind", str(path), str(path)]
+    for path in writable:           # a tree's .git: git runs there later, unsandboxed
+        if (Path(path) / ".git").exists():
+            args += ["--ro-bind", str(Path(path) / ".git"), str(Path(path) / ".git")]
     cache = ccache_dir()
     if cache is not None:       # its configured place, whatever hides the user's ccache.conf
         args += ["--setenv", "CCACHE_DIR", str(cache)]
     args += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-             "--die-with-parent", "--new-session"]
+             "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
     if cwd is not None:
         args += ["--chdir", str(cwd)]
     return [*args, "--", *cmd]

@@ -24,7 +24,9 @@ from .paths import CONFIGS_DIR, cache_dir
 
 KNOWN = tomllib.loads((CONFIGS_DIR / "kernels.toml").read_text())
 GIT_IDENTITY = ["-c", "user.name=uprobe-harness", "-c", "user.email=uprobe-harness@localhost",
-                "-c", "commit.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false"]
+                "-c", "commit.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+                # a tree a build wrote to must not run code through git
+                "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null"]
 
 
 @dataclass(frozen=True)

@@ -76,11 +76,11 @@ def run_cases(guest, program: insn.Program, guest_path: str,
     case_probes = {case.name: Probe(f"c{index}", guest_path, offsets[f"probe_{index}"])
                    for index, case in enumerate(program.cases)}
     script = probed_run_script(guest_path, list(case_probes.values()), "/tmp/uph-insn.out")
-    console_start = len(guest.vm.console_text())
+    console_start = guest.vm.console_offset()
     # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
     result = guest.run(script, timeout=600)
     time.sleep(0.1)                      # let the console drain the last lines
-    crashes = crashes_by_case(guest.vm.console_text()[console_start:])
+    crashes = crashes_by_case(guest.vm.console_since(console_start))
     main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
     refused = {}
     for line in main_text.splitlines():

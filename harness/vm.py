@@ -92,9 +92,12 @@ def short_socket_dir() -> Path:
     with an owner file this process keeps locked."""
     parent = Path(tempfile.gettempdir())
     remove_stale_socket_dirs(parent)
-    directory = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-", dir=parent))
-    handle = open(directory / OWNER_LOCK, "wb")
+    # made and locked under another name, then renamed: a cleaner never sees it unlocked
+    staging = Path(tempfile.mkdtemp(prefix=f"uph-new-{os.getpid()}-", dir=parent))
+    handle = open(staging / OWNER_LOCK, "wb")
     fcntl.flock(handle, fcntl.LOCK_EX)
+    directory = parent / f"{SOCKET_DIR_PREFIX}{os.getpid()}-{staging.name.rsplit('-', 1)[1]}"
+    os.rename(staging, directory)
     _OWNER_LOCKS[directory] = handle
     return directory
 
@@ -438,6 +441,15 @@ class VM:
     def console_text(self) -> str:
         with self._lock:
             return self.watch.text
+
+    def console_offset(self) -> int:
+        """Where the console stands now: an offset for console_since()."""
+        with self._lock:
+            return self.watch.fed
+
+    def console_since(self, offset: int, end: int | None = None) -> str:
+        with self._lock:
+            return self.watch.since(offset, end)
 
     def responsive(self, silence_s: float | None = None) -> bool:
         """Alive and either printing on the console recently or answering SSH."""

@@ -118,3 +118,4 @@ def test_a_child_that_ignores_sigint_is_killed_after_the_timeout(driver):
     proc.communicate(timeout=20)
     assert 1.5 < time.monotonic() - started < 15      # STOP_TIMEOUT is 2 s in the driver
     assert _gone(pytest_pid) and _wait_until(lambda: _gone(qemu), 5)
+

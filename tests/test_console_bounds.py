@@ -42,10 +42,17 @@ def test_a_flood_of_lines_keeps_the_last_ones_and_true_line_numbers():
     assert "RIP: 0010:find_uprobe" in finding.excerpt
 
 
-def test_text_keeps_the_last_max_text_characters():
+def test_text_keeps_the_last_characters_and_offsets_stay_absolute():
+    """A test's window of the console is an absolute offset (fed): after the watch dropped
+    the oldest text, a window still reads what was fed since its start."""
     watch = ConsoleWatch(boot_banner_expected=False)
     chunk = "y" * 1023 + "\n"
-    _feed(watch, chunk * ((console.MAX_TEXT // len(chunk)) + 2048), chunk=len(chunk) * 64)
-    text = watch.text
-    assert text.startswith("[uprobe-harness: ") and " characters before]\n" in text
-    assert len(text) <= console.MAX_TEXT + 100
+    start = watch.fed
+    _feed(watch, chunk * (2 * console.MAX_TEXT // len(chunk) + 64), chunk=len(chunk) * 64)
+    assert watch.dropped > 0 and len(watch.text) <= 2 * console.MAX_TEXT
+    middle = watch.fed
+    _feed(watch, SPLAT)
+    window = watch.since(middle)
+    assert window == SPLAT and watch.since(middle, middle + 10) == SPLAT[:10]
+    assert watch.since(start).endswith(SPLAT)          # as far as it is kept
+    assert watch.fed == middle + len(SPLAT)

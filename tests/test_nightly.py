@@ -299,7 +299,7 @@ def test_merge_folds_shards_into_one_complete_run(tmp_path):
 @pytest.mark.parametrize("table, field, value", [
     ("cells", "dir", "ABSOLUTE"), ("cells", "dir", "runs/../../../victim"),
     ("cells", "junit", "/etc/passwd"), ("results", "console_log", "../../x.log"),
-    ("cells", "run_id", "../../victim")])
+    ("cells", "run_id", "../../victim"), ("cells", "dir", "."), ("cells", "dir", "runs")])
 def test_merge_refuses_a_shard_whose_paths_leave_its_directory(tmp_path, capsys, table,
                                                                field, value):
     """A shard database is input: a stored path that is absolute or climbs out (or a run id

@@ -22,6 +22,14 @@ def test_guest_quotes_an_infra_error():
 
 def test_passes():
     pass
+
+@pytest.fixture
+def breaks_in_teardown():
+    yield
+    raise InfraError("the VM went away in teardown")
+
+def test_teardown_fails(breaks_in_teardown):
+    pass
 """
 
 
@@ -35,3 +43,5 @@ def test_the_exception_class_is_a_property(pytester):
     assert by_name["test_guest_quotes_an_infra_error"].outcome == "failed"
     assert by_name["test_guest_quotes_an_infra_error"].exception == "AssertionError"
     assert by_name["test_passes"].exception == ""
+    assert by_name["test_teardown_fails"].outcome == "error"
+    assert by_name["test_teardown_fails"].exception == "InfraError"

@@ -57,3 +57,18 @@ def test_a_malicious_makefile_is_contained(tmp_path, monkeypatch):
 def test_off_means_unwrapped(monkeypatch):
     monkeypatch.setenv("UPROBE_HARNESS_SANDBOX", "off")
     assert sandbox.wrap(["make"], []) == ["make"]
+
+
+def test_no_capabilities_and_a_read_only_git_directory(tmp_path):
+    """Root without capabilities cannot remount the read-only host writable; a tree's .git
+    (where git later runs unsandboxed) cannot be written."""
+    tree = tmp_path / "tree"
+    (tree / ".git").mkdir(parents=True)
+    cmd = sandbox.wrap(["sh", "-c", "grep CapEff /proc/self/status; "
+                        "mount -o remount,bind,rw / 2>/dev/null && echo REMOUNTED; "
+                        "echo x > .git/config 2>/dev/null && echo GIT_WRITTEN; "
+                        "echo y > built 2>/dev/null && echo TREE_WRITTEN"], [tree], cwd=tree)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert "CapEff:\t0000000000000000" in out, out
+    assert "REMOUNTED" not in out and "GIT_WRITTEN" not in out
+    assert "TREE_WRITTEN" in out and (tree / "built").read_text() == "y\n"

@@ -677,12 +677,14 @@ static atomic_long swap_calls, swap_traps;
 static site_fn volatile swap_fn;
 
 /* a call that ran into the other mapping's int3: finish site_tail0's job (rax = rdi + 1)
-   and return to its caller */
+   and return to its caller. At byte 5 the optimized site's lea had run: undo it first */
 static void swap_on_trap(int sig, siginfo_t *si, void *ucv)
 {
 	(void)sig; (void)si;
 	ucontext_t *uc = ucv;
 	greg_t *r = uc->uc_mcontext.gregs;
+	if ((uint64_t)r[REG_RIP] - 1 == (uint64_t)swap_fn + 5)
+		r[REG_RSP] += 0x80;
 	r[REG_RAX] = r[REG_RDI] + 1;
 	r[REG_RIP] = *(greg_t *)r[REG_RSP];
 	r[REG_RSP] += 8;
@@ -766,75 +768,16 @@ static int swap_mode(long n)
 
 extern long call_on_stack(site_fn fn, long value, void *stack_top, uint64_t *rsp_after);
 
-/* site_tail0 called in a child on a stack whose low 16 bits are 0x40 where the site starts
-   (a 16-bit `lea -0x80(%rsp),%sp` would move %rsp by 64 KiB there): the child's exit status,
-   0 when the call returned value + 1 on a balanced stack */
-static int call_on_low_stack(int *signal_out)
-{
-	*signal_out = 0;
-	pid_t child = fork();
-	if (child < 0)
-		return -1;
-	if (child == 0) {
-		size_t size = 0x40000;
-		uint8_t *area = mmap(NULL, size, PROT_READ | PROT_WRITE,
-				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (area == MAP_FAILED)
-			_exit(2);
-		uint64_t base = ((uint64_t)area + 0x1ffff) & ~0xffffull;   /* 64 KiB aligned */
-		uint8_t *top = (uint8_t *)base + 0x48;       /* the call leaves base + 0x40 */
-		uint64_t after = 0;
-		long got = call_on_stack(site_tail0, 41, top, &after);
-		_exit(got == 42 && after == (uint64_t)top ? 0 : 1);
-	}
-	int status;
-	if (waitpid(child, &status, 0) != child)
-		return -1;
-	if (WIFSIGNALED(status)) {
-		*signal_out = WTERMSIG(status);
-		return 128 + WTERMSIG(status);
-	}
-	return WEXITSTATUS(status);
-}
-
-/* site_tail0 called once in a child on a stack whose lowest mapped byte is 0x40 below
-   the stack pointer at the site, with a PROT_NONE guard page under it, as a thread stack
-   near its end (the unprobed function needs no stack below %rsp): the child's status */
-static int call_above_guard(int *signal_out)
-{
-	*signal_out = 0;
-	pid_t child = fork();
-	if (child < 0)
-		return -1;
-	if (child == 0) {
-		uint8_t *area = mmap(NULL, 0x3000, PROT_READ | PROT_WRITE,
-				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (area == MAP_FAILED || mprotect(area, 0x1000, PROT_NONE))
-			_exit(2);
-		uint8_t *top = area + 0x1000 + 0x48;         /* the call leaves page + 0x40 */
-		uint64_t after = 0;
-		long got = call_on_stack(site_tail0, 41, top, &after);
-		_exit(got == 42 && after == (uint64_t)top ? 0 : 1);
-	}
-	int status;
-	if (waitpid(child, &status, 0) != child)
-		return -1;
-	if (WIFSIGNALED(status)) {
-		*signal_out = WTERMSIG(status);
-		return 128 + WTERMSIG(status);
-	}
-	return WEXITSTATUS(status);
-}
-
-/* one call of site_tail0 in a child (the caller survives a crash): the child's status */
-static int call_in_child(int *signal_out)
+/* body() in a forked child (the caller survives its crash): the child's exit status, or
+   128 + the signal that killed it (also in *signal_out) */
+static int in_child(int (*body)(void), int *signal_out)
 {
 	*signal_out = 0;
 	pid_t child = fork();
 	if (child < 0)
 		return -1;
 	if (child == 0)
-		_exit(site_tail0(41) == 42 ? 0 : 1);
+		_exit(body());
 	int status;
 	if (waitpid(child, &status, 0) != child)
 		return -1;
@@ -843,6 +786,43 @@ static int call_in_child(int *signal_out)
 		return 128 + WTERMSIG(status);
 	}
 	return WEXITSTATUS(status);
+}
+
+/* site_tail0(41) with %rsp = top: 0 when it returned 42 on a balanced stack */
+static int call_site_on(uint8_t *top)
+{
+	uint64_t after = 0;
+	long got = call_on_stack(site_tail0, 41, top, &after);
+	return got == 42 && after == (uint64_t)top ? 0 : 1;
+}
+
+/* on a stack whose low 16 bits are 0x40 where the site starts (a 16-bit
+   `lea -0x80(%rsp),%sp` would move %rsp by 64 KiB there) */
+static int low_stack_body(void)
+{
+	uint8_t *area = mmap(NULL, 0x40000, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (area == MAP_FAILED)
+		return 2;
+	uint64_t base = ((uint64_t)area + 0x1ffff) & ~0xffffull;   /* 64 KiB aligned */
+	return call_site_on((uint8_t *)base + 0x48);     /* the call leaves base + 0x40 */
+}
+
+/* on a stack whose lowest mapped byte is 0x40 below %rsp at the site, with a PROT_NONE
+   guard page under it, as a thread stack near its end (the unprobed function needs no
+   stack below %rsp) */
+static int guard_body(void)
+{
+	uint8_t *area = mmap(NULL, 0x3000, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (area == MAP_FAILED || mprotect(area, 0x1000, PROT_NONE))
+		return 2;
+	return call_site_on(area + 0x1000 + 0x48);       /* the call leaves page + 0x40 */
+}
+
+static int plain_body(void)
+{
+	return site_tail0(41) == 42 ? 0 : 1;
 }
 
 /* what the program does to the trampoline site_tail0 calls: munmap it, mprotect it
@@ -867,9 +847,9 @@ static int change_trampoline(const char *how)
 /* commands on stdin, one reply line each on stdout:
      call N   N calls of site_tail0 -> calls=N bad=K
      show     -> site=BYTES call_target=in|mid|out|none
-     lowsp    -> lowsp_status=S lowsp_signal=G (call_on_low_stack)
-     guard    -> guard_status=S guard_signal=G (call_above_guard)
-     child    -> child_status=S child_signal=G (call_in_child)
+     lowsp    -> lowsp_status=S lowsp_signal=G (low_stack_body, in a child)
+     guard    -> guard_status=S guard_signal=G (guard_body, in a child)
+     child    -> child_status=S child_signal=G (one plain call, in a child)
      tramp munmap|protnone|fixed -> tramp_HOW=0|errno|-1 (no trampoline) (change_trampoline)
      quit     */
 static int serve(void)
@@ -890,13 +870,13 @@ static int serve(void)
 			print_bytes("site", p);
 			printf("call_target=%s\n", target_class(p));
 		} else if (!strncmp(line, "lowsp", 5)) {
-			int sig, status = call_on_low_stack(&sig);
+			int sig, status = in_child(low_stack_body, &sig);
 			printf("lowsp_status=%d lowsp_signal=%d\n", status, sig);
 		} else if (!strncmp(line, "guard", 5)) {
-			int sig, status = call_above_guard(&sig);
+			int sig, status = in_child(guard_body, &sig);
 			printf("guard_status=%d guard_signal=%d\n", status, sig);
 		} else if (!strncmp(line, "child", 5)) {
-			int sig, status = call_in_child(&sig);
+			int sig, status = in_child(plain_body, &sig);
 			printf("child_status=%d child_signal=%d\n", status, sig);
 		} else if (!strncmp(line, "tramp ", 6)) {
 			char how[16] = "";

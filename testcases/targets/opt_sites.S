@@ -208,7 +208,9 @@ back64:
 
 /* long call_on_stack(long (*fn)(long), long value, void *stack_top, uint64_t *rsp_after):
    fn(value) called with %rsp = stack_top (so fn starts with stack_top - 8); stores the %rsp
-   the call returned with in *rsp_after (stack_top when fn kept its stack balanced) */
+   the call returned with in *rsp_after (stack_top when fn kept its stack balanced). The
+   callers pick stack tops for their low bits, not for the ABI's 16-byte alignment: fn must
+   be an assembly function that does not care (site_tail0) */
 	.text
 	.globl call_on_stack
 	.type call_on_stack, @function
