@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness import children  # noqa: E402
+
 PY = sys.executable
 SELECT = ["-k", "test_profile_counts_every_hit"]
 MATRIX = """name = "kill-test"
@@ -48,33 +52,6 @@ def commands(work: Path) -> dict[str, tuple[list[str], float]]:
         "mutate": ([PY, "-m", "harness", "mutate", "trace-nhit-fold-assign", "--scope",
                     "declared", "--results", str(work / "mutate")], 90.0),
     }
-
-
-def _parents() -> dict[int, int]:
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                table[int(entry.name)] = int((entry / "stat").read_text()
-                                             .rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    parents, found, frontier = _parents(), set(), {pid}
-    while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier}
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except OSError:
-        return False
 
 
 def history_ok(results_dir: Path) -> str:
@@ -103,11 +80,11 @@ def one_kill(argv: list[str], moment: float, signum: int, results: Path) -> str:
     below: set[int] = set()
     deadline = time.monotonic() + moment
     while time.monotonic() < deadline and proc.poll() is None:
-        below |= descendants(proc.pid)
+        below |= children.descendants(proc.pid)
         time.sleep(0.1)
     if proc.poll() is not None:
         return "ended before the signal"
-    below |= descendants(proc.pid)
+    below |= children.descendants(proc.pid)
     os.kill(proc.pid, signum)
     try:
         proc.wait(timeout=90)
@@ -116,9 +93,9 @@ def one_kill(argv: list[str], moment: float, signum: int, results: Path) -> str:
         proc.wait()
         return "did not exit within 90 s of the signal"
     end = time.monotonic() + 45
-    while time.monotonic() < end and any(alive(p) for p in below):
+    while time.monotonic() < end and any(children.running(p) for p in below):
         time.sleep(0.2)
-    left = [p for p in below if alive(p)]
+    left = [p for p in below if children.running(p)]
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from harness import children
 from harness.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -20,41 +20,6 @@ COMMANDS = {
     "main": ["main", "--smp", "1", "--", "-k", "test_profile_counts_every_hit"],
     "sweep": ["sweep", "--filter", "onebyte"],
 }
-
-
-def _parents() -> dict[int, int]:
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            table[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return table
-
-
-def _descendants(pid: int) -> set[int]:
-    parents, found, frontier = _parents(), set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
@@ -69,20 +34,20 @@ def test_killing_the_harness_leaves_no_process_behind(tmp_path, entry, signum):
     try:
         deadline = time.monotonic() + 1500          # a cold cache builds the kernel first
         while time.monotonic() < deadline and proc.poll() is None:
-            below = _descendants(proc.pid)
-            if any("qemu-system" in _command(pid) for pid in below):
+            below = children.descendants(proc.pid)
+            if any("qemu-system" in children.command_line(pid) for pid in below):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, f"harness {entry} ended before any guest ran"
-        assert any("qemu-system" in _command(pid) for pid in below), "no QEMU seen"
+        assert any("qemu-system" in children.command_line(pid) for pid in below), "no QEMU seen"
         time.sleep(1.0)
-        below = _descendants(proc.pid)
+        below = children.descendants(proc.pid)
         os.kill(proc.pid, signum)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 45             # SIGTERM: pytest gets 30 s to stop
-        while time.monotonic() < deadline and any(_alive(pid) for pid in below):
+        while time.monotonic() < deadline and any(children.running(pid) for pid in below):
             time.sleep(0.2)
-        left = {pid: _command(pid) for pid in below if _alive(pid)}
+        left = {pid: children.command_line(pid) for pid in below if children.running(pid)}
         assert not left, f"left behind after {signal.Signals(signum).name} of " \
                          f"harness {entry}: {left}"
     finally:
