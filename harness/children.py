@@ -29,10 +29,15 @@ HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 def set_pdeathsig() -> None:
-    """preexec_fn of every child: SIGKILL when the forking thread (the spawner) ends; and
-    the signals the spawner thread blocks are unblocked again (a mask is inherited)."""
+    """preexec_fn of every child: SIGKILL when the forking thread (the spawner) ends; the
+    signals the spawner thread blocks are unblocked again (a mask is inherited), and they get
+    their default action back: a harness started with SIGINT ignored (a background job of a
+    script) would hand the ignoring down, and `stop` could then only SIGKILL pytest, whose
+    VMs would not be shut down cleanly."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    for signum in HELD:
+        signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 

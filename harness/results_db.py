@@ -8,6 +8,7 @@ by CI and merged from several machines."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sqlite3
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .outcome import BAD as BAD_OUTCOMES
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,7 +84,19 @@ class ResultsDB:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
-        self.conn.close()
+        """Checkpoint the write-ahead log into the database file first: results.db alone
+        (archived, copied as a CI artefact) then holds every row written, even while another
+        connection keeps the log alive. A busy checkpoint (a reader mid-transaction) is
+        reported, not fatal."""
+        try:
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
+                log.warning("%s: the write-ahead log could not be checkpointed (a reader is "
+                            "busy); copy results.db together with results.db-wal", self.path)
+        except sqlite3.Error as error:
+            log.warning("%s: checkpoint failed: %s", self.path, error)
+        finally:
+            self.conn.close()
 
     def __enter__(self) -> ResultsDB:
         return self

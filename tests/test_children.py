@@ -115,3 +115,22 @@ def test_a_child_that_ignores_sigint_is_killed_after_the_timeout(driver):
     assert 1.5 < elapsed < 15, f"stopped after {elapsed:.1f} s; STOP_TIMEOUT is 2 s there"
     assert _gone(pytest_pid) and _wait_until(lambda: _gone(qemu), 5)
 
+
+
+def test_children_get_sigint_back_when_the_harness_ignores_it():
+    """A harness started as a background job of a script ignores SIGINT (inherited): its
+    children must not, or the stop protocol (one SIGINT to pytest) cannot work."""
+    script = textwrap.dedent(f"""
+        import signal, subprocess, sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from harness import children
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        child = children.popen(["cat", "/proc/self/status"], stdout=subprocess.PIPE, text=True)
+        print(child.communicate()[0])
+    """)
+    status = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30).stdout
+    ignored = int(next(line for line in status.splitlines()
+                       if line.startswith("SigIgn:")).split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)), "the child inherited an ignored SIGINT"
+    assert not ignored & (1 << (signal.SIGTERM - 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -231,6 +232,24 @@ def test_a_killed_run_leaves_a_consistent_database(tmp_path):
     assert sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     third = run(tmp_path, ScriptedRunner(PASSING), "r3")
     assert third.changes == []
+
+
+def test_the_database_file_alone_holds_every_closed_run(tmp_path):
+    """WAL keeps new rows in results.db-wal until a checkpoint; archiving results.db alone
+    (while a report reader still has it open) must not lose the run that was closed."""
+    run(tmp_path, ScriptedRunner(PASSING), "r1")
+    db_path = tmp_path / "res" / "results.db"
+    reader = sqlite3.connect(db_path)         # e.g. a report being rendered meanwhile
+    assert reader.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    run(tmp_path, ScriptedRunner(PASSING), "r2")
+    archived = tmp_path / "archive.db"
+    shutil.copyfile(db_path, archived)        # the file alone, without -wal and -shm
+    reader.close()
+    copy = sqlite3.connect(archived)
+    assert copy.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall() == [
+        ("r1",), ("r2",)]
+    assert copy.execute("SELECT COUNT(*) FROM cells WHERE run_id='r2'").fetchone()[0] > 0
+    copy.close()
 
 
 def test_summary_and_reports(tmp_path):
