@@ -21,7 +21,8 @@ from .paths import CONFIGS_DIR
 KNOWN_BUGS_FILE = CONFIGS_DIR / "known_bugs.toml"
 _KEYS = {"test": "a test name pattern or a list of them", "kernels": "a list of kernel specs",
          "fixed_by": "a patch name pattern", "fixed_upstream": "a version such as \"7.2\"",
-         "reason": "a sentence", "link": "a URL or repo path"}
+         "reason": "a sentence", "link": "a URL or repo path",
+         "splat": "text of the kernel splat's title the bug causes (e.g. \"WARNING\")"}
 _REQUIRED = ("test", "kernels", "reason")
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
@@ -34,6 +35,11 @@ class KnownBug:
     reason: str
     link: str
     fixed_upstream: str = ""   # first upstream version known to carry the fix
+    splat: str = ""            # the bug shows as a kernel splat with this in its title: a test
+                               # that crashes with it is an expected failure too
+
+    def explains_crash(self, crash_title: str) -> bool:
+        return bool(self.splat) and self.splat in crash_title
 
     def matches_test(self, test_name: str) -> bool:
         return any(fnmatch.fnmatchcase(test_name, pattern) for pattern in self.test)
@@ -87,7 +93,7 @@ def load(path: Path = KNOWN_BUGS_FILE) -> list[KnownBug]:
                                f"version such as \"7.2\".")
         bugs.append(KnownBug(_as_tuple(entry["test"]), tuple(entry["kernels"]),
                              entry.get("fixed_by", ""), entry["reason"], entry.get("link", ""),
-                             str(entry.get("fixed_upstream", ""))))
+                             str(entry.get("fixed_upstream", "")), entry.get("splat", "")))
     return bugs
 
 

@@ -12,7 +12,7 @@ import pytest
 from . import console, known_bugs
 from .errors import HarnessError
 from .guest import Guest, Hits
-from .probes import Probe, symbol_offset
+from .probes import Probe, symbol_offset, symbol_offsets
 from .targets import compile_target
 
 # plugin state on pytest's own objects (config, items); a report carries one flag as an
@@ -96,6 +96,7 @@ def image():
 class _Slot:
     vm: object
     guest: Guest
+    spoiled: bool = False      # left in a state later tests must not inherit
 
 
 class VMPool:
@@ -110,7 +111,7 @@ class VMPool:
         from .vm import VM, MachineSpec
         key = (smp, tcg)
         slot = self._slots.get(key)
-        if slot is not None and slot.vm.alive():
+        if slot is not None and slot.vm.alive() and not slot.spoiled:
             return slot.guest
         if slot is not None:
             self.retire(slot.guest)
@@ -127,6 +128,13 @@ class VMPool:
             raise
         self._slots[key] = _Slot(vm, guest)
         return guest
+
+    def spoil(self, guest: Guest) -> None:
+        """The guest stays up for the rest of the test (its verdict reads the console and the
+        trace), and the next test gets a fresh machine."""
+        for slot in self._slots.values():
+            if slot.guest is guest:
+                slot.spoiled = True
 
     def retire(self, guest: Guest) -> None:
         for key, slot in list(self._slots.items()):
@@ -202,6 +210,16 @@ class UprobeSession:
         self.guest.add_probe(probe)
         self.probes.append(probe)
         return probe
+
+    def add_many(self, guest_path: str, host_binary, named: dict[str, str],
+                 kind: str = "p") -> list[Probe]:
+        """{probe name: location} registered in one guest command."""
+        offsets = symbol_offsets(host_binary, list(named.values()))
+        batch = [Probe(name, guest_path, offsets[location], kind)
+                 for name, location in named.items()]
+        self.guest.add_probes(batch)
+        self.probes.extend(batch)
+        return batch
 
     def hits(self) -> dict[str, Hits]:
         return self.guest.hits([p.name for p in self.probes])
@@ -318,9 +336,13 @@ def pytest_runtest_makereport(item, call):
     bug = known_bugs.match(item.config.stash[KNOWN_BUGS], item.name, kernel)
     if bug is None:
         return
-    if report.failed and not getattr(report, CRASHED, False):
+    crash_title = dict(item.user_properties).get("crash_title", "")
+    if report.failed and (not getattr(report, CRASHED, False)
+                          or bug.explains_crash(crash_title)):
         report.outcome = "skipped"
-        report.wasxfail = f"known bug: {bug.reason} ({bug.link})"
+        report.wasxfail = f"known bug: {bug.reason} ({bug.link})" + \
+            (f" [{crash_title}]" if crash_title else "")
+        setattr(report, CRASHED, False)     # the splat is the known bug's
     elif report.passed:
         # the entry says this kernel has the bug: a pass means the table is stale
         report.outcome = "failed"

@@ -120,7 +120,7 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
         verdicts.update(batch_verdicts)
         if states is not None:
             states.update({name: pair for name, pair in batch_states.items()
-                           if batch_verdicts[name].outcome != "identical"})
+                           if batch_verdicts[name.split("@")[0]].outcome != "identical"})
         odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
         note(f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
              f"{time.monotonic() - start:.1f}s, {odd} not identical")
@@ -141,7 +141,7 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
     odd = [f for f in forms if verdicts[f.name].outcome not in ("identical", "refused")]
     if not odd:
         return verdicts
-    again = insn.parse_output(guest.run([path], timeout=300).stdout)
+    again = insn.parse_output(guest.run([path, "--twice"], timeout=300).stdout)
     stepped = insn.parse_output(guest.run([path, "--tf"], timeout=300).stdout)
     hardware = insn.parse_output(subprocess.run([str(program.binary), "--tf"],
                                                 capture_output=True, text=True,
@@ -149,7 +149,8 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
     checked = dict(verdicts)
     for form in odd:
         verdict = verdicts[form.name]
-        a, b = states[form.name][0], again.get(form.name)
+        key = form.name + ("@2" if verdict.detail.startswith("execution 2") else "")
+        a, b = states[key][0], again.get(key)
         if a and b and insn.diff_states(a, b):
             checked[form.name] = transparency.CaseVerdict(
                 form.name, "unstable", "two unprobed runs differ: "

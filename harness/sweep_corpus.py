@@ -25,11 +25,12 @@ from .errors import HarnessError
 from .paths import CONFIGS_DIR
 
 CONFIG = CONFIGS_DIR / "sweep.toml"
-CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "branch")
+CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "prefixed", "branch")
 IMM_FILLER = 0x11
 _GPR_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10",
                   "r11", "r12", "r13", "r14", "r15")
 _WORD = re.compile(r"[a-z0-9]+")
+_SEGMENT_OVERRIDE = re.compile(r"\b[c-gs]s:(?=\[)")   # "fs:[...]": a memory operand, not a register
 # opcodes the kernel handles itself rather than single-stepping (arch/x86/kernel/uprobes.c
 # branch_setup_xol_ops, push_setup_xol_ops) and other control transfers: class "branch"
 _BRANCH_ONEBYTE = {0xE8: "rel32", 0xE9: "rel32", 0xEB: "rel8", 0xE0: "rel8", 0xE1: "rel8",
@@ -143,8 +144,10 @@ class _Generator:
         return variants
 
     def add(self, klass: str, prefix: bytes, opcode: bytes, tail: bytes = b"",
-            rip: bool = False, mode: str = "", modrm_expected: bool | None = None) -> None:
-        """Decode one candidate; keep it as a Form or count why it was dropped."""
+            rip: bool = False, mode: str = "", modrm_expected: bool | None = None,
+            opcode_map: str = "") -> None:
+        """Decode one candidate; keep it as a Form or count why it was dropped. opcode_map:
+        the map the opcode belongs to when the class does not say it ("prefixed")."""
         head = prefix + opcode + tail
         probe = head + (b"\0\0\0\0" if rip else b"") + bytes([IMM_FILLER]) * 8
         self.corpus.candidates += 1
@@ -171,7 +174,8 @@ class _Generator:
         self.seen.add(encoding)
         mnemonic = decoded.mnemonic.split()[-1]
         reason = self.exclude.get(mnemonic)
-        if reason is None and self.bad_operands & set(_WORD.findall(decoded.op_str)):
+        operands = _SEGMENT_OVERRIDE.sub("", decoded.op_str)
+        if reason is None and self.bad_operands & set(_WORD.findall(operands)):
             reason = "privileged"
         if reason is None and klass == "avx" and _vex_l(prefix) and \
                 mnemonic in self.emulator_vex_l1:
@@ -183,7 +187,7 @@ class _Generator:
         if needs is None:
             self.corpus.dropped["not supported by the guest CPU"] += 1
             return
-        branch, emulated = self._branch_kind(klass, prefix, opcode, tail)
+        branch, emulated = self._branch_kind(opcode_map or klass, prefix, opcode, tail)
         if branch and 0x66 in prefix:
             self.corpus.dropped["operand-size prefix on a near branch (vendor-dependent)"] += 1
             return
@@ -272,6 +276,32 @@ class _Generator:
                         self._add_prefixed("sse", prefix, escape + bytes([op]), tail, rip,
                                            mode)
 
+    def prefixed(self) -> None:
+        """Prefix combinations (class "prefixed"): several prefixes at once on every one- and
+        two-byte opcode with a ModRM; register forms only for the REX-only combinations
+        (a segment, address-size or lock prefix changes nothing there but validity)."""
+        maps, combos = self.config["maps"], self.config["prefixes"]["combos"]
+        tables = (("onebyte", b"", _byte_set(maps["onebyte_skip"]),
+                   _byte_set(maps["onebyte_groups"])),
+                  ("twobyte", b"\x0f", _byte_set(maps["twobyte_skip"]),
+                   _byte_set(maps["twobyte_groups"])))
+        for opcode_map, escape, skip, groups in tables:
+            for op in range(256):
+                opcode = escape + bytes([op])
+                if op in skip or not self._has_modrm(opcode):
+                    continue
+                regs = range(8) if op in groups else [self.reg_field]
+                for combo in combos:
+                    prefix = _prefix_bytes(combo)
+                    rex_only = all(0x40 <= b <= 0x4F for b in prefix)
+                    for tail, rip, mode in self.modrm_variants(regs):
+                        if mode == "reg" and not rex_only:
+                            continue
+                        if prefix[-1:] == b"\x4a" and mode != "mem":
+                            continue              # REX.X only means something with a SIB
+                        self.add("prefixed", prefix, opcode, tail, rip, mode, True,
+                                 opcode_map=opcode_map)
+
     def _add_prefixed(self, klass, prefix_text, opcode, tail, rip, mode) -> None:
         """Mandatory prefixes (66/f2/f3) must come before REX: split a combined text."""
         self.add(klass, _prefix_bytes(prefix_text), opcode, tail, rip, mode, True)
@@ -318,6 +348,7 @@ def generate(cpu_flags: set[str] | None = None, config_path: Path = CONFIG) -> C
     generator.twobyte()
     generator.x87()
     generator.avx()
+    generator.prefixed()
     return generator.corpus
 
 

@@ -18,6 +18,7 @@ from .paths import TARGETS_DIR, cache_dir
 RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
+    "xol_many": (("xol_many.c", "xol_sites.S", "hits_sites.S"), ("-pthread",)),
     "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
     "opt": (("opt.c", "opt_env.c", "opt.h", "opt_sites.S", "hits_sites.S"), ("-pthread",)),
     # a 32-bit (compat) task, freestanding: no 32-bit libc on the host

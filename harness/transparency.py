@@ -42,22 +42,38 @@ def supported(cases: list[insn.Case], flags: set[str]) -> tuple[list[insn.Case],
     return ok, [c for c in cases if c not in ok]
 
 
+# each case runs twice in both runs (the driver's --twice): on 7.x a probe's first hit takes
+# another path than its later ones (a nop10 is rewritten into a call to the trampoline)
+EXECUTION_SUFFIXES = ("", "@2")
+
+
 def probed_run_script(path: str, program_probes: list[Probe], output: str) -> str:
+    """One guest script: start the program stopped, register and enable every probe, let it
+    run, print its output, the trace counts and the ring-buffer stats. Each probe is defined
+    by its own write (a write of many lines could split one, and the kernel would take the
+    piece for a definition); all are enabled by one write to the group's enable file, and a
+    probe that stayed disabled is enabled alone again, so that `refused NAME add|enable
+    ERROR` names it."""
+    group = f"{TRACEFS}/events/{probes.GROUP}"
     lines = [
         f"{probes.remove_all_command()}",
         f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
         f"echo 1 > {TRACEFS}/tracing_on",
-        f"{shlex.quote(path)} --pause --kmsg > {shlex.quote(output)} 2>&1 & pid=$!",
+        f"{shlex.quote(path)} --pause --kmsg --twice > {shlex.quote(output)} 2>&1 & pid=$!",
         "n=0; while ! grep -q '^State:.*T' /proc/$pid/status 2>/dev/null && [ $n -lt 500 ]; "
         "do sleep 0.01; n=$((n+1)); done",
     ]
     for probe in program_probes:
-        enable = f"{TRACEFS}/events/{probes.GROUP}/{probe.name}/enable"
+        lines.append(f"{probes.add_command(probe)} 2>/tmp/uph-err || "
+                     f"echo \"refused {probe.name} add $(cat /tmp/uph-err)\"")
+    if program_probes:
+        lines.append(f"echo 1 > {group}/enable 2>/dev/null")
+    for probe in program_probes:
+        enable = f"{group}/{probe.name}/enable"
         lines.append(
-            f"if ! {probes.add_command(probe)} 2>/tmp/uph-err; then "
-            f"echo \"refused {probe.name} add $(cat /tmp/uph-err)\"; "
-            f"elif ! echo 1 > {enable} 2>/tmp/uph-err; then "
-            f"echo \"refused {probe.name} enable $(cat /tmp/uph-err)\"; fi")
+            f"[ ! -e {enable} ] || {{ read v < {enable}; [ \"$v\" = 1 ] || "
+            f"echo 1 > {enable} 2>/tmp/uph-err || "
+            f"echo \"refused {probe.name} enable $(cat /tmp/uph-err)\"; }}")
     lines += ["kill -CONT $pid; wait $pid; echo \"status=$?\"",
               f"cat {shlex.quote(output)}",
               f"echo ===; {probes.trace_counts_command()}",
@@ -69,7 +85,7 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
 def run_cases(guest, program: insn.Program, guest_path: str,
               states: dict | None = None) -> dict[str, CaseVerdict]:
     """{case name: verdict}; with `states`, also fill {case name: (unprobed, probed)}."""
-    unprobed = guest.run([guest_path], timeout=300)
+    unprobed = guest.run([guest_path, "--twice"], timeout=300)
     expected = insn.parse_output(unprobed.stdout)
     offsets = probes.symbol_offsets(program.binary,
                                     [f"probe_{i}" for i in range(len(program.cases))])
@@ -96,12 +112,15 @@ def run_cases(guest, program: insn.Program, guest_path: str,
     for case in program.cases:
         probe = case_probes[case.name]
         hits = counts.get(probe.name, 0)
-        verdicts[case.name] = _classify(case.name, expected.get(case.name),
-                                        actual.get(case.name), refused.get(probe.name),
-                                        hits, overruns, unprobed.status)
-    if states is not None:
+        runs = [(expected.get(case.name + suffix), actual.get(case.name + suffix))
+                for suffix in EXECUTION_SUFFIXES]
+        verdicts[case.name] = _classify(case.name, runs, refused.get(probe.name), hits,
+                                        overruns, unprobed.status)
+    if states is not None:            # every execution: NAME, NAME@2
         for case in program.cases:
-            states[case.name] = (expected.get(case.name), actual.get(case.name))
+            for suffix in EXECUTION_SUFFIXES:
+                key = case.name + suffix
+                states[key] = (expected.get(key), actual.get(key))
     for name, title in crashes.items():
         if name in verdicts:
             verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)
@@ -136,20 +155,29 @@ def crashes_by_case(console_text: str) -> dict[str, str]:
     return crashes
 
 
-def _classify(name, expected, actual, refused, hits, overruns, status) -> CaseVerdict:
-    if expected is None:
+def _classify(name, runs, refused, hits, overruns, status) -> CaseVerdict:
+    """runs: (unprobed state, probed state) of each execution of the case, in order."""
+    if runs[0][0] is None:
         return CaseVerdict(name, "missing", f"the unprobed run printed no state (exit {status})")
     if refused:
         return CaseVerdict(name, "refused", refused)
-    if actual is None:
-        return CaseVerdict(name, "signal", "the probed run died before printing this case",
-                           hits)
-    differences = insn.diff_states(expected, actual)
-    pointer = insn.fx_pointer_differs(expected, actual)
-    if differences:
-        outcome = "signal" if expected.fields.get("sig", "0") != actual.fields.get("sig", "0") \
-            else "differs"
-        return CaseVerdict(name, outcome, "; ".join(differences), hits, pointer)
-    if overruns == 0 and hits != 1:
-        return CaseVerdict(name, "hits", f"probe hit {hits} times, expected 1", hits, pointer)
+    pointer = False
+    for number, (expected, actual) in enumerate(runs, start=1):
+        which = "" if number == 1 else f"execution {number} (the probe's hit {number}): "
+        if expected is None:
+            return CaseVerdict(name, "missing", f"the unprobed run printed no state for "
+                               f"execution {number} (exit {status})")
+        if actual is None:
+            return CaseVerdict(name, "signal", "the probed run died before printing "
+                               + ("this case" if number == 1 else f"execution {number} of "
+                                  "this case"), hits)
+        differences = insn.diff_states(expected, actual)
+        pointer = pointer or insn.fx_pointer_differs(expected, actual)
+        if differences:
+            outcome = "signal" if expected.fields.get("sig", "0") != \
+                actual.fields.get("sig", "0") else "differs"
+            return CaseVerdict(name, outcome, which + "; ".join(differences), hits, pointer)
+    if overruns == 0 and hits != len(runs):
+        return CaseVerdict(name, "hits", f"probe hit {hits} times in {len(runs)} executions, "
+                           f"expected {len(runs)}", hits, pointer)
     return CaseVerdict(name, "identical", "", hits, pointer)

@@ -66,6 +66,29 @@ def test_fx_pointer_bytes_are_separate(program):
     assert insn.fx_pointer_differs(expected, moved)
 
 
+def test_twice_runs_each_case_again_from_the_same_start(program):
+    states = insn.parse_output(run(program, "--twice"))
+    assert set(states) == {"load", "load@2", "push", "push@2", "fmul", "fmul@2", "div",
+                           "div@2"}
+    for name in ("load", "push", "fmul", "div"):
+        assert insn.diff_states(states[name], states[name + "@2"]) == []
+
+
+def test_a_difference_in_the_second_execution_is_reported():
+    from harness.transparency import _classify
+    same = insn.CaseState("x", {"gpr": "00" * 144, "fx": "00" * 512, "mem": "", "stk": "",
+                                "memh": "0", "sig": "0"})
+    gpr = bytearray(144)
+    gpr[0] = 1
+    other = insn.CaseState("x", dict(same.fields, gpr=gpr.hex()))
+    first_only = _classify("x", [(same, same), (same, same)], None, 2, 0, 0)
+    assert first_only.outcome == "identical"
+    second = _classify("x", [(same, same), (same, other)], None, 2, 0, 0)
+    assert second.outcome == "differs" and second.detail.startswith("execution 2")
+    assert _classify("x", [(same, same), (same, None)], None, 1, 0, 0).outcome == "signal"
+    assert _classify("x", [(same, same), (same, same)], None, 1, 0, 0).outcome == "hits"
+
+
 def test_selected_cases_only(program):
     assert list(insn.parse_output(run(program, "div"))) == ["div"]
 

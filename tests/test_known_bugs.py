@@ -61,3 +61,14 @@ def test_table_errors_name_the_file_the_entry_and_the_key(tmp_path):
 def test_stale_message_says_how_to_record_the_fix():
     message = BUG.stale_message("debian:7.3 (7.3~rc7-1~exp1)")
     assert "stale" in message and "debian:7.3" in message and "fixed_upstream" in message
+
+
+def test_a_splat_entry_explains_only_its_own_crash(tmp_path):
+    table = tmp_path / "bugs.toml"
+    table.write_text('[[bug]]\ntest = "test_x"\nkernels = ["*"]\nreason = "r"\n'
+                     'splat = "WARNING"\n[[bug]]\ntest = "test_y"\nkernels = ["*"]\n'
+                     'reason = "r"\n')
+    with_splat, without = known_bugs.load(table)
+    assert with_splat.explains_crash("kernel WARNING: CPU: 0 PID: 1 at uprobes.c:1")
+    assert not with_splat.explains_crash("kernel Oops: general protection fault")
+    assert not without.explains_crash("kernel WARNING: CPU: 0 PID: 1 at uprobes.c:1")

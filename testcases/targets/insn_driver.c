@@ -11,10 +11,12 @@
  * --tf: single-step each case with RFLAGS.TF (as the kernel does when it executes a probed
  *       insn out of line) and add tf=<offset of the first trap after the probed insn from
  *       it, or -1>: the emulator's single-step must stop right after the insn.
- * usage: insn [--pause] [--kmsg] [CASE-NAME...]   (no names: every case; --pause: stop with
- *        SIGSTOP first, so probes can be enabled while the program maps its file; --kmsg:
- *        write "uprobe-harness: CASE <name>" to /dev/kmsg before each case, so that a kernel
- *        splat in the console log can be attributed to the case that caused it)
+ * usage: insn [--pause] [--tf] [--kmsg] [--twice] [CASE-NAME...]   (no names: every case;
+ *        --pause: stop with SIGSTOP first, so probes can be enabled while the program maps
+ *        its file; --kmsg: write "uprobe-harness: CASE <name>" to /dev/kmsg before each
+ *        case, so that a kernel splat in the console log can be attributed to the case that
+ *        caused it; --twice: run each case twice in a row, the second printed as <name>@2:
+ *        a probe's later hits may take another path than its first)
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -24,6 +26,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/personality.h>
 #include <sys/ucontext.h>
 #include <unistd.h>
 
@@ -157,7 +160,9 @@ static void catch_signals(void)
 
 static int kmsg_fd = -1;
 
-static void run_case(uint64_t i)
+static int twice;
+
+static void run_case_once(uint64_t i, int execution)
 {
 	if (kmsg_fd >= 0) {   /* one write() per record: /dev/kmsg rejects dprintf's pieces */
 		char marker[160];
@@ -197,7 +202,10 @@ static void run_case(uint64_t i)
 		signalled = 1;
 	}
 	sane_state();
-	printf("case %s", case_names[i]);
+	if (execution > 1)
+		printf("case %s@%d", case_names[i], execution);
+	else
+		printf("case %s", case_names[i]);
 	hex("gpr", gpr_out, sizeof(gpr_out));
 	hex("fx", fx_out, sizeof(fx_out));
 	if (case_uses_avx && !signalled)
@@ -215,8 +223,22 @@ static void run_case(uint64_t i)
 	fflush(stdout);
 }
 
+static void run_case(uint64_t i)
+{
+	run_case_once(i, 1);
+	if (twice)
+		run_case_once(i, 2);
+}
+
 int main(int argc, char **argv)
 {
+	/* the same address-space layout in every run (no ASLR): the TLS block and the heap lie
+	 * where they lay in the other run, so fs-relative forms read the same bytes */
+	int persona = personality(0xffffffff);
+	if (persona != -1 && !(persona & ADDR_NO_RANDOMIZE)) {
+		personality(persona | ADDR_NO_RANDOMIZE);
+		execv("/proc/self/exe", argv);         /* on failure: go on with ASLR */
+	}
 	if (argc > 1 && !strcmp(argv[1], "--pause")) {
 		raise(SIGSTOP);
 		argv++;
@@ -229,6 +251,11 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1 && !strcmp(argv[1], "--kmsg")) {
 		kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+		argv++;
+		argc--;
+	}
+	if (argc > 1 && !strcmp(argv[1], "--twice")) {
+		twice = 1;
 		argv++;
 		argc--;
 	}
