@@ -163,7 +163,9 @@ class _Generator:
         if decoded.size < imm_start:
             self.corpus.dropped["prefix or ModRM not part of the insn"] += 1
             return
-        if rip and not (decoded.disp_offset == len(head) and decoded.disp_size == 4):
+        # a RIP-relative displacement is 4 bytes, right after the head (capstone says 2 behind
+        # a 66 prefix without REX.W: its disp_size follows the operand size)
+        if rip and not (decoded.disp_offset == len(head) and decoded.size >= imm_start):
             self.corpus.dropped["undefined in 64-bit mode (capstone)"] += 1
             return
         imm = probe[imm_start:decoded.size]

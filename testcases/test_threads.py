@@ -136,6 +136,19 @@ def xol_counts(result) -> tuple[dict[str, str], dict[str, int]]:
     return fields, per_site
 
 
+def run_xol_many(guest, target, uprobe, *args: str) -> tuple[dict[str, str], list[str]]:
+    """Probe the 48 sites, run `xol_many ARGS...`; (its fields, the probe names), after
+    checking that it did not die and that each probe was hit once per call of its site."""
+    path, binary = target("xol_many")
+    names = xol_site_probes(uprobe, path, binary)
+    result = guest.run([path, *args], timeout=900)
+    fields, per_site = xol_counts(result)
+    assert result.status in (0, 1), f"the probed program died ({result.status}): " \
+                                    f"{result.stdout}{result.stderr}"
+    assert_every_site_hit_exactly(uprobe, names, per_site)
+    return fields, names
+
+
 def assert_every_site_hit_exactly(uprobe, names, per_site):
     hits = uprobe.hits()
     overruns = {h.overruns for h in hits.values()}
@@ -153,15 +166,10 @@ def test_distinct_probes_out_of_line_at_once(guest, target, uprobe, threads, smp
     through them: threads execute different instructions out of line at the same moment, in
     more slots than there are. Each result is checked by the program, every other register
     must survive, and each probe's hit count must equal that site's calls."""
-    path, binary = target("xol_many")
-    names = xol_site_probes(uprobe, path, binary)
-    result = guest.run([path, "distinct", str(threads), str(XOL_ITERATIONS)], timeout=900)
-    fields, per_site = xol_counts(result)
-    assert result.status in (0, 1), f"the probed program died ({result.status}): " \
-                                    f"{result.stdout}{result.stderr}"
+    fields, _ = run_xol_many(guest, target, uprobe, "distinct", str(threads),
+                             str(XOL_ITERATIONS))
     assert int(fields["calls"]) == threads * XOL_ITERATIONS
     assert fields["bad"] == "0", f"{fields['bad']} wrong results or clobbered registers"
-    assert_every_site_hit_exactly(uprobe, names, per_site)
 
 
 @pytest.mark.vm(tcg="exact")
@@ -169,15 +177,10 @@ def test_slots_reused_by_short_lived_threads(guest, target, uprobe, smp):
     """2,000 threads, 50 alive at a time, each runs two probed instructions out of line and
     exits: every slot is taken and given back over and over; no result, register or hit may
     be lost."""
-    path, binary = target("xol_many")
-    names = xol_site_probes(uprobe, path, binary)
-    result = guest.run([path, "churn", str(CHURN_WAVES), str(CHURN_THREADS)], timeout=900)
-    fields, per_site = xol_counts(result)
-    assert result.status in (0, 1), f"the probed program died ({result.status}): " \
-                                    f"{result.stdout}{result.stderr}"
+    fields, _ = run_xol_many(guest, target, uprobe, "churn", str(CHURN_WAVES),
+                             str(CHURN_THREADS))
     assert int(fields["calls"]) == 2 * CHURN_WAVES * CHURN_THREADS
-    assert fields["bad"] == "0"
-    assert_every_site_hit_exactly(uprobe, names, per_site)
+    assert fields["bad"] == "0", f"{fields['bad']} wrong results or clobbered registers"
 
 
 @pytest.mark.vm(tcg="exact")

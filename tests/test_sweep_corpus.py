@@ -33,6 +33,30 @@ def test_forms_with_meaningful_prefixes_and_modrm_forms(corpus):
     assert "hlt" not in texts and not any(t.startswith("rdtsc") for t in texts)
 
 
+def test_prefix_combinations_where_they_mean_something(corpus):
+    by_name = {f.name: f for f in corpus.forms}
+    # REX W+B and R+B in register, SIB and RIP-relative form; fs/gs on RIP-relative operands;
+    # two legacy prefixes; the address-size prefix
+    for name in ("prefixed-4901d1", "prefixed-4501540b10", "prefixed-4c0115-rip",
+                 "prefixed-640115-rip", "prefixed-650115-rip", "prefixed-66f20f5815-rip",
+                 "prefixed-670115-rip", "prefixed-f0480115-rip"):
+        assert name in by_name, name
+    assert by_name["prefixed-640115-rip"].text == "add dword ptr fs:[rip], edx"
+    # a segment, address-size or lock prefix means nothing on a register form: not generated
+    assert not any(f.name.startswith(("prefixed-64", "prefixed-f0", "prefixed-67"))
+                   and f.name.endswith(("d1", "d1-rip")) and not f.rip
+                   and f.head[-1:] == b"\xd1" for f in corpus.forms)
+    # REX.X only with the SIB form
+    assert all(f.name.endswith("0b10") for f in corpus.forms if f.name.startswith("prefixed-4a"))
+
+
+def test_operand_size_prefixed_rip_relative_forms_are_kept(corpus):
+    """capstone reports a 2-byte displacement behind 66 (without REX.W); the form is still a
+    RIP-relative one with 4 bytes of displacement: movdqa xmm2, [rip+x] and add [rip+x], dx."""
+    names = {f.name for f in corpus.forms}
+    assert {"sse-660f6f15-rip", "onebyte-660115-rip", "prefixed-66f20f5815-rip"} <= names
+
+
 def test_cpu_flags_filter_avx(corpus):
     without_avx = sweep_corpus.generate({"sse", "sse2", "pni", "ssse3", "sse4_1", "sse4_2"})
     assert without_avx.by_class()["avx"] == 0
