@@ -112,7 +112,7 @@ def test_a_child_that_ignores_sigint_is_killed_after_the_timeout(driver):
     os.kill(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=20)
     elapsed = time.monotonic() - started
-    assert 1.5 < elapsed < 15, f"stopped after {elapsed:.1f} s; STOP_TIMEOUT is 2 s there"
+    assert 15 > elapsed > 1.5, f"stopped after {elapsed:.1f} s; STOP_TIMEOUT is 2 s there"
     assert _gone(pytest_pid) and _wait_until(lambda: _gone(qemu), 5)
 
 
