@@ -85,8 +85,7 @@ class Guest:
             raise ProbeRefused(probe, "registration", result.stderr.strip())
         result = self.run(probes.enable_command(probe))
         if not result.ok:
-            self.run(f"echo {shlex.quote('-:' + probes.GROUP + '/' + probe.name)} >> "
-                     f"{TRACEFS}/uprobe_events")
+            self.run(probes.remove_command(probe))
             raise ProbeRefused(probe, "enabling", result.stderr.strip())
 
     def add_probes(self, batch: list[Probe]) -> None:
@@ -99,10 +98,8 @@ class Guest:
                              for p in batch)
         if self.run(script, timeout=300).ok:
             return
-        for probe in batch:          # the ones that made it are removed, then one by one
-            self.run(f"{probes.enable_command(probe, on=False)} 2>/dev/null; echo "
-                     f"{shlex.quote('-:' + probes.GROUP + '/' + probe.name)} >> "
-                     f"{TRACEFS}/uprobe_events 2>/dev/null")
+        # the ones that made it are removed (one command), then added one by one
+        self.run("; ".join(probes.remove_command(probe) for probe in batch), timeout=300)
         for probe in batch:
             self.add_probe(probe)
 

@@ -117,6 +117,13 @@ def enable_command(probe: Probe, on: bool = True) -> str:
     return f"echo {1 if on else 0} > {enable_path(probe)}"
 
 
+def remove_command(probe: Probe) -> str:
+    """Disable and delete one probe (quietly: it may not exist)."""
+    return (f"{enable_command(probe, on=False)} 2>/dev/null; echo "
+            f"{shlex.quote('-:' + GROUP + '/' + probe.name)} >> {TRACEFS}/uprobe_events "
+            f"2>/dev/null")
+
+
 def remove_all_command() -> str:
     return (f"echo 0 > {TRACEFS}/tracing_on; "
             f"for e in {TRACEFS}/events/{GROUP}/*/enable; do [ -e \"$e\" ] && echo 0 > \"$e\"; "

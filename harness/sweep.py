@@ -120,7 +120,7 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
         verdicts.update(batch_verdicts)
         if states is not None:
             states.update({name: pair for name, pair in batch_states.items()
-                           if batch_verdicts[name.split("@")[0]].outcome != "identical"})
+                           if batch_verdicts[name].outcome != "identical"})
         odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
         note(f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
              f"{time.monotonic() - start:.1f}s, {odd} not identical")
@@ -149,8 +149,10 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
     checked = dict(verdicts)
     for form in odd:
         verdict = verdicts[form.name]
-        key = form.name + ("@2" if verdict.detail.startswith("execution 2") else "")
-        a, b = states[key][0], again.get(key)
+        runs = states[form.name]
+        index = min(verdict.execution, len(runs)) - 1
+        a = runs[index][0]
+        b = again.get(form.name + transparency.EXECUTION_SUFFIXES[index])
         if a and b and insn.diff_states(a, b):
             checked[form.name] = transparency.CaseVerdict(
                 form.name, "unstable", "two unprobed runs differ: "
@@ -194,7 +196,7 @@ def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
                                               text=True, timeout=300).stdout)
     checked = dict(verdicts)
     for form in suspects:
-        hardware, (unprobed, probed) = native.get(form.name), states[form.name]
+        hardware, (unprobed, probed) = native.get(form.name), states[form.name][0]
         if hardware is None or unprobed is None:
             continue
         wrong = insn.diff_states(hardware, unprobed)
@@ -256,7 +258,7 @@ def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BAT
          f"{sum(corpus.dropped.values())} dropped) in batches of {batch}")
     states: dict = {}
     verdicts, batches = run_sweep(guest, forms, batch, note, states)
-    results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, (None, None)))
+    results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0])
                for f in forms]
     stale = attach_known_bugs(results, kernel)
     label = kernel.label + (f" + {kernel.series}" if kernel.series else "")

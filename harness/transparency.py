@@ -23,6 +23,7 @@ class CaseVerdict:
     detail: str = ""
     hits: int = 0
     fx_pointer_differs: bool = False   # x87 FIP/FDP reveal the XOL slot (informational)
+    execution: int = 1    # which execution of the case the verdict is about (1 or 2)
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -84,7 +85,8 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
 
 def run_cases(guest, program: insn.Program, guest_path: str,
               states: dict | None = None) -> dict[str, CaseVerdict]:
-    """{case name: verdict}; with `states`, also fill {case name: (unprobed, probed)}."""
+    """{case name: verdict}; with `states`, also fill {case name: [(unprobed, probed) of
+    each execution]}."""
     unprobed = guest.run([guest_path, "--twice"], timeout=300)
     expected = insn.parse_output(unprobed.stdout)
     offsets = probes.symbol_offsets(program.binary,
@@ -116,11 +118,8 @@ def run_cases(guest, program: insn.Program, guest_path: str,
                 for suffix in EXECUTION_SUFFIXES]
         verdicts[case.name] = _classify(case.name, runs, refused.get(probe.name), hits,
                                         overruns, unprobed.status)
-    if states is not None:            # every execution: NAME, NAME@2
-        for case in program.cases:
-            for suffix in EXECUTION_SUFFIXES:
-                key = case.name + suffix
-                states[key] = (expected.get(key), actual.get(key))
+        if states is not None:
+            states[case.name] = runs
     for name, title in crashes.items():
         if name in verdicts:
             verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)
@@ -166,17 +165,18 @@ def _classify(name, runs, refused, hits, overruns, status) -> CaseVerdict:
         which = "" if number == 1 else f"execution {number} (the probe's hit {number}): "
         if expected is None:
             return CaseVerdict(name, "missing", f"the unprobed run printed no state for "
-                               f"execution {number} (exit {status})")
+                               f"execution {number} (exit {status})", execution=number)
         if actual is None:
             return CaseVerdict(name, "signal", "the probed run died before printing "
                                + ("this case" if number == 1 else f"execution {number} of "
-                                  "this case"), hits)
+                                  "this case"), hits, execution=number)
         differences = insn.diff_states(expected, actual)
         pointer = pointer or insn.fx_pointer_differs(expected, actual)
         if differences:
             outcome = "signal" if expected.fields.get("sig", "0") != \
                 actual.fields.get("sig", "0") else "differs"
-            return CaseVerdict(name, outcome, which + "; ".join(differences), hits, pointer)
+            return CaseVerdict(name, outcome, which + "; ".join(differences), hits, pointer,
+                               number)
     if overruns == 0 and hits != len(runs):
         return CaseVerdict(name, "hits", f"probe hit {hits} times in {len(runs)} executions, "
                            f"expected {len(runs)}", hits, pointer)
