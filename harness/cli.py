@@ -7,6 +7,7 @@ import re
 import sys
 import time
 
+from . import regressions
 from .errors import HarnessError, InfraError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -268,7 +269,7 @@ def cmd_sweep(args) -> int:
 
 
 def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str | None,
-                    history: int) -> int:
+                    args) -> int:
     from . import nightly, regressions
     fail_on = fail_on or "new"
     from .results_db import ResultsDB
@@ -276,9 +277,10 @@ def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str | None,
         if db.run(run_id) is None:
             raise HarnessError(f"{db_path} has no run {run_id!r} (runs: "
                                f"{', '.join(r['run_id'] for r in db.runs()[-5:]) or 'none'}).")
-        comparison = regressions.compare_run(db, run_id)
+        comparison = regressions.compare_run(db, run_id, args.flake_window,
+                                             args.flake_threshold)
         print(nightly.format_summary(db, run_id, comparison))
-        outputs = nightly.write_outputs(db, run_id, comparison, results_dir, history)
+        outputs = nightly.write_outputs(db, run_id, comparison, results_dir, args.history)
     for name, path in outputs.items():
         print(f"{name + ':':<8} {path}")
     return regressions.exit_status(comparison, fail_on)
@@ -318,7 +320,7 @@ def cmd_nightly(args) -> int:
     if count > 1:
         print(f"shard {index}/{count} stored in {db_path}; fold the shards with "
               f"`python -m harness merge --into DIR SHARD_DIR...`")
-    return _nightly_finish(results_dir, db_path, options.run_id, fail_on, args.history)
+    return _nightly_finish(results_dir, db_path, options.run_id, fail_on, args)
 
 
 def cmd_merge(args) -> int:
@@ -328,6 +330,8 @@ def cmd_merge(args) -> int:
     from . import nightly
     into = Path(args.into).resolve()
     run_ids = nightly.merge(into, [Path(s).resolve() for s in args.sources])
+    if args.keep_run_dirs is not None:
+        nightly.prune_run_dirs(into, args.keep_run_dirs)
     run_id = args.run_id or (run_ids[0] if run_ids else None)      # the latest run merged
     if run_id is None:
         from .results_db import ResultsDB
@@ -336,7 +340,7 @@ def cmd_merge(args) -> int:
         if run_id is None:
             raise HarnessError("merge: the sources hold no runs.")
         print(f"merge: nothing new; reporting the latest run, {run_id}")
-    return _nightly_finish(into, into / "results.db", run_id, args.fail_on, args.history)
+    return _nightly_finish(into, into / "results.db", run_id, args.fail_on, args)
 
 
 def cmd_nightly_report(args) -> int:
@@ -352,7 +356,7 @@ def cmd_nightly_report(args) -> int:
         run_id = args.run_id or db.latest_run()
     if run_id is None:
         raise HarnessError(f"{db_path} holds no runs.")
-    return _nightly_finish(results_dir, db_path, run_id, args.fail_on, args.history)
+    return _nightly_finish(results_dir, db_path, run_id, args.fail_on, args)
 
 
 def _add_nightly_outputs(parser: argparse.ArgumentParser) -> None:
@@ -361,6 +365,36 @@ def _add_nightly_outputs(parser: argparse.ArgumentParser) -> None:
                              "several), on any failing test, or never")
     parser.add_argument("--history", type=int, default=10, metavar="N",
                         help="runs shown in the report's per-test history (default 10)")
+    parser.add_argument("--flake-window", type=_runs(2), default=regressions.FLAKE_WINDOW,
+                        metavar="K", help="flake rates over a cell's last K runs with "
+                        f"identical inputs (default {regressions.FLAKE_WINDOW})")
+    parser.add_argument("--flake-threshold", type=_fraction,
+                        default=regressions.FLAKE_THRESHOLD, metavar="RATE",
+                        help="a test is flaky from this flip rate, with at least "
+                        f"{regressions.MIN_FLIPS} flips (default {regressions.FLAKE_THRESHOLD})")
+
+
+def _runs(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of runs >= "
+                                             f"{minimum}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate in (0, 1], e.g. 0.2")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and report")
     p.add_argument("--into", required=True, help="the merged results directory")
     p.add_argument("--run-id", help="the run to report on (default: the last one merged)")
+    p.add_argument("--keep-run-dirs", type=_runs(1), metavar="N", default=None,
+                   help="delete the directories (logs, reports) of all but the latest N runs; "
+                        "their results stay in results.db (a history kept in a CI cache)")
     p.add_argument("sources", nargs="+", help="shard results directories (or results.db files)")
     _add_nightly_outputs(p)
     p.set_defaults(func=cmd_merge)

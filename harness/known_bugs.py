@@ -38,6 +38,11 @@ class KnownBug:
     splat: str = ""            # the bug shows as a kernel splat with this in its title: a test
                                # that crashes with it is an expected failure too
 
+    @property
+    def key(self) -> str:
+        """The entry's name in results and reports: its first test pattern (unique)."""
+        return self.test[0]
+
     def explains_crash(self, crash_title: str) -> bool:
         return bool(self.splat) and self.splat in crash_title
 
@@ -94,7 +99,20 @@ def load(path: Path = KNOWN_BUGS_FILE) -> list[KnownBug]:
         bugs.append(KnownBug(_as_tuple(entry["test"]), tuple(entry["kernels"]),
                              entry.get("fixed_by", ""), entry["reason"], entry.get("link", ""),
                              str(entry.get("fixed_upstream", "")), entry.get("splat", "")))
+    seen: dict[str, int] = {}
+    for number, bug in enumerate(bugs, start=1):
+        if bug.key in seen:
+            raise HarnessError(f"{path}, [[bug]] entries {seen[bug.key]} and {number} both "
+                               f"start with test = {bug.key!r}: an entry is named by its first "
+                               f"test pattern in results and reports; reorder or merge them.")
+        seen[bug.key] = number
     return bugs
+
+
+def states_property(states: dict[str, str]) -> tuple[str, str]:
+    """The JUnit property recording which entries applied to a test and whether their bug
+    showed ("showed", "absent", or "unclear": the test failed for another reason)."""
+    return ("known_bugs", json.dumps(dict(sorted(states.items()))))
 
 
 def _as_tuple(value) -> tuple[str, ...]:

@@ -182,7 +182,8 @@ def to_result(test: report.TestResult) -> Result:
             machine += f" {props['vcpus']}vCPU"
     return Result(test=f"{test.family}::{test.name}", family=test.family, outcome=test.outcome,
                   seconds=test.seconds, message=test.message[:20000], crash_title=title,
-                  console_log=props.get("console_log", ""), machine=machine)
+                  console_log=props.get("console_log", ""), machine=machine,
+                  known_bugs=props.get("known_bugs", ""))
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -288,6 +289,23 @@ def format_summary(db: ResultsDB, run_id: str, comparison: regressions.Compariso
             lines.append(f"  ... and {len(changes) - limit} more {category}")
     for cell, test in comparison.vanished[:limit]:
         lines.append(f"  {'GONE':<14} {cell} {test} (in the previous run, not in this one)")
+    rates = comparison.flake_rates()
+    if rates:
+        lines.append(f"flake rates (verdict flips over the last {comparison.window} runs with "
+                     f"identical inputs; flaky from {comparison.threshold:.0%} and "
+                     f"{regressions.MIN_FLIPS} flips):")
+        for rate in rates[:limit]:
+            mark = "FLAKY" if rate.flaky(comparison.threshold) else ""
+            lines.append(f"  {mark:<6}{rate.cell} {rate.test}: {rate.text()}")
+    for entry in comparison.stale[:limit]:
+        lines.append(f"  {'STALE ENTRY':<14} known_bugs.toml {entry.entry!r} did not show on "
+                     f"{entry.kernel} ({entry.cell}: {', '.join(entry.tests)[:120]})"
+                     + ("" if entry.reason else " [no longer in the table]"))
+    if comparison.unexercised:
+        names = comparison.unexercised
+        more = f", and {len(names) - 4} more" if len(names) > 4 else ""
+        lines.append(f"known-bugs entries no test of this run met (not run here, or not "
+                     f"for these kernels): {len(names)}: {', '.join(names[:4])}{more}")
     return "\n".join(lines)
 
 
@@ -373,3 +391,24 @@ def merge(into: Path, sources: list[Path], note=print) -> list[str]:
             touched.update(runs)
         order = [r["run_id"] for r in db.runs()]
     return sorted(touched, key=order.index, reverse=True)
+
+
+def prune_run_dirs(results_dir: Path, keep: int, note=print) -> list[str]:
+    """Delete the directories (JUnit, logs, console logs, reports) of all but the latest
+    `keep` runs; their rows stay in results.db, so comparisons and flake rates keep them.
+    Only directories of runs the history knows are touched. Returns the pruned run ids."""
+    import shutil
+    runs_dir = results_dir / "runs"
+    with ResultsDB(results_dir / "results.db") as db:
+        order = [r["run_id"] for r in db.runs()]
+    pruned = []
+    for run_id in order[:max(len(order) - keep, 0)]:
+        path = runs_dir / run_id
+        if path.is_dir() and not path.is_symlink() and path.parent == runs_dir:
+            shutil.rmtree(path)
+            pruned.append(run_id)
+    if pruned:
+        note(f"pruned the directories of {len(pruned)} older run(s) (kept the latest {keep}; "
+             f"their results stay in results.db)")
+    return pruned
+

@@ -337,16 +337,22 @@ def pytest_runtest_makereport(item, call):
     if bug is None:
         return
     crash_title = dict(item.user_properties).get("crash_title", "")
+    state = "unclear"                     # failed, but not as the entry says it must
     if report.failed and (not getattr(report, CRASHED, False)
                           or bug.explains_crash(crash_title)):
         report.outcome = "skipped"
         report.wasxfail = f"known bug: {bug.reason} ({bug.link})" + \
             (f" [{crash_title}]" if crash_title else "")
         setattr(report, CRASHED, False)     # the splat is the known bug's
+        state = "showed"
     elif report.passed:
         # the entry says this kernel has the bug: a pass means the table is stale
         report.outcome = "failed"
         report.longrepr = f"[XPASS(strict)] {bug.stale_message(kernel.label)}"
+        state = "absent"
+    prop = known_bugs.states_property({bug.key: state})
+    item.user_properties.append(prop)
+    report.user_properties.append(prop)
 
 
 def _attribute_kernel_log(item, g: Guest, report) -> None:

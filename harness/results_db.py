@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS cells (
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL, cell TEXT NOT NULL, test TEXT NOT NULL, family TEXT,
     outcome TEXT NOT NULL, seconds REAL, message TEXT, crash_title TEXT, console_log TEXT,
-    machine TEXT, PRIMARY KEY (run_id, cell, test));
+    machine TEXT, known_bugs TEXT, PRIMARY KEY (run_id, cell, test));
 """
 
 CELL_FIELDS = ("cell", "shard", "kernel_spec", "kernel_label", "kernel_identity",
@@ -44,7 +44,7 @@ CELL_FIELDS = ("cell", "shard", "kernel_spec", "kernel_label", "kernel_identity"
                "smp", "accel", "selection", "harness_version", "input_digest", "junit",
                "dir", "started", "seconds", "status", "error", "pytest_exit")
 RESULT_FIELDS = ("test", "family", "outcome", "seconds", "message", "crash_title",
-                 "console_log", "machine")
+                 "console_log", "machine", "known_bugs")
 BAD = BAD_OUTCOMES
 
 
@@ -58,6 +58,7 @@ class Result:
     crash_title: str = ""
     console_log: str = ""
     machine: str = ""
+    known_bugs: str = ""       # JSON {known-bugs entry: showed|absent|unclear} (see regressions)
 
     @property
     def bad(self) -> bool:
@@ -219,6 +220,28 @@ class ResultsDB:
             (cell, run_id, started[0], started[0], run_id)).fetchall()
         return {r["test"]: (Result(*tuple(r)[:len(RESULT_FIELDS)]), r["input_digest"])
                 for r in rows}
+
+    def same_input_outcomes(self, run_id: str, cell: str, input_digest: str | None,
+                            window: int) -> dict[str, list[str]]:
+        """Per test: its outcomes in the last `window` runs of `cell` (this one and earlier
+        complete ones) whose input digest is `input_digest`, oldest first."""
+        started = self.conn.execute("SELECT started FROM runs WHERE run_id=?",
+                                    (run_id,)).fetchone()
+        if started is None or not input_digest:
+            return {}
+        runs = self.conn.execute(
+            "SELECT c.run_id FROM cells c JOIN runs r ON r.run_id=c.run_id JOIN shards s ON "
+            "s.run_id=c.run_id AND s.shard=c.shard WHERE c.cell=? AND c.input_digest=? AND "
+            "(s.status='complete' OR c.run_id=?) AND (r.started<? OR (r.started=? AND "
+            "r.run_id<=?)) ORDER BY r.started DESC, r.run_id DESC LIMIT ?",
+            (cell, input_digest, run_id, started[0], started[0], run_id, window)).fetchall()
+        order = [row[0] for row in reversed(runs)]
+        outcomes: dict[str, list[str]] = {}
+        for run in order:
+            for test, outcome in self.conn.execute(
+                    "SELECT test, outcome FROM results WHERE run_id=? AND cell=?", (run, cell)):
+                outcomes.setdefault(test, []).append(outcome)
+        return outcomes
 
     def history(self, cell: str, test: str, before_run: str, limit: int) -> list[str]:
         """Outcomes of one test in one cell over the last `limit` committed runs up to and

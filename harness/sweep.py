@@ -55,6 +55,7 @@ class SweepReport:
     batches: int
     timings: dict = field(default_factory=dict)
     stale: dict = field(default_factory=dict)   # {class: [stale known-bugs entry message]}
+    known_states: dict = field(default_factory=dict)  # {class: {entry: showed|absent}}
 
     def table(self) -> dict[str, Counter]:
         table: dict[str, Counter] = {}
@@ -212,10 +213,12 @@ def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
     return checked
 
 
-def attach_known_bugs(results: list[FormResult], kernel) -> dict[str, list[str]]:
+def attach_known_bugs(results: list[FormResult], kernel,
+                      states: dict | None = None) -> dict[str, list[str]]:
     """A difference listed in known_bugs.toml (test = "sweep:<form name pattern>").
     Returns the stale entries per class: {class: [message]}, an entry that applies to this
-    kernel and matched forms of the class that ran, none of which differed."""
+    kernel and matched forms of the class that ran, none of which differed. `states`, if
+    given, receives {class: {entry: "showed" | "absent"}} for every applying entry."""
     bugs = known_bugs.load()
     patches = known_bugs.patches_of(kernel)
     release = getattr(kernel, "release", "") or ""
@@ -237,6 +240,10 @@ def attach_known_bugs(results: list[FormResult], kernel) -> dict[str, list[str]]
                 result.known_bug = f"{bug.reason} ({bug.link})" if bug.link else bug.reason
                 showed.add((index, result.form.klass))
     stale: dict[str, list[str]] = {}
+    if states is not None:
+        for index, klass in set(expected) | showed:
+            states.setdefault(klass, {})[applying[index].key] = \
+                "showed" if (index, klass) in showed else "absent"
     for (index, klass), forms in expected.items():
         if (index, klass) not in showed and forms:
             stale.setdefault(klass, []).append(
@@ -260,11 +267,13 @@ def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BAT
     verdicts, batches = run_sweep(guest, forms, batch, note, states)
     results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0])
                for f in forms]
-    stale = attach_known_bugs(results, kernel)
+    known_states: dict = {}
+    stale = attach_known_bugs(results, kernel, known_states)
     label = kernel.label + (f" + {kernel.series}" if kernel.series else "")
     return SweepReport(label, results, len(forms), corpus.candidates, corpus.dropped,
                        time.monotonic() - start, batches,
-                       stale=stale if not filters else {})  # a filter may leave out the forms
+                       stale=stale if not filters else {},   # a filter may leave out forms
+                       known_states=known_states if not filters else {})
 
 
 def _host_cpu_flags() -> set[str]:

@@ -12,6 +12,7 @@ whole table)."""
 
 import pytest
 
+from harness import known_bugs
 from harness.sweep_corpus import CLASSES
 
 pytestmark = [pytest.mark.sweep, pytest.mark.vm(smp=1)]
@@ -25,6 +26,9 @@ def test_sweep_class_transparent(request, instruction_sweep, klass):
     request.node.user_properties.append(("forms", forms))
     for outcome, count in sorted(outcomes.items()):
         request.node.user_properties.append((f"outcome_{outcome}", count))
+    states = instruction_sweep.known_states.get(klass)
+    if states:                         # which entries applied and whether they showed
+        request.node.user_properties.append(known_bugs.states_property(states))
     known = instruction_sweep.known(klass)
     if known:
         request.node.user_properties.append(("known_differences", known.total()))

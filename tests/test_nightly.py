@@ -7,11 +7,12 @@ import json
 import re
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from harness import cli, kcidb, nightly, nightly_matrix, regressions
+from harness import cli, kcidb, known_bugs, nightly, nightly_matrix, regressions, report
 from harness.errors import HarnessError
 from harness.nightly_matrix import MatrixError
 from harness.results_db import Result, ResultsDB
@@ -197,12 +198,103 @@ def test_two_runs_flag_a_new_failure_and_exit_nonzero(tmp_path):
     assert [c.category for c in fourth.changes] == ["fixed"]
 
 
-def test_outcome_change_without_input_change_is_flaky(tmp_path):
-    run(tmp_path, ScriptedRunner(PASSING), "r1")
-    flaky = with_outcome("k612/default/smp1,4/smp", "threads::t_a", "crashed")
-    second = run(tmp_path, ScriptedRunner(flaky), "r2")
-    assert [(c.test, c.category) for c in second.changes] == [("threads::t_a", "flaky")]
-    assert regressions.exit_status(second, "new") == 0
+def test_one_flip_is_a_change_and_a_flake_rate_over_the_window_makes_a_test_flaky(tmp_path):
+    """Identical inputs throughout: the first flip is a new failure (it gates); once the
+    verdict has flipped often enough within the window the test is flaky (it does not)."""
+    cell = "k612/default/smp1,4/smp"
+    crashed = with_outcome(cell, "threads::t_a", "crashed")
+    categories, rates = [], []
+    for number, outcomes in enumerate([PASSING, PASSING, crashed, PASSING, crashed], start=1):
+        comparison = run(tmp_path, ScriptedRunner(outcomes), f"r{number}")
+        categories.append([c.category for c in comparison.changes if c.cell == cell])
+        rates.append(comparison.flake.get((cell, "threads::t_a")))
+    # pass, pass, FAIL: one flip, a new failure; then pass (2 flips of 3 pairs): flaky
+    assert categories == [[], [], ["new failure"], ["flaky"], ["flaky"]]
+    assert [(r.flips, r.runs) for r in rates] == [(0, 1), (0, 2), (1, 3), (2, 4), (3, 5)]
+    assert rates[3].rate == pytest.approx(2 / 3) and rates[3].flaky() and rates[4].flaky()
+    assert not rates[2].flaky(threshold=0.01), "one flip is never flaky"
+    # a window of 2 runs sees one flip only: a change again
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        narrow = regressions.compare_run(db, "r5", window=2)
+        assert [c.category for c in narrow.of("new failure")] == ["new failure"]
+        # a high threshold: 3 flips in 5 runs (75 %) are below 80 %
+        strict = regressions.compare_run(db, "r5", threshold=0.8)
+        assert not strict.of("flaky") and strict.of("new failure")
+
+
+def test_flake_rates_count_only_runs_with_identical_inputs(tmp_path):
+    cell = "k612/default/smp1,4/smp"
+    crashed = with_outcome(cell, "threads::t_a", "crashed")
+    for number, outcomes in enumerate([PASSING, crashed, PASSING], start=1):
+        run(tmp_path, ScriptedRunner(outcomes), f"r{number}")
+    # a new kernel build: its runs start a history of their own
+    comparison = run(tmp_path, ScriptedRunner(crashed, {cell: "id-new"}), "r4")
+    assert [c.category for c in comparison.changes if c.cell == cell] == ["new failure"]
+    assert comparison.flake[(cell, "threads::t_a")].outcomes == ("crashed",)
+    summary_path = tmp_path / "res" / "runs" / "r3"
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        back = regressions.compare_run(db, "r3")
+        text = nightly.format_summary(db, "r3", back)
+        nightly.write_outputs(db, "r3", back, tmp_path / "res")
+    assert "FLAKY" in text and "threads::t_a: 100% (2 flips in 3 runs" in text, text
+    page = (summary_path / "report.html").read_text()
+    assert 'id="flake-table"' in page and "100%" in page
+
+
+def test_a_known_bug_that_stops_showing_is_its_own_category_and_a_stale_entry(tmp_path):
+    """r1: the entry's bug shows (xfail); r2: the test passes where the entry applies
+    (xpass): 'known bug gone', not a new failure, and the entry is named as stale."""
+    bug = known_bugs.KnownBug(("t_a",), ("*",), "", "nhit is racy", "")
+    other = known_bugs.KnownBug(("t_never",), ("*",), "", "never met", "")
+    states = {"xfail": "showed", "xpass": "absent"}
+
+    class Recording(ScriptedRunner):
+        def run(self, cell, cell_dir):
+            outcome = super().run(cell, cell_dir)
+            outcome.results[:] = [replace(r, known_bugs=json.dumps({"t_a": states[r.outcome]}))
+                                  if r.outcome in states else r for r in outcome.results]
+            return outcome
+
+    cell = "k61/none/smp1,4/all"
+    run(tmp_path, Recording(PASSING), "r1")       # k61/none has t_a as xfail
+    gone = with_outcome(cell, "threads::t_a", "xpass")
+    run(tmp_path, Recording(gone), "r2")
+    with ResultsDB(tmp_path / "res" / "results.db") as db:
+        comparison = regressions.compare_run(db, "r2", bugs=[bug, other])
+        assert [(c.cell, c.category, c.before, c.after) for c in comparison.changes] == [
+            (cell, "known bug gone", "xfail", "xpass")]
+        assert regressions.exit_status(comparison, "new") == 0
+        assert regressions.exit_status(comparison, "failures") == 1
+        assert [(e.entry, e.cell, e.tests, e.reason) for e in comparison.stale] == [
+            ("t_a", cell, ("threads::t_a",), "nhit is racy")]
+        assert comparison.unexercised == ["t_never"]
+        first = regressions.compare_run(db, "r1", bugs=[bug, other])
+        assert first.stale == [], "an entry that showed is not stale"
+        text = nightly.format_summary(db, "r2", comparison)
+        outputs = nightly.write_outputs(db, "r2", comparison, tmp_path / "res")
+    assert "KNOWN BUG GONE" in text and "STALE ENTRY" in text and "'t_a'" in text, text
+    page = outputs["report"].read_text()
+    assert 'id="stale-table"' in page and "nhit is racy" in page and "known bug gone" in page
+
+
+def test_the_entry_states_reach_the_history_from_the_junit(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite><testcase classname="testcases.test_threads" name="t_a" '
+        'time="1"><properties><property name="known_bugs" value="{&quot;t_a&quot;: '
+        '&quot;showed&quot;}"/></properties><skipped type="pytest.xfail" message="known bug"/>'
+        '</testcase></testsuite></testsuites>')
+    result = nightly.to_result(report.read_junit(junit)[0])
+    assert result.outcome == "xfail"
+    assert regressions.known_bug_states(result) == {"t_a": "showed"}
+
+
+def test_known_bugs_entries_need_distinct_first_patterns(tmp_path):
+    path = tmp_path / "known_bugs.toml"
+    path.write_text('[[bug]]\ntest = "t_a"\nkernels = ["*"]\nreason = "one"\n'
+                    '[[bug]]\ntest = ["t_a", "t_b"]\nkernels = ["*"]\nreason = "two"\n')
+    with pytest.raises(HarnessError, match="entries 1 and 2 both start with test = 't_a'"):
+        known_bugs.load(path)
 
 
 def test_interrupted_run_never_becomes_the_previous_run(tmp_path):
