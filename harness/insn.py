@@ -8,11 +8,12 @@ optional .data lines, and initial register values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import subprocess
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -64,6 +65,7 @@ class Program:
     cases: tuple[Case, ...]
     avx: bool
     digest: str
+    bits: int = 64            # 32: a compat (i386) task
 
     def probe_symbol(self, case: Case) -> str:
         return f"probe_{self.cases.index(case)}"
@@ -91,7 +93,7 @@ def load_cases(path: Path, family: str = "") -> list[Case]:
     return cases
 
 
-def _render(cases: list[Case], avx: bool, source: str) -> tuple[str, str]:
+def _render(cases: list[Case], avx: bool, source: str, bits: int = 64) -> tuple[str, str]:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     items = []
@@ -102,28 +104,57 @@ def _render(cases: list[Case], avx: bool, source: str) -> tuple[str, str]:
         data = case.data.replace("{id}", str(index)).strip()
         pre = case.pre.replace("{id}", str(index)).strip()
         items.append({"id": index, "name": case.name, "asm": asm, "data": data, "pre": pre})
-    assembly = env.get_template("insn_cases.S.j2").render(cases=items, avx=avx, source=source)
+    assembly = env.get_template("insn_cases.S.j2").render(
+        cases=items, avx=avx, source=source, bits=bits,
+        pointer=".long" if bits == 32 else ".quad")
     rows = ",\n".join("\t{" + ", ".join(f"{v:#x}ULL" for v in case.initial_gprs()) + "}"
                       for case in cases)
     table = ("#include <stdint.h>\nconst uint64_t case_gpr_init[][18] = {\n" + rows + "\n};\n")
     return assembly, table
 
 
-def build_program(cases: list[Case], name: str, source: str = "") -> Program:
-    """Compile cases into a static non-PIE program (cached by content)."""
+BITS_FLAGS = {64: (), 32: ("-m32",)}      # 32: gcc-multilib's static i386 libc
+_RIP_OPERAND = re.compile(r"\(\s*%rip\s*\)")
+
+
+def compat_cases(cases: list[Case]) -> list[Case]:
+    """The cases as a 32-bit (compat) task runs them. A RIP-relative operand becomes an
+    absolute one: the same ModRM encoding (mod=00, rm=101), which in 32-bit mode means a
+    plain disp32, so the kernel must not apply its RIP-relative fixup there. Cases whose
+    assembly is not valid 32-bit code (r8-r15, xmm8-15, 64-bit-only forms) are left out."""
+    converted = [replace(c, asm=_RIP_OPERAND.sub("", c.asm), pre=_RIP_OPERAND.sub("", c.pre),
+                         data=_RIP_OPERAND.sub("", c.data)) for c in cases]
+    return [c for c in converted if _assembles(c, 32)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _assembles(case: Case, bits: int) -> bool:
+    assembly, _ = _render([case], any(n in ("avx", "avx2") for n in case.needs), case.name,
+                          bits)
+    result = subprocess.run(["as", f"--{bits}", "-o", "/dev/null", "-"], input=assembly,
+                            capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def build_program(cases: list[Case], name: str, source: str = "", bits: int = 64) -> Program:
+    """Compile cases into a static non-PIE program (cached by content); bits=32 makes it a
+    32-bit (compat) task."""
     if not cases:
         raise HarnessError(f"instruction program {name}: no cases")
+    if bits not in BITS_FLAGS:
+        raise HarnessError(f"instruction program {name}: bits must be 64 or 32, not {bits}")
     avx = any("avx" in c.needs or "avx2" in c.needs for c in cases)
-    assembly, table = _render(cases, avx, source or name)
+    assembly, table = _render(cases, avx, source or name, bits)
     driver = (TARGETS_DIR / "insn_driver.c").read_bytes()
-    digest = hashlib.sha256(assembly.encode() + table.encode() + driver).hexdigest()[:16]
+    digest = hashlib.sha256(assembly.encode() + table.encode() + driver
+                            + str(bits).encode()).hexdigest()[:16]
     out_dir = cache_dir("targets", f"insn-{name}-{digest}")
     binary = out_dir / name
     if not binary.exists():
         (out_dir / "cases.S").write_text(assembly)
         (out_dir / "cases_init.c").write_text(table)
         tmp = out_dir / f".{name}.tmp"
-        cmd = ["gcc", "-static", "-no-pie", "-O1", "-o", str(tmp),
+        cmd = ["gcc", "-static", "-no-pie", "-O1", *BITS_FLAGS[bits], "-o", str(tmp),
                str(TARGETS_DIR / "insn_driver.c"), str(out_dir / "cases_init.c"),
                str(out_dir / "cases.S")]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -131,7 +162,7 @@ def build_program(cases: list[Case], name: str, source: str = "") -> Program:
             raise HarnessError(f"instruction program {name} did not assemble "
                                f"({out_dir / 'cases.S'}):\n{result.stderr[-3000:]}")
         tmp.rename(binary)
-    return Program(binary, tuple(cases), avx, digest)
+    return Program(binary, tuple(cases), avx, digest, bits)
 
 
 def parse_output(text: str) -> dict[str, CaseState]:

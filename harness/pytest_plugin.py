@@ -245,19 +245,23 @@ def _insn_results():
 @pytest.fixture
 def insn_family(request, guest, _insn_results):
     """insn_family('fp') -> (verdicts by case name, {unsupported case: missing flags}).
-    The family's cases run once per guest: unprobed, then all probed in one run."""
+    The family's cases run once per guest: unprobed, then all probed in one run.
+    insn_family('fp', bits=32): the same cases as a 32-bit task (insn.compat_cases)."""
     from . import insn, transparency
     from .paths import REPO_ROOT
 
-    def run(family: str):
-        key = (id(guest), family)
+    def run(family: str, bits: int = 64):
+        key = (id(guest), family, bits)
         if key not in _insn_results:
             cases = insn.load_cases(REPO_ROOT / "testcases" / "cases" / f"{family}.toml")
+            if bits == 32:
+                cases = insn.compat_cases(cases)
             flags = transparency.guest_cpu_flags(guest)
             runnable, unsupported = transparency.supported(cases, flags)
-            program = insn.build_program(runnable, family)
+            name = family if bits == 64 else f"{family}{bits}"
+            program = insn.build_program(runnable, name, bits=bits)
             from .targets import target_from_binary
-            path = guest.upload(target_from_binary(family, program.binary, program.digest))
+            path = guest.upload(target_from_binary(name, program.binary, program.digest))
             verdicts = transparency.run_cases(guest, program, path)
             missing = {c.name: [n for n in c.needs if n not in flags] for c in unsupported}
             _insn_results[key] = (verdicts, missing)

@@ -84,10 +84,14 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
         raise HarnessError(f"sweep: --batch must be at least 1, not {batch}")
     verdicts: dict[str, transparency.CaseVerdict] = {}
     host_flags = _host_cpu_flags()
-    chunks = [forms[i:i + batch] for i in range(0, len(forms), batch)]
+    chunks = []
+    for bits in (64, 32):                 # a program is either 64-bit or a 32-bit task
+        same = [f for f in forms if f.bits == bits]
+        chunks += [same[i:i + batch] for i in range(0, len(same), batch)]
     for number, chunk in enumerate(chunks, start=1):
         cases = [sweep_corpus.to_case(f) for f in chunk]
-        program = insn.build_program(cases, f"sweep{number}", source="the instruction sweep")
+        program = insn.build_program(cases, f"sweep{number}", source="the instruction sweep",
+                                     bits=chunk[0].bits)
         problems = sweep_corpus.verify_program(program, chunk)
         if problems:
             raise HarnessError(f"sweep batch {number}: {len(problems)} form(s) did not link "

@@ -25,7 +25,8 @@ from .errors import HarnessError
 from .paths import CONFIGS_DIR
 
 CONFIG = CONFIGS_DIR / "sweep.toml"
-CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "prefixed", "branch")
+CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "prefixed", "branch", "compat")
+COMPAT = "compat"       # the class of the forms run in a 32-bit task (Form.bits == 32)
 IMM_FILLER = 0x11
 _GPR_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10",
                   "r11", "r12", "r13", "r14", "r15")
@@ -50,6 +51,8 @@ class Form:
     needs: tuple[str, ...] = ()
     gprs: tuple[tuple[str, int], ...] = ()
     prefix_len: int = 0        # legacy prefixes, REX or VEX at the start of head
+    bits: int = 64             # 32: decoded and run in a 32-bit (compat) task, where `rip`
+                               # marks an absolute disp32 (the same ModRM encoding)
 
     @property
     def length(self) -> int:
@@ -61,7 +64,8 @@ class Form:
             self.imm
 
     def hex_bytes(self) -> str:
-        return self.head.hex(" ") + (" <disp32>" if self.rip else "") + \
+        disp = " <abs32>" if self.bits == 32 else " <disp32>"
+        return self.head.hex(" ") + (disp if self.rip else "") + \
             (" " + self.imm.hex(" ") if self.imm else "")
 
     def display(self) -> str:
@@ -104,8 +108,9 @@ def _prefix_bytes(text: str) -> bytes:
 
 
 class _Decoder:
-    def __init__(self):
-        self.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    def __init__(self, bits: int = 64):
+        mode = capstone.CS_MODE_32 if bits == 32 else capstone.CS_MODE_64
+        self.cs = capstone.Cs(capstone.CS_ARCH_X86, mode)
         self.cs.detail = True
 
     def decode(self, code: bytes):
@@ -118,9 +123,11 @@ class _Generator:
     def __init__(self, config: dict, cpu_flags: set[str] | None):
         self.config = config
         self.flags = cpu_flags
-        self.decoder = _Decoder()
+        self.decoder = self.decoder64 = _Decoder()
+        self.decoder32 = _Decoder(32)
+        self.bits = 64
         self.corpus = Corpus([])
-        self.seen: set[bytes] = set()
+        self.seen: set[tuple[int, bytes]] = set()
         modrm = config["modrm"]
         self.reg_field = modrm["reg_field"]
         self.rm_register = modrm["rm_register"]
@@ -152,8 +159,9 @@ class _Generator:
         probe = head + (b"\0\0\0\0" if rip else b"") + bytes([IMM_FILLER]) * 8
         self.corpus.candidates += 1
         decoded = self.decoder.decode(probe)
+        undefined = f"undefined in {self.bits}-bit mode (capstone)"
         if decoded is None:
-            self.corpus.dropped["undefined in 64-bit mode (capstone)"] += 1
+            self.corpus.dropped[undefined] += 1
             return
         has_modrm = decoded.modrm_offset != 0
         if modrm_expected is not None and has_modrm != modrm_expected:
@@ -166,14 +174,14 @@ class _Generator:
         # a RIP-relative displacement is 4 bytes, right after the head (capstone says 2 behind
         # a 66 prefix without REX.W: its disp_size follows the operand size)
         if rip and not (decoded.disp_offset == len(head) and decoded.size >= imm_start):
-            self.corpus.dropped["undefined in 64-bit mode (capstone)"] += 1
+            self.corpus.dropped[undefined] += 1
             return
         imm = probe[imm_start:decoded.size]
         encoding = head + (b"\0" * 4 if rip else b"") + imm
-        if encoding in self.seen:
+        if (self.bits, encoding) in self.seen:
             self.corpus.dropped["duplicate encoding"] += 1
             return
-        self.seen.add(encoding)
+        self.seen.add((self.bits, encoding))
         mnemonic = decoded.mnemonic.split()[-1]
         reason = self.exclude.get(mnemonic)
         operands = _SEGMENT_OVERRIDE.sub("", decoded.op_str)
@@ -193,13 +201,14 @@ class _Generator:
         if branch and 0x66 in prefix:
             self.corpus.dropped["operand-size prefix on a near branch (vendor-dependent)"] += 1
             return
-        if branch or emulated:
+        if (branch or emulated) and self.bits == 64:
             klass = "branch"
         text = f"{decoded.mnemonic} {decoded.op_str}".strip()
-        name = f"{klass}-{head.hex()}{'-rip' if rip else ''}"
-        gprs = self.gprs if mode == "mem" else ()
+        suffix = ("-abs" if self.bits == 32 else "-rip") if rip else ""
+        name = f"{klass}-{head.hex()}{suffix}"
+        gprs = self.gprs if mode == "mem" and self.bits == 64 else ()
         self.corpus.forms.append(Form(name, klass, head, rip, imm, text, branch, needs, gprs,
-                                      len(prefix)))
+                                      len(prefix), self.bits))
 
     def _needs(self, decoded, klass: str) -> tuple[str, ...] | None:
         wanted = []
@@ -304,6 +313,39 @@ class _Generator:
                         self.add("prefixed", prefix, opcode, tail, rip, mode, True,
                                  opcode_map=opcode_map)
 
+    def compat(self) -> None:
+        """Class "compat": the one- and two-byte maps decoded and run as a 32-bit task, which
+        uprobes checks against tables of its own (good_insns_32) and emulates with 4-byte
+        stack slots. No REX (40-4f are inc/dec there), the opcodes 64-bit mode lacks (push/
+        pop of segment registers aside: their operands are excluded), and the ModRM form
+        that is RIP-relative in 64-bit mode is an absolute disp32 here."""
+        maps, section = self.config["maps"], self.config["compat"]
+        skip = _byte_set(section["onebyte_skip"])
+        groups = _byte_set(maps["onebyte_groups"])
+        self.decoder, self.bits = self.decoder32, 32
+        try:
+            tables = ((b"", skip, groups),
+                      (b"\x0f", _byte_set(maps["twobyte_skip"]),
+                       _byte_set(maps["twobyte_groups"])))
+            for escape, skipped, grouped in tables:
+                opcode_map = "twobyte" if escape else "onebyte"
+                for op in range(256):
+                    if op in skipped:
+                        continue
+                    opcode = escape + bytes([op])
+                    if self._has_modrm(opcode):
+                        regs = range(8) if op in grouped else [self.reg_field]
+                        for prefix in section["prefixes"]:
+                            for tail, rip, mode in self.modrm_variants(regs):
+                                self.add(COMPAT, _prefix_bytes(prefix), opcode, tail, rip,
+                                         mode, True, opcode_map=opcode_map)
+                    else:
+                        for prefix in section["prefixes"]:
+                            self.add(COMPAT, _prefix_bytes(prefix), opcode,
+                                     modrm_expected=False, opcode_map=opcode_map)
+        finally:
+            self.decoder, self.bits = self.decoder64, 64
+
     def _add_prefixed(self, klass, prefix_text, opcode, tail, rip, mode) -> None:
         """Mandatory prefixes (66/f2/f3) must come before REX: split a combined text."""
         self.add(klass, _prefix_bytes(prefix_text), opcode, tail, rip, mode, True)
@@ -339,7 +381,9 @@ class _Generator:
         return bytes([0xC4, 0xE0 | map_select, inverted_v | length << 2 | pp])   # W0
 
     def _has_modrm(self, opcode: bytes) -> bool:
-        decoded = self.decoder.decode(opcode + b"\xc0" + bytes([IMM_FILLER]) * 8)
+        # 32-bit mode: a memory ModRM (c4/c5/62 with a register ModRM are VEX/EVEX there)
+        modrm = b"\x00" if self.bits == 32 else b"\xc0"
+        decoded = self.decoder.decode(opcode + modrm + bytes([IMM_FILLER]) * 8)
         return bool(decoded and decoded.modrm_offset)
 
 
@@ -351,6 +395,7 @@ def generate(cpu_flags: set[str] | None = None, config_path: Path = CONFIG) -> C
     generator.x87()
     generator.avx()
     generator.prefixed()
+    generator.compat()
     return generator.corpus
 
 
@@ -375,7 +420,9 @@ def _bytes_line(data: bytes) -> str:
 
 def to_case(form: Form, rip_target: str = "scratch+0x100") -> insn.Case:
     """The form as an engine case: the probed insn, then landing pads for control flow
-    (fall-through continues, a taken branch runs `not %r15` first: flags untouched)."""
+    (fall-through continues, a taken branch runs `not %r15` first, `not %ebp` in a 32-bit
+    task: flags untouched)."""
+    compat = form.bits == 32
     lines = [_bytes_line(form.head)] if form.head else []
     imm = form.imm
     if form.branch in ("rel8", "rel32"):
@@ -383,17 +430,18 @@ def to_case(form: Form, rip_target: str = "scratch+0x100") -> insn.Case:
         directive = {1: ".byte", 2: ".word", 4: ".long"}[size]
         lines.append(f"{directive} .Ltaken_{{id}} - (. + {size})")
         imm = b""
-    if form.rip:
-        lines.append(f".long {rip_target} - (. + {4 + len(imm)})")
+    if form.rip:              # 32-bit: the same ModRM form is an absolute address
+        lines.append(f".long {rip_target}" if compat else
+                     f".long {rip_target} - (. + {4 + len(imm)})")
     if imm:
         lines.append(_bytes_line(imm))
     pre = ""
     if form.branch:
-        lines += ["jmp 2f", ".Ltaken_{id}:", "not %r15", "2:"]
+        lines += ["jmp 2f", ".Ltaken_{id}:", "not %ebp" if compat else "not %r15", "2:"]
         if form.branch == "ret":
-            pre = "pushq $.Ltaken_{id}"
+            pre = "pushl $.Ltaken_{id}" if compat else "pushq $.Ltaken_{id}"
         elif form.branch == "indirect":
-            pre = _indirect_target_setup(form)
+            pre = _indirect_target_setup32(form) if compat else _indirect_target_setup(form)
     return insn.Case(form.name, "\n".join(lines), pre=pre, gprs=form.gprs, needs=form.needs,
                      family=form.klass)
 
@@ -413,12 +461,25 @@ def _indirect_target_setup(form: Form) -> str:
     return f"lea .Ltaken_{{id}}(%rip), %r10\nmov %r10, 0x10(%{base},%{index},1)"
 
 
+def _indirect_target_setup32(form: Form) -> str:
+    """ff /2 and ff /4 in a 32-bit task: the landing pad's address where the insn reads it."""
+    modrm = form.head[form.prefix_len + 1]
+    if modrm >= 0xC0:
+        return f"mov $.Ltaken_{{id}}, %{_GPR32_BY_NUMBER[modrm & 7]}"
+    if form.rip:
+        return "movl $.Ltaken_{id}, scratch+0x100"
+    return "movl $.Ltaken_{id}, 0x10(%ebx,%ecx,1)"
+
+
+_GPR32_BY_NUMBER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+
+
 def verify_program(program: insn.Program, forms: list[Form]) -> list[str]:
     """Decode every probed insn back from the linked binary with capstone: it must have
     the intended length and bytes (RIP-relative displacement and branch offsets aside)."""
     from .probes import symbol_offsets
     problems = []
-    decoder = _Decoder()
+    decoder = _Decoder(program.bits)
     offsets = symbol_offsets(program.binary, [f"probe_{i}" for i in range(len(program.cases))])
     image = program.binary.read_bytes()
     by_name = {f.name: f for f in forms}

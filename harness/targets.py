@@ -20,6 +20,8 @@ RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
     "xol_many": (("xol_many.c", "xol_sites.S", "hits_sites.S"), ("-pthread",)),
     "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
+    # the same sites in a 32-bit (compat) task: static i386 libc from gcc-multilib
+    "stack32": (("stack.c", "stack_sites.S"), ("-pthread", "-m32")),
     "opt": (("opt.c", "opt_env.c", "opt.h", "opt_sites.S", "hits_sites.S"), ("-pthread",)),
     # a 32-bit (compat) task, freestanding: no 32-bit libc on the host
     "opt32": (("opt32.c",), ("-m32", "-ffreestanding", "-nostdlib", "-fno-stack-protector")),

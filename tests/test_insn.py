@@ -121,3 +121,33 @@ def test_console_splats_are_attributed_to_the_running_case():
 
 def test_driver_writes_case_markers_only_when_asked(program):
     assert "CASE" not in run(program)   # natively: no --kmsg, nothing sent to the host's log
+
+
+def test_compat_cases_make_rip_relative_operands_absolute_and_drop_64_bit_code():
+    cases = [insn.Case("load", "mov val_{id}(%rip), %eax", data="val_{id}: .long 7"),
+             insn.Case("wide", "mov %r8, %rax"),
+             insn.Case("fld", "fldl val_{id}( %rip )", data="val_{id}: .double 1.5")]
+    compat = insn.compat_cases(cases)
+    assert [c.name for c in compat] == ["load", "fld"]
+    assert compat[0].asm == "mov val_{id}, %eax" and compat[1].asm == "fldl val_{id}"
+
+
+def test_a_32_bit_program_runs_as_a_compat_task_and_keeps_the_state_format():
+    cases = insn.compat_cases([insn.Case("load", "mov scratch+0x20(%rip), %eax"),
+                               insn.Case("push", "push %ebp"),
+                               insn.Case("fmul", "fmul %st(1), %st")])
+    program = insn.build_program(cases, "unit32", bits=32)
+    assert program.bits == 32 and program.binary.read_bytes()[4] == 1   # ELFCLASS32
+    first, second = run(program, "--twice"), run(program, "--twice")
+    assert first == second
+    states = insn.parse_output(first)
+    assert set(states) == {"load", "push", "fmul", "load@2", "push@2", "fmul@2"}
+    push = bytes.fromhex(states["push"].fields["gpr"])
+    rbp, rsp = (int.from_bytes(push[8 * i:8 * i + 8], "little") for i in (6, 17))
+    assert rsp < 2 ** 32 and rbp < 2 ** 32
+    # the push stored ebp's 4 bytes in the private stack window
+    stack = bytes.fromhex(states["push"].fields["stk"])
+    assert stack[124:128] == rbp.to_bytes(4, "little")
+    with pytest.raises(HarnessError, match="bits must be 64 or 32"):
+        insn.build_program(cases, "unit16", bits=16)
+

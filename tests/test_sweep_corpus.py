@@ -79,7 +79,8 @@ def test_linked_program_decodes_back_and_runs_natively(corpus, tmp_path):
     prints its state, signals included (the driver recovers from them)."""
     sample = []
     for klass in sweep_corpus.CLASSES:
-        sample += [f for f in corpus.forms if f.klass == klass][::40]
+        if klass != sweep_corpus.COMPAT:      # a 32-bit program of its own (below)
+            sample += [f for f in corpus.forms if f.klass == klass][::40]
     flags = set(open("/proc/cpuinfo").read().split("\nflags")[1].split(":", 1)[1]
                 .split("\n")[0].split())
     sample = [f for f in sample if all(n in flags for n in f.needs)]
@@ -120,3 +121,39 @@ def test_hex_bytes_of_a_long_form_hold_no_disassembly(corpus):
     assert len(long_form.hex_bytes()) >= 32
     assert long_form.text not in long_form.hex_bytes()
     assert long_form.display().startswith(long_form.hex_bytes() + " ")
+
+
+def test_compat_forms_are_32_bit_code_with_absolute_operands(corpus):
+    compat = [f for f in corpus.forms if f.klass == sweep_corpus.COMPAT]
+    assert len(compat) > 2500 and all(f.bits == 32 for f in compat)
+    assert all(f.bits == 64 for f in corpus.forms if f.klass != sweep_corpus.COMPAT)
+    by_name = {f.name: f for f in compat}
+    # opcodes 64-bit mode lacks, and 40-4f as inc/dec rather than REX
+    assert {"compat-27", "compat-60", "compat-61", "compat-40", "compat-d5"} <= set(by_name)
+    assert by_name["compat-d5"].text == "aad 0x11"
+    assert by_name["compat-40"].text == "inc eax"
+    absolute = by_name["compat-0315-abs"]           # add edx, dword ptr [abs32]
+    case = sweep_corpus.to_case(absolute)
+    assert absolute.rip and ".long scratch+0x100" in case.asm and "(." not in case.asm
+    jz = sweep_corpus.to_case(by_name["compat-74"])
+    assert "not %ebp" in jz.asm and jz.family == sweep_corpus.COMPAT
+    assert sweep_corpus.to_case(by_name["compat-c3"]).pre == "pushl $.Ltaken_{id}"
+    assert sweep_corpus.to_case(by_name["compat-ffd1"]).pre == "mov $.Ltaken_{id}, %ecx"
+
+
+def test_compat_program_is_a_32_bit_task_that_decodes_back_and_runs(corpus):
+    sample = [f for f in corpus.forms if f.klass == sweep_corpus.COMPAT][::25]
+    program = insn.build_program([sweep_corpus.to_case(f) for f in sample], "compat-sample",
+                                 bits=32)
+    assert program.binary.read_bytes()[4] == 1, "not an ELFCLASS32 binary"
+    assert sweep_corpus.verify_program(program, sample) == []
+    result = subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    states = insn.parse_output(result.stdout)
+    assert set(states) == {f.name for f in sample}
+    # eight GPRs in the low halves; r8-r15 stay zero in a 32-bit task
+    for state in states.values():
+        gpr = bytes.fromhex(state.fields["gpr"])
+        assert gpr[7 * 8:15 * 8] == bytes(64)
+        assert all(gpr[8 * r + 4:8 * r + 8] == bytes(4) for r in range(7))
+

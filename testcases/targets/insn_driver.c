@@ -30,6 +30,14 @@
 #include <sys/ucontext.h>
 #include <unistd.h>
 
+#ifdef __i386__           /* a 32-bit (compat) task: eight GPRs in the low halves, r8-r15 0 */
+#define FXSAVE "fxsave"
+#define FXSR_OFFSET 112          /* the FXSAVE image follows the fsave header in the frame */
+#else
+#define FXSAVE "fxsave64"
+#define FXSR_OFFSET 0
+#endif
+
 #define STACK_BYTES 65536
 #define STACK_WINDOW 256
 #define SCRATCH_BYTES 4096
@@ -62,13 +70,13 @@ static void fill(uint8_t *p, size_t n, uint32_t seed)
 static void init_fp_state(void)
 {
 	/* Start from the real state, then put known values in the x87 stack and XMM regs. */
-	__asm__ volatile("fninit; fxsave64 %0" : "=m"(fx_in));
+	__asm__ volatile("fninit; " FXSAVE " %0" : "=m"(fx_in));
 	double values[8] = {1.5, -2.25, 3.0e10, 0.1, -7.0, 1.0 / 3.0, 42.0, 2.718281828};
 	uint16_t fcw = 0x037f;
 	__asm__ volatile("fldcw %0" ::"m"(fcw));
 	for (int i = 0; i < 8; i++)
 		__asm__ volatile("fldl %0" ::"m"(values[i]));
-	__asm__ volatile("fxsave64 %0; fninit" : "=m"(fx_in));
+	__asm__ volatile(FXSAVE " %0; fninit" : "=m"(fx_in));
 	fill(fx_in + 160, 256, 0x5eed);          /* xmm0..xmm15 */
 	uint32_t mxcsr = 0x1f80;                  /* default: all exceptions masked, RN */
 	memcpy(fx_in + 24, &mxcsr, 4);
@@ -103,8 +111,20 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
 /* Reset what an instruction may leave behind that the C code depends on: RFLAGS (DF, AC,
  * TF), the x87 control state and MXCSR. A function of its own: no red-zone hazard. */
 void sane_state(void);
+#ifdef __i386__
+__asm__(".text\n.globl sane_state\nsane_state:\n\tpushl $0x202\n\tpopfl\n\tfninit\n"
+	"\tsubl $4, %esp\n\tmovl $0x1f80, (%esp)\n\tldmxcsr (%esp)\n\taddl $4, %esp\n\tret\n");
+#define REG_IP REG_EIP
+static const int gpr_order[] = {REG_EAX, REG_EBX, REG_ECX, REG_EDX, REG_ESI, REG_EDI, REG_EBP,
+				-1, -1, -1, -1, -1, -1, -1, -1, REG_EFL, REG_EIP, REG_UESP};
+#else
 __asm__(".text\n.globl sane_state\nsane_state:\n\tpushq $0x202\n\tpopfq\n\tfninit\n"
 	"\tsubq $8, %rsp\n\tmovl $0x1f80, (%rsp)\n\tldmxcsr (%rsp)\n\taddq $8, %rsp\n\tret\n");
+#define REG_IP REG_RIP
+static const int gpr_order[] = {REG_RAX, REG_RBX, REG_RCX, REG_RDX, REG_RSI, REG_RDI, REG_RBP,
+				REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14,
+				REG_R15, REG_EFL, REG_RIP, REG_RSP};
+#endif
 
 static sigjmp_buf case_env;
 static volatile int case_running;
@@ -123,7 +143,7 @@ static void on_signal(int sig, siginfo_t *info, void *context)
 	ucontext_t *uc = context;
 	greg_t *g = uc->uc_mcontext.gregs;
 	if (tf_mode && sig == SIGTRAP && info->si_code == TRAP_TRACE) {
-		uint64_t rip = g[REG_RIP];
+		uint64_t rip = (uintptr_t)g[REG_IP];
 		if (tf_last == tf_probe && tf_next < 0) {
 			tf_next = (long)(rip - tf_probe);
 			g[REG_EFL] &= ~0x100UL;       /* stepped over the insn: run on normally */
@@ -131,13 +151,10 @@ static void on_signal(int sig, siginfo_t *info, void *context)
 		tf_last = rip;
 		return;
 	}
-	const int order[18] = {REG_RAX, REG_RBX, REG_RCX, REG_RDX, REG_RSI, REG_RDI, REG_RBP,
-			       REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14,
-			       REG_R15, REG_EFL, REG_RIP, REG_RSP};
 	for (int r = 0; r < 18; r++)
-		gpr_out[r] = g[order[r]];
+		gpr_out[r] = gpr_order[r] < 0 ? 0 : (uint64_t)(unsigned long)g[gpr_order[r]];
 	if (uc->uc_mcontext.fpregs)
-		memcpy(fx_out, uc->uc_mcontext.fpregs, sizeof(fx_out));
+		memcpy(fx_out, (const uint8_t *)uc->uc_mcontext.fpregs + FXSR_OFFSET, sizeof(fx_out));
 	snprintf(signal_note, sizeof(signal_note), "%d.%d.%lx", sig, info->si_code,
 		 (sig == SIGSEGV || sig == SIGBUS) ? (unsigned long)info->si_addr : 0UL);
 	case_running = 0;
@@ -182,11 +199,11 @@ static void run_case_once(uint64_t i, int execution)
 	for (int r = 0; r < 16; r++) {
 		uint64_t v = gpr_cur[r];
 		if ((v >> 48) == 0x5c5c)                       /* scratch-relative */
-			gpr_cur[r] = (uint64_t)(scratch + (v & 0xffff));
+			gpr_cur[r] = (uintptr_t)(scratch + (v & 0xffff));
 		else if ((v >> 48) == 0x57a7)                  /* stack-relative */
-			gpr_cur[r] = (uint64_t)(test_stack + STACK_BYTES / 2 + (int16_t)(v & 0xffff));
+			gpr_cur[r] = (uintptr_t)(test_stack + STACK_BYTES / 2 + (int16_t)(v & 0xffff));
 	}
-	gpr_cur[17] = (uint64_t)(test_stack + STACK_BYTES / 2);
+	gpr_cur[17] = (uintptr_t)(test_stack + STACK_BYTES / 2);
 	fill(scratch, sizeof(scratch), 0xc0de + (uint32_t)i);
 	fill(test_stack, STACK_BYTES, 0x57ac);
 	memset(gpr_out, 0, sizeof(gpr_out));

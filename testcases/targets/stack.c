@@ -6,6 +6,7 @@
  *
  * usage: stack SCENARIO SITE
  *   SCENARIO: grow | rlimit | guard | uffd   SITE: push | push_r12 | push_rexw | pushw | call
+ *   (built with -m32, a compat task: SITE is push | push_ebx | pushw | call)
  *
  * uffd: the stack pointer is put at the top of a missing page of a userfaultfd region
  * registered with UFFD_USER_MODE_ONLY. A store from the kernel (an emulated push/call)
@@ -31,24 +32,35 @@
 #include <unistd.h>
 
 long push_at(void *sp, long value);
-long push_r12_at(void *sp, long value);
-long push_rexw_at(void *sp, long value);
 long pushw_at(void *sp, long value);
 long call_at(void *sp);
 extern char call_return_label[];
+#ifdef __i386__                  /* a 32-bit (compat) task: stack_sites.S has its own sites */
+long push_ebx_at(void *sp, long value);
+#define REG_IP REG_EIP
+static const long pattern = 0x5ca1ab1eL;
+#else
+long push_r12_at(void *sp, long value);
+long push_rexw_at(void *sp, long value);
+#define REG_IP REG_RIP
+static const long pattern = 0x5ca1ab1e0ddba11L;
+#endif
 
 static const char *site;
 static __thread uintptr_t fault_reference;   /* the sp handed to the site */
-static const long pattern = 0x5ca1ab1e0ddba11L;
 
 static void stack_vma(uintptr_t *start, uintptr_t *end)
 {
 	FILE *maps = fopen("/proc/self/maps", "r");
 	char line[512];
 	*start = *end = 0;
-	while (maps && fgets(line, sizeof(line), maps))
-		if (strstr(line, "[stack]"))
-			sscanf(line, "%lx-%lx", start, end);
+	while (maps && fgets(line, sizeof(line), maps)) {
+		unsigned long low, high;
+		if (strstr(line, "[stack]") && sscanf(line, "%lx-%lx", &low, &high) == 2) {
+			*start = low;
+			*end = high;
+		}
+	}
 	if (maps)
 		fclose(maps);
 }
@@ -60,7 +72,7 @@ static void on_fatal(int sig, siginfo_t *info, void *context)
 	/* addresses relative to the sp given to the site, so runs compare despite ASLR */
 	int n = snprintf(text, sizeof(text), "signal=%d code=%d addr=sp%+ld ip=%#llx\n", sig,
 			 info->si_code, (long)((uintptr_t)info->si_addr - fault_reference),
-			 (unsigned long long)uc->uc_mcontext.gregs[REG_RIP]);
+			 (unsigned long long)(unsigned long)uc->uc_mcontext.gregs[REG_IP]);
 	write(1, text, n);
 	_exit(0);
 }
@@ -87,10 +99,15 @@ static void run_site(uintptr_t sp)
 	fault_reference = sp;
 	if (!strcmp(site, "push"))
 		got = push_at((void *)sp, pattern);
+#ifdef __i386__
+	else if (!strcmp(site, "push_ebx"))
+		got = push_ebx_at((void *)sp, pattern);
+#else
 	else if (!strcmp(site, "push_r12"))
 		got = push_r12_at((void *)sp, pattern);
 	else if (!strcmp(site, "push_rexw"))
 		got = push_rexw_at((void *)sp, pattern);
+#endif
 	else if (!strcmp(site, "pushw"))
 		got = pushw_at((void *)sp, pattern) & 0xffff;
 	else if (!strcmp(site, "call"))
@@ -114,7 +131,8 @@ static void *guard_thread(void *arg)
 	pthread_attr_getstack(&attr, &base, &size);
 	/* sp at the lowest usable address: the store lands in the guard page below it */
 	run_site((uintptr_t)base);
-	return NULL;
+	printf("no fault in the guard page\n");
+	exit(0);
 }
 
 static int uffd;
@@ -197,10 +215,13 @@ int main(int argc, char **argv)
 		run_site((uintptr_t)(region + 4096));
 		printf("after=ok\n");
 	} else if (!strcmp(argv[1], "guard")) {
+		/* the thread ends the process (on the fault, or after the site); no join: a
+		 * 32-bit glibc waits with the time32 futex call, which a kernel without
+		 * CONFIG_COMPAT_32BIT_TIME (the base config) refuses */
 		pthread_t tid;
 		pthread_create(&tid, NULL, guard_thread, NULL);
-		pthread_join(tid, NULL);
-		printf("no fault in the guard page\n");
+		for (;;)
+			pause();
 	} else {
 		printf("unknown scenario %s\n", argv[1]);
 		return 2;
