@@ -166,14 +166,51 @@ def build_program(cases: list[Case], name: str, source: str = "", bits: int = 64
 
 
 def parse_output(text: str) -> dict[str, CaseState]:
+    """The driver's lines as whole states: its byte areas come as differences from where
+    each case started (`tag~=OFF:HEX,...`; the FP/SIMD and stack starts on the first line,
+    `ref ...`; the scratch area's as the seed `ms` of its fill pattern)."""
     states = {}
+    refs: dict[str, bytes] = {}
     for line in text.splitlines():
+        if line.startswith("ref "):
+            refs = {k: bytes.fromhex(v) for k, v in
+                    (word.split("=", 1) for word in line.split()[1:])}
+            continue
         if not line.startswith("case "):
             continue
         words = line.split()
         fields = dict(word.split("=", 1) for word in words[2:])
+        for tag in ("fx", "ymm", "mem", "stk"):
+            changes = fields.pop(f"{tag}~", None)
+            if changes is None:
+                continue
+            start = _fill(SCRATCH_SHOWN, int(fields["ms"], 16)) if tag == "mem" else refs[tag]
+            fields[tag] = _apply_delta(start, changes).hex()
         states[words[1]] = CaseState(words[1], fields)
     return states
+
+
+SCRATCH_SHOWN = 512        # the scratch bytes a state line shows (the rest is hashed)
+
+
+@functools.lru_cache(maxsize=8192)
+def _fill(length: int, seed: int) -> bytes:
+    """The driver's fill pattern (insn_driver.c fill())."""
+    out = bytearray(length)
+    for index in range(length):
+        seed = (seed * 1103515245 + 12345) & 0xFFFFFFFF
+        out[index] = (seed >> 16) & 0xFF
+    return bytes(out)
+
+
+def _apply_delta(start: bytes, changes: str) -> bytes:
+    data = bytearray(start)
+    for run in filter(None, changes.split(",")):
+        offset, _, hex_bytes = run.partition(":")
+        changed = bytes.fromhex(hex_bytes)
+        position = int(offset, 16)
+        data[position:position + len(changed)] = changed
+    return bytes(data)
 
 
 def diff_states(expected: CaseState, actual: CaseState) -> list[str]:

@@ -151,3 +151,20 @@ def test_a_32_bit_program_runs_as_a_compat_task_and_keeps_the_state_format():
     with pytest.raises(HarnessError, match="bits must be 64 or 32"):
         insn.build_program(cases, "unit16", bits=16)
 
+
+
+def test_the_driver_prints_byte_areas_as_changes_from_the_start(program):
+    """Only what an instruction changed travels back from the guest; parse_output rebuilds
+    the whole areas (the FP and stack starts from the `ref` line, the scratch area from its
+    fill seed), and they agree with what the instruction did."""
+    text = run(program)
+    lines = text.splitlines()
+    assert lines[0].startswith("ref fx=") and " stk=" in lines[0]
+    push = next(line for line in lines if line.startswith("case push "))
+    assert " mem~= " in push and " stk~=7" in push        # push: 8 bytes at offset 0x78
+    assert max(len(line) for line in lines[1:]) < 1200, "areas printed whole"
+    states = insn.parse_output(text)
+    assert all(len(bytes.fromhex(s.fields["mem"])) == 512 for s in states.values())
+    assert all(len(bytes.fromhex(s.fields["stk"])) == 256 for s in states.values())
+    assert insn._apply_delta(bytes(4), "1:aabb") == b"\0\xaa\xbb\0"
+    assert insn._apply_delta(bytes(2), "") == bytes(2)

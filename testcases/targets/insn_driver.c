@@ -1,9 +1,15 @@
 /* Driver for generated instruction cases (harness/templates/insn_cases.S.j2).
  *
  * For every case: reset the scratch memory, the private stack and the FP/SIMD state to
- * known patterns, run the case, and print the complete resulting state as one line of hex:
- *   case <name> gpr=<18 x u64> fx=<512 bytes> ymm=<512 bytes or -> mem=<512 bytes>
- *        memh=<hash of the rest of the scratch area> stk=<256 bytes> sig=<signal>
+ * known patterns, run the case, and print the complete resulting state as one line:
+ *   case <name> gpr=<18 x u64> fx~=<delta> ymm~=<delta or ymm=-> ms=<seed> mem~=<delta>
+ *        memh=<hash of the rest of the scratch area> stk~=<delta> sig=<signal>
+ * The byte areas are printed as their differences from the state the case started from
+ * (delta: comma-separated OFFSET:HEX runs, offsets in hex; empty when nothing changed): the
+ * FP/SIMD and stack starts once, on a first line "ref fx=<512 bytes> ymm=<512 bytes>
+ * stk=<256 bytes>", the scratch start as the seed of its fill pattern (harness/insn.py
+ * rebuilds every area). Most instructions change a few bytes: the output is ~7 times
+ * smaller than the whole state, which the guest would otherwise push through SSH.
  * If the instruction raises a signal (SIGSEGV, SIGILL, SIGFPE, SIGBUS, SIGTRAP), the state is
  * taken from the signal's ucontext instead (the "pad" slot of gpr then holds the faulting
  * RIP) and sig=<signo>.<si_code>.<si_addr>; the next case runs normally.
@@ -100,6 +106,28 @@ static void hex(const char *tag, const void *p, size_t n)
 	printf(" %s=%s", tag, line);
 }
 
+/* " tag~=off:hex,off:hex...": the runs of bytes of p that differ from ref */
+static void delta(const char *tag, const void *p, const void *ref, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	char line[5 * 4096 + 16];
+	const uint8_t *b = p, *r = ref;
+	size_t out = 0;
+	for (size_t i = 0; i < n;) {
+		if (b[i] == r[i]) {
+			i++;
+			continue;
+		}
+		out += sprintf(line + out, "%s%zx:", out ? "," : "", i);
+		for (; i < n && b[i] != r[i]; i++) {
+			line[out++] = digits[b[i] >> 4];
+			line[out++] = digits[b[i] & 15];
+		}
+	}
+	line[out] = 0;
+	printf(" %s~=%s", tag, line);
+}
+
 static uint64_t fnv1a(const uint8_t *p, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ULL;
@@ -178,6 +206,7 @@ static void catch_signals(void)
 static int kmsg_fd = -1;
 
 static int twice;
+static uint8_t stk_ref[STACK_WINDOW];   /* the stack window as every case starts with it */
 
 static void run_case_once(uint64_t i, int execution)
 {
@@ -188,6 +217,7 @@ static void run_case_once(uint64_t i, int execution)
 		if (write(kmsg_fd, marker, n) != n)
 			kmsg_fd = -1;
 	}
+	static uint8_t mem_ref[SCRATCH_SHOWN];
 	memcpy(gpr_cur, case_gpr_init[i], sizeof(gpr_cur));
 	if (tf_mode) {
 		gpr_cur[15] |= 0x100;                  /* popfq in the case sets TF */
@@ -205,6 +235,7 @@ static void run_case_once(uint64_t i, int execution)
 	}
 	gpr_cur[17] = (uintptr_t)(test_stack + STACK_BYTES / 2);
 	fill(scratch, sizeof(scratch), 0xc0de + (uint32_t)i);
+	memcpy(mem_ref, scratch, sizeof(mem_ref));
 	fill(test_stack, STACK_BYTES, 0x57ac);
 	memset(gpr_out, 0, sizeof(gpr_out));
 	memset(fx_out, 0, sizeof(fx_out));
@@ -224,15 +255,16 @@ static void run_case_once(uint64_t i, int execution)
 	else
 		printf("case %s", case_names[i]);
 	hex("gpr", gpr_out, sizeof(gpr_out));
-	hex("fx", fx_out, sizeof(fx_out));
+	delta("fx", fx_out, fx_in, sizeof(fx_out));
 	if (case_uses_avx && !signalled)
-		hex("ymm", ymm_out, sizeof(ymm_out));
+		delta("ymm", ymm_out, ymm_in, sizeof(ymm_out));
 	else
 		printf(" ymm=-");
-	hex("mem", scratch, SCRATCH_SHOWN);
+	printf(" ms=%x", 0xc0de + (uint32_t)i);
+	delta("mem", scratch, mem_ref, SCRATCH_SHOWN);
 	printf(" memh=%016llx", (unsigned long long)fnv1a(scratch + SCRATCH_SHOWN,
 							  SCRATCH_BYTES - SCRATCH_SHOWN));
-	hex("stk", test_stack + STACK_BYTES / 2 - STACK_WINDOW / 2, STACK_WINDOW);
+	delta("stk", test_stack + STACK_BYTES / 2 - STACK_WINDOW / 2, stk_ref, STACK_WINDOW);
 	printf(" sig=%s", signal_note);
 	if (tf_mode)
 		printf(" tf=%ld", tf_next);
@@ -278,6 +310,13 @@ int main(int argc, char **argv)
 	}
 	init_fp_state();
 	catch_signals();
+	fill(test_stack, STACK_BYTES, 0x57ac);
+	memcpy(stk_ref, test_stack + STACK_BYTES / 2 - STACK_WINDOW / 2, STACK_WINDOW);
+	printf("ref");
+	hex("fx", fx_in, sizeof(fx_in));
+	hex("ymm", ymm_in, sizeof(ymm_in));
+	hex("stk", stk_ref, sizeof(stk_ref));
+	printf("\n");
 	if (argc == 1) {
 		for (uint64_t i = 0; i < case_count; i++)
 			run_case(i);
