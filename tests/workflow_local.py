@@ -84,7 +84,7 @@ class LocalRunner:
                            f"value for")
         return EXPRESSION.sub(one, str(text))
 
-    def condition(self, text, env, matrix, steps, failed: bool) -> bool:
+    def condition(self, text, failed: bool) -> bool:
         if text is None:
             return not failed               # success()
         expr = EXPRESSION.fullmatch(str(text).strip())
@@ -113,7 +113,7 @@ class LocalRunner:
         failed = False
         for number, step in enumerate(job["steps"], start=1):
             name = step.get("name") or step.get("uses") or f"step {number}"
-            if not self.condition(step.get("if"), env, matrix, steps, failed):
+            if not self.condition(step.get("if"), failed):
                 result.steps.append(StepResult(name, "skipped"))
                 continue
             step_env = dict(env)
