@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import kernel  # noqa: E402
+from harness.build import kernel  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
 from harness.progress import Progress  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> int:
     print(f"cache hit: median {statistics.median(hits):.2f}s of {args.runs} "
           f"({', '.join(f'{h:.2f}' for h in hits)})")
 
-    from harness import sources
+    from harness.build import sources
     tree = sources.cache_dir("sources") / ("debian-" + args.kernel.split(":")[1])
     incremental = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,11 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import image, kernel, probes  # noqa: E402
-from harness.guest import Guest  # noqa: E402
+from harness.build import kernel
+from harness.machine import image
+from harness.machine.vm import VM, MachineSpec  # noqa: E402
+from harness.probing import probes  # noqa: E402
+from harness.probing.guest import Guest  # noqa: E402
+from harness.probing.targets import compile_target  # noqa: E402
 from harness.progress import Progress  # noqa: E402
-from harness.targets import compile_target  # noqa: E402
-from harness.vm import VM, MachineSpec  # noqa: E402
 
 SITES = [  # (site name in `opt time`, symbol probed, probe kind, the path it takes)
     ("nop10", "site_opt", "p", "optimized where the kernel supports it, else int3"),

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import report  # noqa: E402
+from harness.results import report  # noqa: E402
 
 
 def run(selection: list[str], extra: list[str]) -> tuple[float, list[report.TestResult]]:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import image, kernel, sources  # noqa: E402
+from harness.build import kernel, sources  # noqa: E402
+from harness.machine import image
+from harness.machine.vm import VM, MachineSpec  # noqa: E402
 from harness.paths import cache_dir  # noqa: E402
 from harness.progress import Progress  # noqa: E402
-from harness.vm import VM, MachineSpec  # noqa: E402
 
 
 def ensure_vng(root: Path) -> Path:

@@ -7,8 +7,8 @@ import re
 import sys
 import time
 
-from . import regressions
-from .errors import HarnessError, InfraError
+from harness.errors import HarnessError, InfraError
+from harness.results import regressions
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
@@ -35,13 +35,13 @@ def printable(text: str) -> str:
 
 
 def _build_request(args):
-    from .kernel import BuildRequest
+    from harness.build.kernel import BuildRequest
     return BuildRequest(kernel=args.kernel, series=args.series,
                         fragments=tuple(args.config_fragment), jobs=args.jobs)
 
 
 def cmd_build(args) -> int:
-    from . import kernel
+    from harness.build import kernel
     built = kernel.build(_build_request(args))
     if args.json:
         print(kernel.main_json(built))
@@ -68,7 +68,7 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _machine_spec(args):
-    from .vm import MachineSpec
+    from harness.machine.vm import MachineSpec
     return MachineSpec(smp=args.smp, memory_mb=args.memory, accel=args.accel,
                        tcg_threads=args.tcg_threads, oops_panic=args.oops_panic)
 
@@ -77,9 +77,10 @@ def cmd_boot(args) -> int:
     """Boot a guest; run one command (exit with its status) or open an interactive shell."""
     import subprocess
 
-    from . import image, kernel, vm
-    from .keys import ensure_keys
-    from .progress import Progress
+    from harness.build import kernel
+    from harness.machine import image, vm
+    from harness.machine.keys import ensure_keys
+    from harness.progress import Progress
     progress = Progress.auto()
     built = kernel.build(_build_request(args), progress)
     img = image.build_image()
@@ -112,18 +113,18 @@ def cmd_boot(args) -> int:
 
 
 def cmd_image(args) -> int:
-    from . import image
+    from harness.machine import image
     return image.main(["--json"] if args.json else [])
 
 
 def cmd_console(args) -> int:
-    from . import console
+    from harness.machine import console
     return console.main([args.log] + (["--json"] if args.json else []))
 
 
 def cmd_main(args) -> int:
     """The main job: build the kernel, run every scenario on it, write a report."""
-    from . import main_job
+    from harness.jobs import main as main_job
     result = main_job.run(main_job.MainRequest(
         kernel=args.kernel, series=args.series, fragments=tuple(args.config_fragment),
         smp=args.smp, accel=args.accel, jobs=args.jobs, results=args.results,
@@ -151,8 +152,9 @@ def _add_bisect_options(parser: argparse.ArgumentParser, kernel_help: str) -> No
 
 
 def _scenario_options(args):
-    from . import bisect, sources
-    from .errors import SourceError
+    from harness.build import sources
+    from harness.errors import SourceError
+    from harness.jobs import bisect
     spec = sources.parse_spec(args.kernel or ".")
     if spec.kind != "git" or "@" in args.kernel:
         raise SourceError(f"--kernel {args.kernel}: give a git tree without @REV (bisect picks "
@@ -164,10 +166,10 @@ def _scenario_options(args):
 
 def cmd_bisect(args) -> int:
     """Bisect in a private clone; exit 0 found, 3 aborted, 4 endpoints disagree, 5 only
-    skipped commits left (see harness.bisect)."""
+    skipped commits left (see harness.jobs.bisect)."""
     from pathlib import Path
 
-    from . import bisect
+    from harness.jobs import bisect
     options = _scenario_options(args)
     results = Path(args.results).resolve() if args.results else bisect.default_results_dir()
     request = bisect.BisectRequest(args.good, args.bad, options, results, args.find_fix)
@@ -181,7 +183,7 @@ def cmd_bisect_step(args) -> int:
     128 abort (infrastructure error: git bisect run stops on codes >= 128)."""
     from pathlib import Path
 
-    from . import bisect
+    from harness.jobs import bisect
     try:
         options = _scenario_options(args)
         results = Path(args.results or "results/bisect-step").resolve()
@@ -207,8 +209,8 @@ def cmd_mutate(args) -> int:
     import datetime
     from pathlib import Path
 
-    from . import mutate
-    from .progress import Progress
+    from harness.jobs import mutate
+    from harness.progress import Progress
     progress = Progress.auto()
     mutants = mutate.load_mutants(tuple(args.mutants))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -251,9 +253,11 @@ def cmd_sweep(args) -> int:
     difference is not in the known-bugs table."""
     from pathlib import Path
 
-    from . import image, kernel, sweep, vm
-    from .guest import Guest
-    from .progress import Progress
+    from harness.build import kernel
+    from harness.machine import image, vm
+    from harness.probing.guest import Guest
+    from harness.progress import Progress
+    from harness.sweep import runner as sweep
     progress = Progress.auto()
     built = kernel.build(_build_request(args), progress)
     img = image.build_image()
@@ -270,9 +274,10 @@ def cmd_sweep(args) -> int:
 
 def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str | None,
                     args) -> int:
-    from . import nightly, regressions
+    from harness.nightly import runner as nightly
+    from harness.results import regressions
     fail_on = fail_on or "new"
-    from .results_db import ResultsDB
+    from harness.results.db import ResultsDB
     with ResultsDB(db_path) as db:
         if db.run(run_id) is None:
             raise HarnessError(f"{db_path} has no run {run_id!r} (runs: "
@@ -291,8 +296,10 @@ def cmd_nightly(args) -> int:
     its previous run, write the reports; exit 1 on new failures (see --fail-on)."""
     from pathlib import Path
 
-    from . import nightly, nightly_matrix, results_db
-    from .progress import Progress
+    from harness.nightly import matrix as nightly_matrix
+    from harness.nightly import runner as nightly
+    from harness.progress import Progress
+    from harness.results import db as results_db
     matrix = nightly_matrix.load_matrix(Path(args.matrix))
     index, count = nightly_matrix.parse_shard(args.shard)
     if args.run_id:
@@ -327,14 +334,14 @@ def cmd_merge(args) -> int:
     """Fold shard (or other) results directories into one history and report on the run."""
     from pathlib import Path
 
-    from . import nightly
+    from harness.nightly import runner as nightly
     into = Path(args.into).resolve()
     run_ids = nightly.merge(into, [Path(s).resolve() for s in args.sources])
     if args.keep_run_dirs is not None:
         nightly.prune_run_dirs(into, args.keep_run_dirs)
     run_id = args.run_id or (run_ids[0] if run_ids else None)      # the latest run merged
     if run_id is None:
-        from .results_db import ResultsDB
+        from harness.results.db import ResultsDB
         with ResultsDB(into / "results.db") as db:
             run_id = db.latest_run()
         if run_id is None:
@@ -346,7 +353,7 @@ def cmd_merge(args) -> int:
 def cmd_nightly_report(args) -> int:
     from pathlib import Path
 
-    from .results_db import ResultsDB
+    from harness.results.db import ResultsDB
     results_dir = Path(args.results_dir).resolve()
     db_path = results_dir / "results.db"
     if not db_path.is_file():

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from . import console, known_bugs
-from .errors import HarnessError
-from .guest import Guest, Hits
-from .probes import Probe, symbol_offset, symbol_offsets
-from .targets import compile_target
+from harness.errors import HarnessError
+from harness.machine import console
+from harness.probing.guest import Guest, Hits
+from harness.probing.probes import Probe, symbol_offset, symbol_offsets
+from harness.probing.targets import compile_target
+from harness.results import known_bugs
 
 # plugin state on pytest's own objects (config, items); a report carries one flag as an
 # attribute (reports travel between xdist workers and have no stash)
@@ -74,8 +75,8 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def kernel(request):
-    from .kernel import BuildRequest, build
-    from .progress import Progress
+    from harness.build.kernel import BuildRequest, build
+    from harness.progress import Progress
     config = request.config
     try:
         return build(BuildRequest(kernel=config.getoption("--kernel"),
@@ -88,7 +89,7 @@ def kernel(request):
 
 @pytest.fixture(scope="session")
 def image():
-    from .image import build_image
+    from harness.machine.image import build_image
     return build_image()
 
 
@@ -108,7 +109,7 @@ class VMPool:
         self._serial = 0
 
     def get(self, smp: int, tcg: str) -> Guest:
-        from .vm import VM, MachineSpec
+        from harness.machine.vm import VM, MachineSpec
         key = (smp, tcg)
         slot = self._slots.get(key)
         if slot is not None and slot.vm.alive() and not slot.spoiled:
@@ -252,8 +253,8 @@ def insn_family(request, guest, _insn_results):
     """insn_family('fp') -> (verdicts by case name, {unsupported case: missing flags}).
     The family's cases run once per guest: unprobed, then all probed in one run.
     insn_family('fp', bits=32): the same cases as a 32-bit task (insn.compat_cases)."""
-    from . import insn, transparency
-    from .paths import REPO_ROOT
+    from harness.paths import REPO_ROOT
+    from harness.probing import insn, transparency
 
     def run(family: str, bits: int = 64):
         key = (id(guest), family, bits)
@@ -265,7 +266,7 @@ def insn_family(request, guest, _insn_results):
             runnable, unsupported = transparency.supported(cases, flags)
             name = family if bits == 64 else f"{family}{bits}"
             program = insn.build_program(runnable, name, bits=bits)
-            from .targets import target_from_binary
+            from harness.probing.targets import target_from_binary
             path = guest.upload(target_from_binary(name, program.binary, program.digest))
             verdicts = transparency.run_cases(guest, program, path)
             missing = {c.name: [n for n in c.needs if n not in flags] for c in unsupported}
@@ -280,8 +281,8 @@ def insn_family(request, guest, _insn_results):
 @pytest.fixture
 def instruction_sweep(request, guest, kernel, _insn_results):
     """The sweep report for this guest (run once per guest and session)."""
-    from . import sweep
-    from .progress import Progress
+    from harness.progress import Progress
+    from harness.sweep import runner as sweep
     key = (id(guest), "sweep")
     if key not in _insn_results:
         try:

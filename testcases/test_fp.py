@@ -7,12 +7,12 @@ is hit exactly once. Cases are data: testcases/cases/fp.toml.
 The same cases also run in a 32-bit (compat) task, which uprobes decodes and fixes up with
 tables of its own: a RIP-relative operand becomes an absolute one there (the same ModRM
 encoding, no RIP-relative fixup allowed), and cases that are not 32-bit code are left out
-(harness.insn.compat_cases)."""
+(harness.probing.insn.compat_cases)."""
 
 import pytest
 
-from harness.insn import compat_cases, load_cases
 from harness.paths import REPO_ROOT
+from harness.probing.insn import compat_cases, load_cases
 from harness.pytest_plugin import check_case
 
 pytestmark = [pytest.mark.fp, pytest.mark.vm(smp=1)]

@@ -24,7 +24,7 @@ import weakref
 
 import pytest
 
-from harness import probes
+from harness.probing import probes
 
 pytestmark = pytest.mark.optimized
 

@@ -7,12 +7,12 @@ indirect jmp/call, push, lea, implicit-register instructions, REX and VEX forms)
 
 In a 32-bit (compat) task the same encoding (ModRM mod=00 rm=101) is an absolute disp32
 operand, which the kernel must leave alone: the cases that are 32-bit code run there too,
-with their operands made absolute (harness.insn.compat_cases)."""
+with their operands made absolute (harness.probing.insn.compat_cases)."""
 
 import pytest
 
-from harness.insn import compat_cases, load_cases
 from harness.paths import REPO_ROOT
+from harness.probing.insn import compat_cases, load_cases
 from harness.pytest_plugin import check_case
 
 pytestmark = [pytest.mark.riprel, pytest.mark.vm(smp=1)]

@@ -1,6 +1,6 @@
 """The differential instruction sweep as scenarios: one test per instruction class.
 
-Every generated form (harness/sweep_corpus.py, ~10,000 of them) runs unprobed and probed in
+Every generated form (harness/sweep/corpus.py, ~10,000 of them) runs unprobed and probed in
 one guest; a class fails on any difference (registers, flags, FP/SIMD state, memory, signal,
 hit count, kernel splat) that the known-bugs table (harness/configs/known_bugs.toml,
 `test = "sweep:<form name>"`) does not explain. A class whose only differences are known
@@ -12,8 +12,8 @@ whole table)."""
 
 import pytest
 
-from harness import known_bugs
-from harness.sweep_corpus import CLASSES
+from harness.results import known_bugs
+from harness.sweep.corpus import CLASSES
 
 pytestmark = [pytest.mark.sweep, pytest.mark.vm(smp=1)]
 

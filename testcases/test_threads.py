@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
-from harness import probes
-from harness.probes import Probe, symbol_offset
+from harness.probing import probes
+from harness.probing.probes import Probe, symbol_offset
 
 pytestmark = pytest.mark.threads
 

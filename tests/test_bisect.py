@@ -1,5 +1,5 @@
-"""Unit tests for harness.bisect: verdict mapping, voting, failure matching, and the driver on a
-synthetic git history with a fake step runner (no builds, no VMs)."""
+"""Unit tests for harness.jobs.bisect: verdict mapping, voting, failure matching, and the driver
+on a synthetic git history with a fake step runner (no builds, no VMs)."""
 
 import subprocess
 from pathlib import Path
@@ -7,9 +7,11 @@ from xml.sax.saxutils import quoteattr
 
 import pytest
 
-from harness import bisect, cli, report
-from harness.bisect import Built, Run
+from harness import cli
 from harness.errors import BuildError, ConfigError, HarnessError, InfraError, PatchError
+from harness.jobs import bisect
+from harness.jobs.bisect import Built, Run
+from harness.results import report
 
 NODE = "testcases.test_riprel::test_riprel_load[smp4]"
 OTHER = "testcases.test_threads::test_hits[smp4]"
@@ -426,7 +428,7 @@ def test_bisect_step_aborts_git_bisect_run_on_infra_errors(history, monkeypatch,
 def test_kernel_digest_ignores_the_release_string(tmp_path):
     from types import SimpleNamespace
 
-    from harness.bisect import kernel_digest
+    from harness.jobs.bisect import kernel_digest
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     a.write_bytes(b"\x7fELF code Linux version 6.1.0-g111111111111 more code")
     b.write_bytes(b"\x7fELF code Linux version 6.1.0-g222222222222 more code")

@@ -36,7 +36,8 @@ DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    from harness import children, scenario_run
+    from harness import children
+    from harness.jobs import scenario_run
     children.STOP_TIMEOUT = 2
     fake, mode, pids, junit = sys.argv[1:5]
     print("running", flush=True)

@@ -1,4 +1,4 @@
-"""harness.console on recorded console logs (tests/data/console) and on inline splats.
+"""harness.machine.console on recorded console logs (tests/data/console) and on inline splats.
 
 The synthetic-*.log files are hand-written x86-64 Linux 6.1 serial output (CRLF line endings,
 SeaBIOS escape sequences); real captures can be dropped next to them: the stability and
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import console
-from harness.console import ConsoleWatch, normalise, parse_table, scan, scan_file, window
 from harness.errors import ConfigError
+from harness.machine import console
+from harness.machine.console import ConsoleWatch, normalise, parse_table, scan, scan_file, window
 
 DATA = Path(__file__).parent / "data" / "console"
 LOGS = sorted(DATA.glob("*.log"))

@@ -4,8 +4,8 @@ at its true line number."""
 
 import time
 
-from harness import console
-from harness.console import ConsoleWatch
+from harness.machine import console
+from harness.machine.console import ConsoleWatch
 
 SPLAT = ("[   12.000000] BUG: kernel NULL pointer dereference, address: 0000000000000000\n"
          "[   12.000001] Oops: 0000 [#1] PREEMPT SMP NOPTI\n"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from harness import console
+from harness.machine import console
 
 DATA = Path(__file__).parent / "data" / "console"
 

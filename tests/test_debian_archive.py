@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import debian_archive, sources
+from harness.build import debian_archive, sources
 from harness.errors import SourceError
 
 PACKAGE = "linux-source-9.9"

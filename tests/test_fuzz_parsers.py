@@ -12,8 +12,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import console, kconfig, known_bugs, mutate, nightly_matrix, probes, report, series
+from harness.build import kconfig, series
 from harness.errors import HarnessError
+from harness.jobs import mutate
+from harness.machine import console
+from harness.nightly import matrix as nightly_matrix
+from harness.probing import probes
+from harness.results import known_bugs, report
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

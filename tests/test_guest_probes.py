@@ -3,9 +3,9 @@ probe (a fake SSH stands for the guest's tracefs)."""
 
 import pytest
 
-from harness.guest import Guest
-from harness.probes import Probe, ProbeRefused
-from harness.ssh import Result
+from harness.machine.ssh import Result
+from harness.probing.guest import Guest
+from harness.probing.probes import Probe, ProbeRefused
 
 
 class FakeTracefs:

@@ -21,11 +21,11 @@ import pytest
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
-from harness import image as image_mod
-from harness import keys as keys_mod
 from harness.errors import HarnessError, InfraError
-from harness.image import READY_MARKER, Entry, Tree, build_image, read_cpio, render_init
-from harness.keys import ensure_keys
+from harness.machine import image as image_mod
+from harness.machine import keys as keys_mod
+from harness.machine.image import READY_MARKER, Entry, Tree, build_image, read_cpio, render_init
+from harness.machine.keys import ensure_keys
 from harness.paths import REPO_ROOT
 
 BUSYBOX = Path("/bin/busybox")
@@ -169,7 +169,7 @@ def test_keys_refuse_repo_location(tmp_path, monkeypatch):
 
 def test_keys_concurrent_creation(cache):
     code = (
-        "from harness.keys import ensure_keys; k = ensure_keys(); "
+        "from harness.machine.keys import ensure_keys; k = ensure_keys(); "
         "print(k.client_public_line, '|', k.host_public_line)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

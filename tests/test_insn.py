@@ -2,9 +2,9 @@ import subprocess
 
 import pytest
 
-from harness import insn
 from harness.errors import HarnessError
 from harness.paths import REPO_ROOT
+from harness.probing import insn
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_twice_runs_each_case_again_from_the_same_start(program):
 
 
 def test_a_difference_in_the_second_execution_is_reported():
-    from harness.transparency import _classify
+    from harness.probing.transparency import _classify
     same = insn.CaseState("x", {"gpr": "00" * 144, "fx": "00" * 512, "mem": "", "stk": "",
                                 "memh": "0", "sig": "0"})
     gpr = bytearray(144)
@@ -109,7 +109,7 @@ def test_case_file_rejects_unknown_keys(tmp_path):
 
 
 def test_console_splats_are_attributed_to_the_running_case():
-    from harness.transparency import crashes_by_case
+    from harness.probing.transparency import crashes_by_case
     log = ("[    1.0] uprobe-harness: CASE load\n[    1.1] all quiet\n"
            "[    1.2] uprobe-harness: CASE push\n"
            "[    1.3] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"

@@ -51,7 +51,7 @@ def replace(repo, path, old, new):
 
 
 def build_history(repo):
-    from harness import sources
+    from harness.build import sources
     pristine = sources.prepare(sources.parse_spec("debian:6.1")).tree
     subprocess.run(["git", "clone", "-q", "--shared", str(pristine), str(repo)], check=True)
     shas = {"base": git(repo, "rev-parse", "HEAD")}

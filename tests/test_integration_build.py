@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness import kernel
+from harness.build import kernel
 from harness.errors import ConfigError, PatchError
 from harness.paths import REPO_ROOT
 
@@ -60,7 +60,7 @@ def test_patch_that_does_not_apply_is_reported_and_discarded(default_kernel, tmp
     # the next build of the same source starts from a pristine tree and hits the cache
     again = kernel.build(kernel.BuildRequest())
     assert again.identity == default_kernel.identity and again.cached
-    from harness import sources
+    from harness.build import sources
     tree = sources.cache_dir("sources") / "debian-6.1"
     status = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True,
                             text=True).stdout

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from harness import kernel, report, series
+from harness.build import kernel, series
 from harness.paths import REPO_ROOT
+from harness.results import report
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness import mutate
+from harness.jobs import mutate
 from harness.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow

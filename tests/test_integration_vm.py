@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from harness import console, image, kernel
+from harness.build import kernel
 from harness.errors import InfraError
+from harness.machine import console, image
+from harness.machine.vm import VM, MachineSpec
 from harness.paths import REPO_ROOT
-from harness.vm import VM, MachineSpec
 
 pytestmark = pytest.mark.slow
 
@@ -123,8 +124,9 @@ def test_two_vms_boot_in_parallel(built, img):
 
 SCRIPT = textwrap.dedent("""
     import sys, time
-    from harness import image, kernel
-    from harness.vm import VM, MachineSpec
+    from harness.machine import image
+    from harness.build import kernel
+    from harness.machine.vm import VM, MachineSpec
     vm = VM(kernel.build(kernel.BuildRequest()), image.build_image(), MachineSpec()).start()
     print(vm._child.pid, flush=True)
     time.sleep(600)

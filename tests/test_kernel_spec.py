@@ -1,6 +1,6 @@
 import pytest
 
-from harness import kconfig, kernel, series, sources
+from harness.build import kconfig, kernel, series, sources
 from harness.errors import SourceError
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from harness import known_bugs
 from harness.errors import HarnessError
+from harness.results import known_bugs
 
 BUG = known_bugs.KnownBug(("test_profile*?smp4?",), ("debian:6.1",), "*per-CPU*", "lost hits", "")
 

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import main_job, scenario_run
+from harness.jobs import main as main_job
+from harness.jobs import scenario_run
 
 JUNIT = ('<?xml version="1.0"?><testsuites><testsuite name="pytest">'
          '<testcase classname="testcases.test_stack" name="t" time="1">'

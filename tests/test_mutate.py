@@ -2,7 +2,8 @@
 
 import pytest
 
-from harness import mutate, report
+from harness.jobs import mutate
+from harness.results import report
 
 
 def test_every_known_bad_series_loads_and_is_the_default_series_plus_a_bug():

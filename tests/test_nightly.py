@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, kcidb, known_bugs, nightly, nightly_matrix, regressions, report
+from harness import cli
 from harness.errors import HarnessError
-from harness.nightly_matrix import MatrixError
-from harness.results_db import Result, ResultsDB
+from harness.nightly import kcidb
+from harness.nightly import matrix as nightly_matrix
+from harness.nightly import runner as nightly
+from harness.nightly.matrix import MatrixError
+from harness.results import known_bugs, regressions, report
+from harness.results.db import Result, ResultsDB
 
 MATRIX = """
 name = "unit"
@@ -515,7 +519,7 @@ ARTEFACTS = Path(__file__).resolve().parent.parent / "results" / "ci-artefacts"
 def test_report_renders_in_headless_chromium(tmp_path):
     """The HTML report loads in Chromium without script errors and shows the matrix cells
     and the regression; the screenshot is kept as a CI artefact."""
-    from harness import browser
+    from harness.results import browser
     run(tmp_path, ScriptedRunner(PASSING), "r1")
     broken = with_outcome("k61/default/smp1,4/all", "threads::t_a", "crashed")
     comparison = run(tmp_path, ScriptedRunner(broken, {"k61/default/smp1,4/all": "x"}), "r2")

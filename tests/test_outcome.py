@@ -1,7 +1,10 @@
 """The outcome table: one row per outcome, and the sets the tools gate on."""
 
-from harness import kcidb, nightly_report, report, results_db
-from harness.outcome import BAD, BY_SEVERITY, FAILING, Outcome, parse, severity
+from harness.nightly import kcidb
+from harness.nightly import report as nightly_report
+from harness.results import db as results_db
+from harness.results import report
+from harness.results.outcome import BAD, BY_SEVERITY, FAILING, Outcome, parse, severity
 
 
 def test_every_outcome_has_its_row_and_the_sets_are_the_gates():

@@ -2,7 +2,7 @@
 (end to end in a child pytest): main, bisect and mutate judge by it, and a message that
 quotes the guest ("InfraError: ...") cannot pass for a harness error."""
 
-from harness import report
+from harness.results import report
 
 pytest_plugins = ["pytester"]
 

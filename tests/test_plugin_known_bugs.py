@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness import report
+from harness.results import report
 
 ENTRY = "test_profile_counts_every_hit?smp4?"     # the entry's key: its first test pattern
 

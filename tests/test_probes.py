@@ -1,7 +1,7 @@
 import pytest
 
-from harness import probes
-from harness.targets import compile_target
+from harness.probing import probes
+from harness.probing.targets import compile_target
 
 
 @pytest.fixture(scope="module")

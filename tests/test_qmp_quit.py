@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from harness import vm
+from harness.machine import vm
 
 
 def _serve(path, greet: bool, seen: list):

@@ -1,4 +1,4 @@
-from harness import report
+from harness.results import report
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="6">

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import threading
 
-from harness import sandbox
+from harness.build import sandbox
 
 MAKEFILE = """\
 all:

@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from harness import series
+from harness.build import series
 from harness.errors import PatchError
 
 GOOD = """From: A <a@example.org>

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness import ssh
+from harness.machine import ssh
 
 
 class EndlessChannel:

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from harness import insn, sweep_corpus
+from harness.probing import insn
+from harness.sweep import corpus as sweep_corpus
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
-from harness import sweep, sweep_corpus, transparency
+from harness.probing import transparency
+from harness.sweep import corpus as sweep_corpus
+from harness.sweep import runner as sweep
 
 
 class FakeKernel:

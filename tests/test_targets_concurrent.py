@@ -4,7 +4,7 @@ one."""
 
 import threading
 
-from harness import targets
+from harness.probing import targets
 
 
 def test_concurrent_compiles_of_one_target(isolated_cache):

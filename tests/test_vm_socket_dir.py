@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from harness import vm
+from harness.machine import vm
 
 
 def _dead_pid() -> int:

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import kernel, series, sources  # noqa: E402
+from harness.build import kernel, series, sources  # noqa: E402
 
 KERNEL = "debian:7.3"
 SERIES = REPO / "patches" / "uprobes-7.3-fixes"

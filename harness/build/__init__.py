@@ -1,0 +1,2 @@
+"""Kernel builds: Debian or git sources, patch series, config fragments, the sandboxed make,
+the cache."""

@@ -1,0 +1,1 @@
+"""Jobs that run scenario suites as pytest subprocesses: the main job, bisect, mutate."""

@@ -1,0 +1,1 @@
+"""Guest machines: the initramfs image, QEMU, its serial console, SSH into the guest."""

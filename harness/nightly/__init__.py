@@ -1,0 +1,1 @@
+"""The nightly job: the kernel matrix, cell runs, the report and the KCIDB export."""

@@ -1,0 +1,2 @@
+"""Probing a booted guest: tracefs probes, target programs, instruction cases, transparency
+checks."""

@@ -1,0 +1,167 @@
+"""Uprobe definitions, ELF symbol -> file offset, tracefs control, and hit accounting."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from harness.errors import HarnessError
+
+TRACEFS = "/sys/kernel/tracing"
+GROUP = "uph"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ProbeError(HarnessError):
+    pass
+
+
+class ProbeRefused(ProbeError):
+    """The kernel refused to register or enable the probe (e.g. an unsupported instruction)."""
+
+    def __init__(self, probe: Probe, step: str, message: str):
+        super().__init__(f"probe {probe.name} at {probe.path}:{probe.offset:#x}: {step} "
+                         f"refused: {message}")
+        self.probe, self.step, self.message = probe, step, message
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str            # event name inside group "uph"
+    path: str            # the binary's path in the guest
+    offset: int          # file offset of the probed instruction
+    kind: str = "p"      # "p" (uprobe) or "r" (uretprobe)
+
+    def definition(self) -> str:
+        if not _NAME.match(self.name):
+            raise ProbeError(f"invalid probe name {self.name!r}: letters, digits, _ only")
+        return f"{self.kind}:{GROUP}/{self.name} {self.path}:{self.offset:#x}"
+
+
+def _defined_symbols(elf: ELFFile) -> dict[str, int]:
+    """{name: address} of the defined symbols (.symtab first, then .dynsym)."""
+    addresses: dict[str, int] = {}
+    for section_name in (".symtab", ".dynsym"):
+        table = elf.get_section_by_name(section_name)
+        if table is None:
+            continue
+        for sym in table.iter_symbols():
+            if sym.name and sym.name not in addresses and sym["st_shndx"] != "SHN_UNDEF":
+                addresses[sym.name] = sym["st_value"]
+    return addresses
+
+
+def _file_offset(elf: ELFFile, elf_path: Path, address: int) -> int:
+    """Map a virtual address to its file offset through the PT_LOAD program headers."""
+    for segment in elf.iter_segments():
+        if segment["p_type"] != "PT_LOAD":
+            continue
+        start = segment["p_vaddr"]
+        if start <= address < start + segment["p_filesz"]:
+            if not segment["p_flags"] & 1:
+                raise ProbeError(f"{address:#x} in {elf_path} is not in an executable segment")
+            return address - start + segment["p_offset"]
+    raise ProbeError(f"address {address:#x} is not in any loadable segment of {elf_path}")
+
+
+def _lookup(addresses: dict[str, int], symbol: str, elf_path: Path) -> int:
+    if symbol not in addresses:
+        raise ProbeError(f"symbol '{symbol}' not found in {elf_path}")
+    return addresses[symbol]
+
+
+def symbol_address(elf_path: Path, symbol: str) -> int:
+    with open(elf_path, "rb") as handle:
+        return _lookup(_defined_symbols(ELFFile(handle)), symbol, elf_path)
+
+
+def address_to_offset(elf_path: Path, address: int) -> int:
+    with open(elf_path, "rb") as handle:
+        return _file_offset(ELFFile(handle), elf_path, address)
+
+
+def symbol_offset(elf_path: Path, location: str) -> int:
+    """'sym', 'sym+0x10' or '0xADDR' -> file offset of that instruction."""
+    if location.startswith("0x"):
+        return address_to_offset(elf_path, int(location, 16))
+    symbol, _, plus = location.partition("+")
+    address = symbol_address(elf_path, symbol) + (int(plus, 0) if plus else 0)
+    return address_to_offset(elf_path, address)
+
+
+def symbol_offsets(elf_path: Path, symbols: list[str]) -> dict[str, int]:
+    """Many symbols at once (one ELF parse): {symbol: file offset of its address}."""
+    with open(elf_path, "rb") as handle:
+        elf = ELFFile(handle)
+        addresses = _defined_symbols(elf)
+        return {symbol: _file_offset(elf, elf_path, _lookup(addresses, symbol, elf_path))
+                for symbol in symbols}
+
+
+# -- tracefs control, as shell commands run in the guest -----------------------------------------
+
+def add_command(probe: Probe) -> str:
+    return f"echo {shlex.quote(probe.definition())} >> {TRACEFS}/uprobe_events"
+
+
+def enable_path(probe: Probe) -> str:
+    """The probe's tracefs enable file (a probed program may toggle its own probe)."""
+    return f"{TRACEFS}/events/{GROUP}/{probe.name}/enable"
+
+
+def enable_command(probe: Probe, on: bool = True) -> str:
+    return f"echo {1 if on else 0} > {enable_path(probe)}"
+
+
+def remove_command(probe: Probe) -> str:
+    """Disable and delete one probe (quietly: it may not exist)."""
+    return (f"{enable_command(probe, on=False)} 2>/dev/null; echo "
+            f"{shlex.quote('-:' + GROUP + '/' + probe.name)} >> {TRACEFS}/uprobe_events "
+            f"2>/dev/null")
+
+
+def remove_all_command() -> str:
+    """Disable the whole group with one write (not one per probe: a sweep batch has 700)
+    and remove every definition."""
+    group = f"{TRACEFS}/events/{GROUP}/enable"
+    return (f"echo 0 > {TRACEFS}/tracing_on; "
+            f"if [ -e {group} ]; then echo 0 > {group}; fi; echo > {TRACEFS}/uprobe_events")
+
+
+def parse_profile(text: str) -> dict[str, int]:
+    """uprobe_profile lines: '  PATH  EVENT  HITS' (6.1 and 6.12 print the same columns)."""
+    hits = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[-1].isdigit():
+            hits[fields[-2]] = int(fields[-1])
+    return hits
+
+
+def trace_counts_command(tracefs: str = TRACEFS) -> str:
+    """Shell: the number of events per event name in the trace buffer ('  COUNT NAME: (')."""
+    return (f"grep -v '^#' {tracefs}/trace | grep -o ' [A-Za-z0-9_]*: (' | sort | uniq -c")
+
+
+def parse_trace_counts(text: str) -> dict[str, int]:
+    """Output of trace_counts_command() -> {event name: events}."""
+    counts = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*(\d+)\s+(\w+): \(", line)
+        if match:
+            counts[match.group(2)] = int(match.group(1))
+    return counts
+
+
+def parse_overruns(stats_text: str) -> int:
+    """Sum of 'overrun' and 'dropped events' over per-CPU stats files (concatenated)."""
+    total = 0
+    for line in stats_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("overrun", "dropped events") and value.strip().isdigit():
+            total += int(value.strip())
+    return total
