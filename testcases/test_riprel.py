@@ -13,7 +13,7 @@ import pytest
 
 from harness.paths import REPO_ROOT
 from harness.probing.insn import compat_cases, load_cases
-from harness.pytest_plugin import check_case
+from harness.scenarios import check_case
 
 pytestmark = [pytest.mark.riprel, pytest.mark.vm(smp=1)]
 CASES = [c.name for c in load_cases(REPO_ROOT / "testcases" / "cases" / "riprel.toml")]
