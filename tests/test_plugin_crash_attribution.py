@@ -82,7 +82,8 @@ def guest(request, vm_pool):
 @pytest.fixture
 def splat_in_teardown(guest):
     yield
-    guest.vm.emit("WARNING: CPU: 0 PID: 1 at kernel/events/uprobes.c:1234 uprobe_free_utask+0x1/0x2")
+    guest.vm.emit("WARNING: CPU: 0 PID: 1 at kernel/events/uprobes.c:1234 "
+                  "uprobe_free_utask+0x1/0x2")
 """
 
 TESTS = """
