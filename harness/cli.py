@@ -8,6 +8,7 @@ import sys
 import time
 
 from harness.errors import HarnessError, InfraError
+from harness.progress import configure_logging
 from harness.results import regressions
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -87,6 +88,7 @@ def cmd_boot(args) -> int:
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     with vm.VM(built, img, _machine_spec(args), note=progress.note) as machine:
         record = machine.record
+        assert record is not None          # set once the machine is up
         progress.note(f"guest up in {machine.boot_seconds:.1f}s: {record.kernel_release}, "
                       f"{record.vcpus_seen} vCPU(s), {record.accel}"
                       f"{'/' + record.tcg_threads if record.tcg_threads else ''}, "
@@ -263,8 +265,7 @@ def cmd_sweep(args) -> int:
     img = image.build_image()
     spec = vm.MachineSpec(smp=1, memory_mb=args.memory, accel=args.accel)
     with vm.VM(built, img, spec, note=progress.note) as machine:
-        report = sweep.sweep_guest(Guest(machine), built, args.filter, args.batch,
-                                   progress.note)
+        report = sweep.sweep_guest(Guest(machine), built, args.filter, args.batch)
     print(sweep.format_report(report, limit=args.limit))
     if args.json:
         sweep.write_json(report, Path(args.json))
@@ -321,7 +322,7 @@ def cmd_nightly(args) -> int:
     progress.note(f"nightly {options.run_id}: {matrix.name}, shard {index}/{count}: "
                   f"{len(cells)} of {len(matrix.cells)} cell(s)")
     try:
-        nightly.run_nightly(matrix, cells, options, note=progress.note)
+        nightly.run_nightly(matrix, cells, options)
     except ValueError as error:
         raise HarnessError(str(error)) from error
     if count > 1:
@@ -522,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         return args.func(args)
     except InfraError as error:

@@ -1,10 +1,67 @@
-"""Progress for long steps: a live line on a terminal, one line per phase in CI/logs."""
+"""Progress for long steps (a live bar on a terminal, one line per phase in CI/logs), and
+the harness's logging: every module logs to `logging.getLogger(__name__)` (under "harness");
+`configure_logging()` (the front doors call it) prints those records on stderr, through
+rich's handler on a terminal so they appear above a live bar."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from typing import Any
+
+log = logging.getLogger("harness")
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Where the harness's log records go when it runs as a program (not under pytest,
+    whose own capture collects them). Idempotent."""
+    if any(isinstance(h, _OurHandler) for h in log.handlers):
+        return
+    handler: logging.Handler
+    if interactive():
+        handler = _rich_handler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(_PlainFormatter())
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+class _OurHandler:
+    """Marks the handler configure_logging() added."""
+
+
+def _rich_handler() -> logging.Handler:
+    from rich.logging import RichHandler
+
+    class _Rich(_OurHandler, RichHandler):
+        pass
+    return _Rich(show_time=False, show_path=False, markup=False)
+
+
+class _StderrHandler(_OurHandler, logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (pytest swaps it per test)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        return f"uprobe-harness: {level}{record.getMessage()}"
 
 
 class Progress:
@@ -14,19 +71,19 @@ class Progress:
         self._expected: int | None = None
         self._started = 0.0
         self._label = ""
-        self._rich = None
-        self._task = None
+        self._rich: Any = None           # a rich.progress.Progress while one is shown
+        self._task: Any = None
 
     @classmethod
     def auto(cls) -> Progress:
-        return cls(live=sys.stderr.isatty() and not os.environ.get("CI"))
+        return cls(live=interactive())
 
     @classmethod
     def quiet(cls) -> Progress:
         return _Quiet(live=False)
 
     def note(self, message: str) -> None:
-        print(f"uprobe-harness: {message}", file=sys.stderr, flush=True)
+        log.info(message)
 
     def start(self, label: str, expected: int | None) -> None:
         self.count, self._expected, self._label = 0, expected, label

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from harness.errors import HarnessError
+from harness.machine.vm import VM
 from harness.probing.guest import Guest, Hits
 from harness.probing.probes import Probe, symbol_offset, symbol_offsets
 from harness.probing.targets import compile_target
@@ -42,7 +43,7 @@ def image():
 
 @dataclass
 class _Slot:
-    vm: object
+    vm: VM
     guest: Guest
     spoiled: bool = False      # left in a state later tests must not inherit
 
@@ -228,13 +229,11 @@ def insn_family(request, guest, _insn_results):
 @pytest.fixture
 def instruction_sweep(request, guest, kernel, _insn_results):
     """The sweep report for this guest (run once per guest and session)."""
-    from harness.progress import Progress
     from harness.sweep import runner as sweep
     key = (id(guest), "sweep")
     if key not in _insn_results:
         try:
-            _insn_results[key] = sweep.sweep_guest(guest, kernel,
-                                                   note=Progress(live=False).note)
+            _insn_results[key] = sweep.sweep_guest(guest, kernel)
         except Exception as error:          # one failed sweep, not one per class test
             _insn_results[key] = error
         request.node.stash[CONSOLE_START] = guest.vm.console_offset()

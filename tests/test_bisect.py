@@ -247,15 +247,12 @@ def _request(repo, tmp_path, good, bad, find_fix=False, repeat=1):
     return bisect.BisectRequest(good, bad, options, tmp_path / "results", find_fix)
 
 
-def _quiet(message):
-    pass
-
 
 def test_bisect_names_commit_5_and_skips_3(history, tmp_path):
     repo, shas = history
     before = _state(repo)
     runner = FakeRunner(shas)
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], "work"), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], "work"), runner)
     assert outcome.status == "found" and outcome.culprit == shas[5] and outcome.subject == "c5"
     assert [s.role for s in outcome.steps[:2]] == ["bad endpoint", "good endpoint"]
     by_index = {runner.index[s.commit]: s for s in outcome.steps}
@@ -275,7 +272,7 @@ def test_find_fix_on_the_same_history(history, tmp_path):
     before = _state(repo)
     runner = FakeRunner(shas, find_fix=True)
     outcome = bisect.run_bisect(_request(repo, tmp_path, shas[7], shas[0], find_fix=True),
-                                runner, _quiet)
+                                runner)
     assert outcome.status == "found" and outcome.culprit == shas[5]
     assert "git bisect start '--term-old=broken' '--term-new=fixed'" in outcome.log.read_text()
     assert "lost hits at c4" in outcome.excerpt or "lost hits at c0" in outcome.excerpt
@@ -286,13 +283,12 @@ def test_find_fix_on_the_same_history(history, tmp_path):
 def test_endpoints_in_the_wrong_order_are_refused(history, tmp_path):
     repo, shas = history
     with pytest.raises(HarnessError, match="--find-fix"):
-        bisect.run_bisect(_request(repo, tmp_path, shas[7], shas[0]), FakeRunner(shas), _quiet)
+        bisect.run_bisect(_request(repo, tmp_path, shas[7], shas[0]), FakeRunner(shas))
 
 
 def test_good_endpoint_that_fails_stops_before_bisecting(history, tmp_path):
     repo, shas = history
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[6], shas[7]), FakeRunner(shas),
-                                _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[6], shas[7]), FakeRunner(shas))
     assert outcome.status == "endpoint" and "--good" in outcome.message
     assert "original failure" in outcome.message and outcome.log is None
     assert bisect.exit_code(outcome) == bisect.EXIT_ENDPOINT
@@ -300,18 +296,17 @@ def test_good_endpoint_that_fails_stops_before_bisecting(history, tmp_path):
 
 def test_bad_endpoint_that_passes_or_fails_differently(history, tmp_path):
     repo, shas = history
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[4]), FakeRunner(shas),
-                                _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[4]), FakeRunner(shas))
     assert outcome.status == "endpoint" and outcome.message.startswith("--bad")
     runner = FakeRunner(shas, different=(0,))
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner)
     assert outcome.status == "endpoint" and "different failure" in outcome.message
 
 
 def test_different_failure_on_the_way_is_skipped(history, tmp_path):
     repo, shas = history
     runner = FakeRunner(shas, different=(4, 6), unbuildable=())
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner)
     skipped = [s for s in outcome.steps if s.reason.startswith("different failure")]
     assert skipped and all(s.verdict == "skip" for s in skipped)
     assert outcome.status in ("found", "inconclusive")
@@ -321,7 +316,7 @@ def test_different_failure_on_the_way_is_skipped(history, tmp_path):
 def test_only_skipped_commits_left_is_inconclusive(history, tmp_path):
     repo, shas = history
     runner = FakeRunner(shas, unbuildable=(4, 5))
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[3], shas[6]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[3], shas[6]), runner)
     assert outcome.status == "inconclusive" and set(outcome.candidates) == set(shas[4:7])
     assert bisect.exit_code(outcome) == bisect.EXIT_INCONCLUSIVE
 
@@ -329,7 +324,7 @@ def test_only_skipped_commits_left_is_inconclusive(history, tmp_path):
 def test_culprit_with_an_identical_kernel_is_flagged(history, tmp_path):
     repo, shas = history
     runner = FakeRunner(shas, images={5: "same", 4: "same"}, unbuildable=())
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner)
     assert outcome.culprit == shas[5] and outcome.same_image_as_parent is True
     assert "does not change the built kernel" in bisect.format_outcome(outcome)
 
@@ -337,10 +332,10 @@ def test_culprit_with_an_identical_kernel_is_flagged(history, tmp_path):
 def test_parent_is_built_when_the_bisect_never_tested_it(history, tmp_path):
     repo, shas = history
     runner = FakeRunner(shas, change=1, unbuildable=())
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[1]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[1]), runner)
     assert outcome.culprit == shas[1] and outcome.same_image_as_parent is False
     runner = FakeRunner(shas, change=3, unbuildable=(2,))
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[1], shas[3]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[1], shas[3]), runner)
     assert outcome.status in ("found", "inconclusive") and outcome.same_image_as_parent is None
 
 
@@ -348,7 +343,7 @@ def test_infra_error_aborts_resets_and_reports(history, tmp_path):
     repo, shas = history
     before = _state(repo)
     runner = FakeRunner(shas, raise_at={3: InfraError("disk full")})
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner, _quiet)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner)
     assert outcome.status == "aborted" and "infrastructure error: disk full" in outcome.message
     assert bisect.exit_code(outcome) == bisect.EXIT_ABORT == cli.EXIT_INFRA
     assert outcome.log.is_file() and len(outcome.steps) == 2
@@ -361,7 +356,7 @@ def test_ctrl_c_resets_the_private_clone(history, tmp_path):
     before = _state(repo)
     runner = FakeRunner(shas, raise_at={3: KeyboardInterrupt()})
     with pytest.raises(KeyboardInterrupt):
-        bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner, _quiet)
+        bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7]), runner)
     _assert_private_clone_reset()
     assert (tmp_path / "results" / "bisect.log").is_file()
     assert _state(repo) == before
@@ -382,7 +377,7 @@ def test_flaky_step_with_repeat(history, tmp_path):
             return PASS if self.index[built.commit] == 5 and index == 0 else run
 
     outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7], repeat=3),
-                                Flaky(shas, unbuildable=()), _quiet)
+                                Flaky(shas, unbuildable=()))
     assert outcome.culprit == shas[5]
     five = next(s for s in outcome.steps if s.commit == shas[5])
     assert five.verdict == "bad" and five.flaky and len(five.runs) == 2, "stops once bad"

@@ -47,10 +47,14 @@ def _write(tmp_path, text):
 
 
 def test_table_errors_name_the_file_the_entry_and_the_key(tmp_path):
-    with pytest.raises(HarnessError, match=r"entry 2: missing reason"):
+    with pytest.raises(HarnessError, match=r"known_bugs.toml: \[\[bug\]\] 1 \(test = 'a'\): "
+                                           r"kernels: expected `array`, got `str`"):
+        known_bugs.load(_write(tmp_path, '[[bug]]\ntest="a"\nkernels="*"\nreason="r"\n'))
+    with pytest.raises(HarnessError, match=r"\[\[bug\]\] 2 \(test = 'b'\): missing key 'reason'"):
         known_bugs.load(_write(tmp_path, '[[bug]]\ntest="a"\nkernels=["*"]\nreason="r"\n'
                                          '[[bug]]\ntest="b"\nkernels=["*"]\n'))
-    with pytest.raises(HarnessError, match=r"entry 1: unknown key\(s\) fixed_in"):
+    with pytest.raises(HarnessError, match=r"\[\[bug\]\] 1 \(test = 'a'\): unknown key "
+                                           r"'fixed_in'; known keys: test, kernels"):
         known_bugs.load(_write(tmp_path, '[[bug]]\ntest="a"\nkernels=["*"]\nreason="r"\n'
                                          'fixed_in="7.2"\n'))
     with pytest.raises(HarnessError, match=r"fixed_upstream = 'soon' is not a version"):

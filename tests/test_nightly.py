@@ -89,8 +89,7 @@ class ScriptedRunner:
 def run(tmp_path, runner, run_id, matrix_path=None, started=None):
     matrix = nightly_matrix.load_matrix(matrix_path or write_matrix(tmp_path))
     options = nightly.NightlyOptions(tmp_path / "res", tmp_path / "res" / "results.db", run_id)
-    comparison = nightly.run_nightly(matrix, list(matrix.cells), options, runner,
-                                     note=lambda *_: None)
+    comparison = nightly.run_nightly(matrix, list(matrix.cells), options, runner)
     return comparison
 
 
@@ -297,7 +296,7 @@ def test_known_bugs_entries_need_distinct_first_patterns(tmp_path):
     path = tmp_path / "known_bugs.toml"
     path.write_text('[[bug]]\ntest = "t_a"\nkernels = ["*"]\nreason = "one"\n'
                     '[[bug]]\ntest = ["t_a", "t_b"]\nkernels = ["*"]\nreason = "two"\n')
-    with pytest.raises(HarnessError, match="entries 1 and 2 both start with test = 't_a'"):
+    with pytest.raises(HarnessError, match=r"\[\[bug\]\] 1 and 2: both start with test = 't_a'"):
         known_bugs.load(path)
 
 
@@ -394,7 +393,7 @@ def test_merge_folds_shards_into_one_complete_run(tmp_path):
                                          tmp_path / f"shard{index}" / "results.db", "ci-42",
                                          index, 2)
         nightly.run_nightly(matrix, nightly_matrix.shard_cells(matrix.cells, index, 2),
-                            options, ScriptedRunner(PASSING), note=lambda *_: None)
+                            options, ScriptedRunner(PASSING))
         with ResultsDB(options.db_path) as db:       # one shard alone is not a complete run
             assert db.runs(complete_only=True) == []
     status = cli.main(["merge", "--into", str(tmp_path / "merged"), str(tmp_path / "shard1"),
@@ -424,8 +423,7 @@ def test_merge_refuses_a_shard_whose_paths_leave_its_directory(tmp_path, capsys,
     matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
     shard = tmp_path / "shard1"
     options = nightly.NightlyOptions(shard, shard / "results.db", "ci-7", 1, 1)
-    nightly.run_nightly(matrix, matrix.cells, options, ScriptedRunner(PASSING),
-                        note=lambda *_: None)
+    nightly.run_nightly(matrix, matrix.cells, options, ScriptedRunner(PASSING))
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep").write_text("precious")
@@ -455,8 +453,7 @@ def test_merge_reads_a_shard_whose_path_has_uri_characters(tmp_path):
     matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
     shard = tmp_path / "shard #1?x=y"
     options = nightly.NightlyOptions(shard, shard / "results.db", "ci-9", 1, 1)
-    nightly.run_nightly(matrix, matrix.cells, options, ScriptedRunner(PASSING),
-                        note=lambda *_: None)
+    nightly.run_nightly(matrix, matrix.cells, options, ScriptedRunner(PASSING))
     assert cli.main(["merge", "--into", str(tmp_path / "merged"), str(shard)]) == 0
     with ResultsDB(tmp_path / "merged" / "results.db") as db:
         assert len(db.cells("ci-9")) == 3
@@ -478,7 +475,7 @@ def test_the_last_cell_completes_its_shard_and_an_interruption_then_keeps_it(tmp
     try:
         with pytest.raises(KeyboardInterrupt):
             nightly.run_nightly(matrix, list(matrix.cells), options,
-                                InterruptedAfterTheLastCell(PASSING), note=lambda *_: None)
+                                InterruptedAfterTheLastCell(PASSING))
     finally:
         ResultsDB.add_cell = real_add
     with ResultsDB(options.db_path) as db:
@@ -496,10 +493,9 @@ def test_a_rerun_cannot_take_a_shard_another_process_is_running(tmp_path):
                 seen.append(1)
                 with pytest.raises(HarnessError, match="being run by another process"):
                     nightly.run_nightly(matrix, list(matrix.cells), options,
-                                        ScriptedRunner(PASSING), note=lambda *_: None)
+                                        ScriptedRunner(PASSING))
             return super().run(cell, cell_dir)
-    nightly.run_nightly(matrix, list(matrix.cells), options, Nested(PASSING),
-                        note=lambda *_: None)
+    nightly.run_nightly(matrix, list(matrix.cells), options, Nested(PASSING))
     with ResultsDB(options.db_path) as db:
         assert len(db.cells("r5")) == 3 and db.runs(complete_only=True)
 
@@ -595,7 +591,7 @@ def test_merge_reports_the_latest_run_and_keeps_complete_shards(tmp_path):
         options = nightly.NightlyOptions(tmp_path / directory,
                                          tmp_path / directory / "results.db", run_id, index, 2)
         nightly.run_nightly(matrix, nightly_matrix.shard_cells(matrix.cells, index, 2),
-                            options, runner, note=lambda *_: None)
+                            options, runner)
 
     shard("a", "ci-1", 1, ScriptedRunner(PASSING))
     shard("a", "ci-1", 2, ScriptedRunner(PASSING))
@@ -605,9 +601,9 @@ def test_merge_reports_the_latest_run_and_keeps_complete_shards(tmp_path):
         shard("c", "ci-2", 1, ScriptedRunner(failing, interrupt_at="k61/none/smp1,4/all"))
     shard("b", "ci-2", 2, ScriptedRunner(PASSING))
     into = tmp_path / "merged"
-    assert nightly.merge(into, [tmp_path / "a", tmp_path / "b"], note=lambda *_: None)[0] == \
+    assert nightly.merge(into, [tmp_path / "a", tmp_path / "b"])[0] == \
         "ci-2"
-    assert nightly.merge(into, [tmp_path / "c"], note=lambda *_: None) == []
+    assert nightly.merge(into, [tmp_path / "c"]) == []
     with ResultsDB(into / "results.db") as db:
         row = next(c for c in db.cells("ci-2") if c["cell"] == "k61/default/smp1,4/all")
         assert db.results("ci-2", row["cell"])["fp::t_b"].outcome == "passed"
@@ -617,10 +613,10 @@ def test_merge_reports_the_latest_run_and_keeps_complete_shards(tmp_path):
 def test_shards_of_one_run_must_agree(tmp_path):
     matrix = nightly_matrix.load_matrix(write_matrix(tmp_path))
     first = nightly.NightlyOptions(tmp_path / "r", tmp_path / "r" / "results.db", "ci", 1, 2)
-    nightly.run_nightly(matrix, [], first, ScriptedRunner(PASSING), note=lambda *_: None)
+    nightly.run_nightly(matrix, [], first, ScriptedRunner(PASSING))
     other = nightly.NightlyOptions(tmp_path / "r", tmp_path / "r" / "results.db", "ci", 2, 3)
     with pytest.raises(ValueError, match="same --shard I/N count"):
-        nightly.run_nightly(matrix, [], other, ScriptedRunner(PASSING), note=lambda *_: None)
+        nightly.run_nightly(matrix, [], other, ScriptedRunner(PASSING))
 
 
 def test_a_shard_needs_a_run_id(tmp_path, capsys):

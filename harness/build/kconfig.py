@@ -187,7 +187,8 @@ def make_config(source: Path, build_dir: Path, fragments: list[Fragment], make_a
             + describe_missing(source, missing, config)
             + ". Fix the fragment or enable the dependencies."
         )
-    if previous is not None and previous == config_file.read_bytes():
+    if previous is not None and previous_stat is not None \
+            and previous == config_file.read_bytes():
         import os
         os.utime(config_file, ns=(previous_stat.st_atime_ns, previous_stat.st_mtime_ns))
     return config

@@ -211,6 +211,7 @@ def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_
     tail: list[bytes] = []
     try:
         with children.sigterm_interrupts():
+            assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
                 tail.append(line)
@@ -267,6 +268,7 @@ def _load(store: Path, cached: bool) -> Kernel:
 
 def prebuilt(spec: sources.KernelSpec) -> Kernel:
     image = spec.path
+    assert image is not None, spec
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     config = None
     for candidate in (image.parent / ".config", image.with_name(image.name.replace(

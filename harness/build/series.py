@@ -161,8 +161,13 @@ def parse_mbox(mbox_file: Path) -> Series:
 def _message_body(message: email.message.Message) -> bytes:
     if message.is_multipart():
         parts = [p for p in message.walk() if p.get_content_type() == "text/plain"]
-        return b"\n".join(p.get_payload(decode=True) or b"" for p in parts)
-    return message.get_payload(decode=True) or b""
+        return b"\n".join(_payload(p) for p in parts)
+    return _payload(message)
+
+
+def _payload(message: email.message.Message) -> bytes:
+    payload = message.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
 
 
 def apply_series(series: Series, tree: Path, source_label: str) -> None:

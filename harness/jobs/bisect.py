@@ -21,16 +21,16 @@ from __future__ import annotations
 import datetime
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from harness.errors import (
     BuildError,
@@ -44,6 +44,8 @@ from harness.jobs import scenario_run
 from harness.paths import cache_dir
 from harness.results import report
 from harness.results.outcome import FAILING as FAILING_OUTCOMES
+
+log = logging.getLogger(__name__)
 
 EXIT_FOUND, EXIT_ABORT, EXIT_ENDPOINT, EXIT_INCONCLUSIVE = 0, 3, 4, 5
 STEP_GOOD, STEP_BAD, STEP_SKIP, STEP_ABORT = 0, 1, 125, 128
@@ -310,7 +312,7 @@ def private_clone(repo: Path):
 # -- the driver --------------------------------------------------------------------------------
 
 def _note(message: str) -> None:
-    print(f"uprobe-harness: bisect: {message}", file=sys.stderr, flush=True)
+    log.info(f"bisect: {message}")
 
 
 @dataclass
@@ -318,7 +320,6 @@ class _Bisection:
     request: BisectRequest
     runner: Runner
     clone: Path
-    note: Callable[[str], None] = _note
     steps: list[StepResult] = field(default_factory=list)
     reference: frozenset[Failure] | None = None
     started: bool = False
@@ -329,12 +330,12 @@ class _Bisection:
 
     def step(self, sha: str, role: str = "step", early_stop: bool = True) -> StepResult:
         subject = subject_of(self.clone, sha)
-        self.note(f"testing {sha[:12]} {subject} ({role})")
+        _note(f"testing {sha[:12]} {subject} ({role})")
         result = evaluate(self.runner, sha, subject, self.reference, self.request.options.repeat,
                           early_stop)
         result = replace(result, role=role)
         self.steps.append(result)
-        self.note(f"{sha[:12]}: {result.verdict} ({result.reason})")
+        _note(f"{sha[:12]}: {result.verdict} ({result.reason})")
         return result
 
     def outcome(self, status: str, message: str = "", **kw) -> BisectOutcome:
@@ -391,11 +392,11 @@ class _Bisection:
         if parent in by_commit:
             theirs = by_commit[parent].image_sha256
         else:
-            self.note(f"building the culprit's parent {parent[:12]} to compare images")
+            _note(f"building the culprit's parent {parent[:12]} to compare images")
             try:
                 theirs = self.runner.build(parent).image_sha256
             except HarnessError as error:
-                self.note(f"cannot build {parent[:12]}: {str(error).splitlines()[0]}")
+                _note(f"cannot build {parent[:12]}: {str(error).splitlines()[0]}")
                 theirs = ""
         return (mine == theirs) if theirs else None
 
@@ -408,7 +409,7 @@ class _Bisection:
         return path
 
 
-def run_bisect(request: BisectRequest, runner: Runner, note=_note) -> BisectOutcome:
+def run_bisect(request: BisectRequest, runner: Runner) -> BisectOutcome:
     """Verify the endpoints, then bisect in a private clone. Never touches the user's repo."""
     repo = request.options.repo
     good, bad = resolve(repo, request.good), resolve(repo, request.bad)
@@ -416,7 +417,7 @@ def run_bisect(request: BisectRequest, runner: Runner, note=_note) -> BisectOutc
     _check_order(repo, old, new, request.find_fix)
     request.results_dir.mkdir(parents=True, exist_ok=True)
     with private_clone(repo) as clone:
-        bisection = _Bisection(request, runner, clone, note)
+        bisection = _Bisection(request, runner, clone)
         log = None
         try:
             outcome = bisection.verify_endpoints(good, bad) or bisection.search(old, new)
@@ -426,7 +427,7 @@ def run_bisect(request: BisectRequest, runner: Runner, note=_note) -> BisectOutc
         finally:
             log = bisection.save_log()
             if log:
-                note(f"bisect log saved: {log} (replay: git bisect replay {log})")
+                _note(f"bisect log saved: {log} (replay: git bisect replay {log})")
         return replace(outcome, log=log)
 
 

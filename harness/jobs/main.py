@@ -58,7 +58,7 @@ class MainResult:
 def run(request: MainRequest, progress: Progress | None = None) -> MainResult:
     progress = progress or Progress.auto()
     request = request.pinned()
-    built = kernel.build(kernel.BuildRequest(kernel=request.kernel, series=request.series,
+    built = kernel.build(kernel.BuildRequest(kernel=request.kernel or "", series=request.series,
                                              fragments=request.fragments, jobs=request.jobs),
                          progress)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

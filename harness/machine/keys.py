@@ -133,8 +133,8 @@ def _create_missing(directory: Path) -> None:
         )
         _write_atomically(client, pem, 0o600)
     if not client_pub.is_file():
-        key = serialization.load_ssh_private_key(client.read_bytes(), password=None)
-        public = key.public_key().public_bytes(
+        loaded = serialization.load_ssh_private_key(client.read_bytes(), password=None)
+        public = loaded.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
         _write_atomically(client_pub, public + f" {KEY_COMMENT}\n".encode(), 0o644)

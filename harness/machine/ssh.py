@@ -89,9 +89,11 @@ class SSHSession:
             self._client.close()
             self._client = None
 
-    def reconnect(self, timeout: float = 60.0) -> None:
-        self.close()
-        self.wait_ready(time.monotonic() + timeout)
+    def _transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport() if self._client else None
+        if transport is None:
+            raise InfraError("the SSH connection to the guest is gone")
+        return transport
 
     @property
     def connected(self) -> bool:
@@ -109,8 +111,7 @@ class SSHSession:
             script = f"/tmp/uph-cmd-{hashlib.sha256(command.encode()).hexdigest()[:16]}.sh"
             self.put(command.encode() + b"\n", script, mode=0o700)
             command = f"sh {script}"
-        transport = self._client.get_transport()
-        channel = transport.open_session(timeout=10)
+        channel = self._transport().open_session(timeout=10)
         channel.settimeout(timeout)
         try:
             channel.exec_command(command)
@@ -144,7 +145,7 @@ class SSHSession:
     def _raw_run(self, cmd: list[str], timeout: float = 60.0) -> bytes:
         if not self.connected:
             self.connect()
-        channel = self._client.get_transport().open_session(timeout=10)
+        channel = self._transport().open_session(timeout=10)
         channel.settimeout(timeout)
         try:
             channel.exec_command(shlex.join(cmd))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from harness.results.outcome import Outcome
 
@@ -51,7 +52,7 @@ def export(db, run_id: str) -> dict:
         builds.setdefault(build_id, build)
         for result in db.results(run_id, cell["cell"]).values():
             family, _, name = result.test.partition("::")
-            test = {"id": _id("test", run_id, cell["cell"], result.test),
+            test: dict[str, Any] = {"id": _id("test", run_id, cell["cell"], result.test),
                     "build_id": build_id, "origin": ORIGIN,
                     "path": ".".join(["uprobes", _path_part(family), _path_part(name or family)]),
                     "status": STATUS.get(result.outcome, "ERROR"),

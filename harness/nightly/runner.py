@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness import __version__, children
 from harness.errors import HarnessError
@@ -32,6 +34,8 @@ from harness.results import regressions, report
 from harness.results.db import Result, ResultsDB
 from harness.results.outcome import FAILING
 from harness.results.outcome import severity as outcome_severity
+
+log = logging.getLogger(__name__)
 
 SETUP_TEST = "(kernel build)"          # the synthetic test a failed build is recorded as
 
@@ -87,12 +91,13 @@ class HarnessCellRunner:
     """Build the cell's kernel (shared through the build cache) and run its selection in a
     pytest subprocess; the VMs' console logs stay in the cell directory."""
 
-    def __init__(self, options: NightlyOptions, note=print):
-        self.options, self.note = options, note
+    def __init__(self, options: NightlyOptions):
+        self.options = options
 
     def run(self, cell: Cell, cell_dir: Path) -> CellRun:
         from harness.build import kernel
-        row = {"kernel_spec": cell.kernel, "series": cell.series_name, "smp": cell.smp,
+        row: dict[str, Any] = {"kernel_spec": cell.kernel, "series": cell.series_name,
+               "smp": cell.smp,
                "accel": cell.accel, "selection": json.dumps(list(cell.selection))}
         started = time.monotonic()
         try:
@@ -108,7 +113,7 @@ class HarnessCellRunner:
         cmd = scenario_run.pytest_command(
             cell.kernel, junit, series=cell.series, fragments=cell.fragments, smp=cell.smp,
             accel=cell.accel, extra=(*cell.selection, f"--basetemp={cell_dir / 'tmp'}", "-q"))
-        self.note(f"{cell.key}: {built.label}{' + ' + built.series if built.series else ''}: "
+        log.info(f"{cell.key}: {built.label}{' + ' + built.series if built.series else ''}: "
                   f"pytest {' '.join(cell.selection) or '(all scenarios)'}")
         status = scenario_run.run(cmd, junit, log=cell_dir / "pytest.log").status
         row.update(seconds=round(time.monotonic() - started, 1), pytest_exit=status,
@@ -131,7 +136,7 @@ class HarnessCellRunner:
         # the kernel the tests actually ran (pytest resolves the spec again)
         tested = {t.properties.get("kernel_identity") for t in tests} - {None, ""}
         if len(tested) == 1 and tested != {row["kernel_identity"]}:
-            self.note(f"{cell.key}: pytest tested kernel {next(iter(tested))}, not the "
+            log.warning(f"{cell.key}: pytest tested kernel {next(iter(tested))}, not the "
                       f"{row['kernel_identity']} built first (the source moved?)")
             row["kernel_identity"] = next(iter(tested))
         return CellRun(row, results)
@@ -190,11 +195,11 @@ def to_result(test: report.TestResult) -> Result:
 
 # -- the run -----------------------------------------------------------------------------------
 
-def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runner=None,
-                note=print) -> regressions.Comparison:
+def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions,
+                runner=None) -> regressions.Comparison:
     """Run `cells` (this shard's part of `matrix`) and commit them to the history. The shard
     is marked complete only after its last cell; an interruption marks it interrupted."""
-    runner = runner or HarnessCellRunner(options, note)
+    runner = runner or HarnessCellRunner(options)
     run_dir = options.results_dir / "runs" / options.run_id
     version = harness_version()
     with _shard_lock(options), ResultsDB(options.db_path) as db:
@@ -203,7 +208,7 @@ def run_nightly(matrix: Matrix, cells: list[Cell], options: NightlyOptions, runn
         try:
             with children.sigterm_interrupts():
                 for index, cell in enumerate(cells, start=1):
-                    note(f"cell {index}/{len(cells)}: {cell.key}")
+                    log.info(f"cell {index}/{len(cells)}: {cell.key}")
                     cell_dir = run_dir / cell.slug
                     cell_dir.mkdir(parents=True, exist_ok=True)
                     started = now()
@@ -289,8 +294,8 @@ def format_summary(db: ResultsDB, run_id: str, comparison: regressions.Compariso
                          f"({change.before or 'new'} -> {change.after}) {first[:80]}")
         if len(changes) > limit:
             lines.append(f"  ... and {len(changes) - limit} more {category}")
-    for cell, test in comparison.vanished[:limit]:
-        lines.append(f"  {'GONE':<14} {cell} {test} (in the previous run, not in this one)")
+    for cell_key, test in comparison.vanished[:limit]:
+        lines.append(f"  {'GONE':<14} {cell_key} {test} (in the previous run, not in this one)")
     rates = comparison.flake_rates()
     if rates:
         lines.append(f"flake rates (verdict flips over the last {comparison.window} runs with "
@@ -361,7 +366,7 @@ def merge_junit(db: ResultsDB, run_id: str, out: Path) -> None:
     ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
 
 
-def merge(into: Path, sources: list[Path], note=print) -> list[str]:
+def merge(into: Path, sources: list[Path]) -> list[str]:
     """Fold results directories (shards, or another machine's history) into `into`: the
     databases row by row, and the directories of exactly the cells taken from each.
     Returns the run ids that received cells, latest first."""
@@ -390,13 +395,13 @@ def merge(into: Path, sources: list[Path], note=print) -> list[str]:
                     shutil.rmtree(target, ignore_errors=True)
                     shutil.copytree(source_db.parent / row["dir"], target, symlinks=True)
             runs = sorted({r for r, _ in taken})
-            note(f"merged {source}: {len(taken)} cell(s) of run(s) {', '.join(runs) or 'none'}")
+            log.info(f"merged {source}: {len(taken)} cell(s) of run(s) {', '.join(runs) or 'none'}")
             touched.update(runs)
         order = [r["run_id"] for r in db.runs()]
     return sorted(touched, key=order.index, reverse=True)
 
 
-def prune_run_dirs(results_dir: Path, keep: int, note=print) -> list[str]:
+def prune_run_dirs(results_dir: Path, keep: int) -> list[str]:
     """Delete the directories (JUnit, logs, console logs, reports) of all but the latest
     `keep` runs; their rows stay in results.db, so comparisons and flake rates keep them.
     Only directories of runs the history knows are touched. Returns the pruned run ids."""
@@ -411,7 +416,7 @@ def prune_run_dirs(results_dir: Path, keep: int, note=print) -> list[str]:
             shutil.rmtree(path)
             pruned.append(run_id)
     if pruned:
-        note(f"pruned the directories of {len(pruned)} older run(s) (kept the latest {keep}; "
+        log.info(f"pruned the directories of {len(pruned)} older run(s) (kept the latest {keep}; "
              f"their results stay in results.db)")
     return pruned
 

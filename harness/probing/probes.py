@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from harness.errors import HarnessError
 
@@ -47,7 +48,7 @@ def _defined_symbols(elf: ELFFile) -> dict[str, int]:
     addresses: dict[str, int] = {}
     for section_name in (".symtab", ".dynsym"):
         table = elf.get_section_by_name(section_name)
-        if table is None:
+        if not isinstance(table, SymbolTableSection):
             continue
         for sym in table.iter_symbols():
             if sym.name and sym.name not in addresses and sym["st_shndx"] != "SHN_UNDEF":

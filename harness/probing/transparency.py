@@ -137,7 +137,7 @@ def crashes_by_case(console_text: str) -> dict[str, str]:
     """Kernel splats in the console, attributed to the case whose CASE marker precedes
     them (the driver writes one to /dev/kmsg before each case): {case name: title}."""
     crashes: dict[str, str] = {}
-    current, lines = "", []
+    current, lines = "", []    # type: tuple[str, list[str]]
 
     def flush():
         if current and lines:

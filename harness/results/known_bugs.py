@@ -11,19 +11,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness import data
 from harness.paths import CONFIGS_DIR
 
 KNOWN_BUGS_FILE = CONFIGS_DIR / "known_bugs.toml"
-_KEYS = {"test": "a test name pattern or a list of them", "kernels": "a list of kernel specs",
-         "fixed_by": "a patch name pattern", "fixed_upstream": "a version such as \"7.2\"",
-         "reason": "a sentence", "link": "a URL or repo path",
-         "splat": "text of the kernel splat's title the bug causes (e.g. \"WARNING\")"}
-_REQUIRED = ("test", "kernels", "reason")
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 
@@ -77,34 +71,37 @@ def version_tuple(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+class _Entry(data.Spec):
+    test: str | list[str]         # a test name pattern or a list of them
+    kernels: list[str]            # kernel specs ("*": any)
+    reason: str                   # a sentence
+    fixed_by: str = ""            # a patch name pattern
+    fixed_upstream: str = ""      # a version such as "7.2"
+    link: str = ""                # a URL or repo path
+    splat: str = ""               # text of the kernel splat's title the bug causes
+
+
+class _File(data.Spec):
+    bug: list[_Entry] = []
+
+
 def load(path: Path = KNOWN_BUGS_FILE) -> list[KnownBug]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise HarnessError(f"{path}: not valid TOML: {error}") from None
+    raw = data.parse(path)
     bugs = []
-    for number, entry in enumerate(data.get("bug", []), start=1):
-        where = f"{path}, [[bug]] entry {number}"
-        unknown = sorted(set(entry) - set(_KEYS))
-        if unknown:
-            raise HarnessError(f"{where}: unknown key(s) {', '.join(unknown)}. Known keys: "
-                               + "; ".join(f"{k} ({v})" for k, v in _KEYS.items()) + ".")
-        missing = [k for k in _REQUIRED if k not in entry]
-        if missing:
-            raise HarnessError(f"{where}: missing {', '.join(missing)} "
-                               f"({'; '.join(_KEYS[k] for k in missing)}).")
-        if "fixed_upstream" in entry and not version_tuple(str(entry["fixed_upstream"])):
-            raise HarnessError(f"{where}: fixed_upstream = {entry['fixed_upstream']!r} is not a "
-                               f"version such as \"7.2\".")
-        bugs.append(KnownBug(_as_tuple(entry["test"]), tuple(entry["kernels"]),
-                             entry.get("fixed_by", ""), entry["reason"], entry.get("link", ""),
-                             str(entry.get("fixed_upstream", "")), entry.get("splat", "")))
+    for number, entry in enumerate(data.convert(raw, _File, path).bug):
+        where = data.entry_name(raw, f"$.bug[{number}]")
+        if entry.fixed_upstream and not version_tuple(entry.fixed_upstream):
+            raise data.error(path, where, f"fixed_upstream = {entry.fixed_upstream!r} is not "
+                                          f"a version such as \"7.2\"")
+        bugs.append(KnownBug(_as_tuple(entry.test), tuple(entry.kernels), entry.fixed_by,
+                             entry.reason, entry.link, entry.fixed_upstream, entry.splat))
     seen: dict[str, int] = {}
     for number, bug in enumerate(bugs, start=1):
         if bug.key in seen:
-            raise HarnessError(f"{path}, [[bug]] entries {seen[bug.key]} and {number} both "
-                               f"start with test = {bug.key!r}: an entry is named by its first "
-                               f"test pattern in results and reports; reorder or merge them.")
+            raise data.error(path, f"[[bug]] {seen[bug.key]} and {number}",
+                             f"both start with test = {bug.key!r}: an entry is named by its "
+                             f"first test pattern in results and reports; reorder or merge "
+                             f"them")
         seen[bug.key] = number
     return bugs
 

@@ -53,15 +53,15 @@ def read_junit(path: Path) -> list[TestResult]:
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
         outcome, message = "passed", ""
         failure = case.find("failure")
-        error = case.find("error")
+        error_element = case.find("error")
         skipped = case.find("skipped")
         if failure is not None:
             message = failure.get("message", "") or (failure.text or "")
             outcome = "crashed" if props.get("verdict") == "crashed" else "failed"
             if "[XPASS(strict)]" in message:
                 outcome = "xpass"
-        elif error is not None:
-            outcome, message = "error", error.get("message", "")
+        elif error_element is not None:
+            outcome, message = "error", error_element.get("message", "")
         elif skipped is not None:
             message = skipped.get("message", "")
             outcome = "xfail" if skipped.get("type") == "pytest.xfail" else "skipped"

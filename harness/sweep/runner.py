@@ -11,6 +11,7 @@ hits (probe hit count wrong), refused (the kernel would not probe it, with errno
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ from harness.probing import insn, transparency
 from harness.probing.targets import target_from_binary
 from harness.results import known_bugs
 from harness.sweep import corpus as sweep_corpus
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 700
 DIFFERENCES = ("differs", "signal", "hits", "crashed", "missing")
@@ -78,7 +81,7 @@ class SweepReport:
 
 
 def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
-              note=print, states: dict | None = None) \
+              states: dict | None = None) \
         -> tuple[dict[str, transparency.CaseVerdict], int]:
     """Run the forms in the guest; {form name: verdict} and the number of batches. With
     `states`, keep {name: (unprobed, probed)} of every form that was not identical."""
@@ -120,7 +123,7 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
             for form in (f for later in chunks[number:] for f in later):
                 verdicts[form.name] = transparency.CaseVerdict(
                     form.name, "missing", f"not run: the VM died during batch {number}")
-            note(f"sweep batch {number}/{len(chunks)}: the VM died ({why})")
+            log.warning(f"sweep batch {number}/{len(chunks)}: the VM died ({why})")
             return verdicts, len(chunks)
         batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states,
                                           host_flags)
@@ -129,7 +132,7 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
             states.update({name: pair for name, pair in batch_states.items()
                            if batch_verdicts[name].outcome != "identical"})
         odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
-        note(f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
+        log.info(f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
              f"{time.monotonic() - start:.1f}s, {odd} not identical")
         guest.ensure_alive()
     return verdicts, len(chunks)
@@ -240,11 +243,11 @@ def attach_known_bugs(results: list[FormResult], kernel,
         if result.outcome in DIFFERENCES:
             # the first applying entry that names the form (what known_bugs.match() finds,
             # without re-reading the kernel's metadata for every differing form)
-            index = next((i for i, b in enumerate(applying) if b.matches_test(name)), None)
-            if index is not None:
-                bug = applying[index]
+            first = next((i for i, b in enumerate(applying) if b.matches_test(name)), None)
+            if first is not None:
+                bug = applying[first]
                 result.known_bug = f"{bug.reason} ({bug.link})" if bug.link else bug.reason
-                showed.add((index, result.form.klass))
+                showed.add((first, result.form.klass))
     stale: dict[str, list[str]] = {}
     if states is not None:
         for index, klass in set(expected) | showed:
@@ -258,8 +261,8 @@ def attach_known_bugs(results: list[FormResult], kernel,
     return stale
 
 
-def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BATCH,
-                note=print) -> SweepReport:
+def sweep_guest(guest, kernel, filters: tuple[str, ...] | list[str] = (),
+                batch: int = DEFAULT_BATCH) -> SweepReport:
     """Generate the corpus for the guest's CPU, run it, classify, attach known bugs."""
     start = time.monotonic()
     flags = transparency.guest_cpu_flags(guest)
@@ -267,10 +270,10 @@ def sweep_guest(guest, kernel, filters: list[str] = (), batch: int = DEFAULT_BAT
     forms = sweep_corpus.select(corpus, list(filters))
     if not forms:
         raise HarnessError(f"sweep: no form matches --filter {' '.join(filters)}")
-    note(f"sweep: {len(forms)} forms ({corpus.candidates} candidates, "
-         f"{sum(corpus.dropped.values())} dropped) in batches of {batch}")
+    log.info(f"sweep: {len(forms)} forms ({corpus.candidates} candidates, "
+             f"{sum(corpus.dropped.values())} dropped) in batches of {batch}")
     states: dict = {}
-    verdicts, batches = run_sweep(guest, forms, batch, note, states)
+    verdicts, batches = run_sweep(guest, forms, batch, states)
     results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0])
                for f in forms]
     known_states: dict = {}
@@ -292,7 +295,7 @@ def format_report(report: SweepReport, limit: int = 0) -> str:
     lines = [f"instruction sweep on {report.kernel}: {report.corpus_size} forms in "
              f"{report.seconds / 60:.1f} min ({report.batches} batches)",
              f"{'class':<10}{'forms':>7}" + "".join(f"{o:>10}" for o in outcomes)]
-    total = Counter()
+    total: Counter[str] = Counter()
     for klass in sweep_corpus.CLASSES:
         if klass in table:
             row = table[klass]
