@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 
 from harness.errors import HarnessError, InfraError
 from harness.progress import configure_logging
@@ -86,7 +85,7 @@ def cmd_boot(args) -> int:
     built = kernel.build(_build_request(args), progress)
     img = image.build_image()
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    with vm.VM(built, img, _machine_spec(args), note=progress.note) as machine:
+    with vm.VM(built, img, _machine_spec(args)) as machine:
         record = machine.record
         assert record is not None          # set once the machine is up
         progress.note(f"guest up in {machine.boot_seconds:.1f}s: {record.kernel_release}, "
@@ -115,8 +114,22 @@ def cmd_boot(args) -> int:
 
 
 def cmd_image(args) -> int:
+    """Build (or find) the guest initramfs and print its artefacts."""
+    import json
+    from pathlib import Path
+
     from harness.machine import image
-    return image.main(["--json"] if args.json else [])
+    built = image.build_image(args.recipe, tuple(Path(m) for m in args.modules))
+    info = {"initramfs": str(built.initramfs), "identity": built.identity,
+            "client_key": str(built.client_key), "host_key_line": built.host_key_line,
+            "ready_marker": built.ready_marker, "size": built.initramfs.stat().st_size}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return EXIT_OK
 
 
 def cmd_console(args) -> int:
@@ -208,46 +221,17 @@ def cmd_bisect_step(args) -> int:
 def cmd_mutate(args) -> int:
     """Build every known-bad mutant, run the scenario families on it, print the mutation
     table; exit 1 if a declared family missed its mutant or the baseline was not clean."""
-    import datetime
     from pathlib import Path
 
     from harness.jobs import mutate
-    from harness.progress import Progress
-    progress = Progress.auto()
-    mutants = mutate.load_mutants(tuple(args.mutants))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    results_dir = Path(args.results or Path("results") / f"mutate-{stamp}").resolve()
-    options = mutate.RunOptions(results_dir, smp=args.smp, accel=args.accel, scope=args.scope,
-                                jobs=args.jobs)
-    start = time.monotonic()
-    baseline = None
-    if args.baseline_runs:
-        kernels = sorted({m.kernel for m in mutants}) or ["debian:6.1"]
-        baseline = mutate.run_baseline(kernels[0], args.baseline_runs, options, progress.note)
-    results = []
-    for mutant in mutants:
-        results.append(mutate.run_mutant(mutant, options, progress.note))
-    total = time.monotonic() - start
-    print(mutate.format_table(results))
-    if baseline:
-        print(f"baseline: {baseline.runs} run(s) of {max(baseline.tests_per_run, default=0)} "
-              f"tests, {sum(map(len, baseline.unexpected))} unexpected failure(s), flake rate "
-              f"{baseline.flake_rate:.2%}")
-        for index, failing in enumerate(baseline.unexpected, start=1):
-            for line in failing:
-                print(f"  baseline run {index}: {line}")
-    print(f"total {total / 60:.1f} min; results {results_dir}")
-    mutate.write_json(results, baseline, results_dir / "mutate.json")
-    (results_dir / "mutate.md").write_text(mutate.format_markdown(results) + "\n")
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        why = r.error or f"not caught by {', '.join(r.missed) or 'a declared family (not run)'}"
-        print(f"uprobe-harness: mutant {r.name}: {why}", file=sys.stderr)
-    if baseline and not baseline.clean:
-        print("uprobe-harness: the baseline kernel has unexpected failures: the mutation "
-              "table cannot be trusted", file=sys.stderr)
-        return EXIT_FAIL
-    return EXIT_FAIL if failed else EXIT_OK
+    outcome = mutate.run(mutate.MutateRequest(
+        tuple(args.mutants), Path(args.results) if args.results else None,
+        mutate.RunOptions(Path("."), smp=args.smp, accel=args.accel, scope=args.scope,
+                          jobs=args.jobs), args.baseline_runs))
+    print(mutate.format_outcome(outcome))
+    for problem in outcome.problems():
+        print(f"uprobe-harness: {problem}", file=sys.stderr)
+    return EXIT_OK if outcome.ok else EXIT_FAIL
 
 
 def cmd_sweep(args) -> int:
@@ -264,7 +248,7 @@ def cmd_sweep(args) -> int:
     built = kernel.build(_build_request(args), progress)
     img = image.build_image()
     spec = vm.MachineSpec(smp=1, memory_mb=args.memory, accel=args.accel)
-    with vm.VM(built, img, spec, note=progress.note) as machine:
+    with vm.VM(built, img, spec) as machine:
         report = sweep.sweep_guest(Guest(machine), built, args.filter, args.batch)
     print(sweep.format_report(report, limit=args.limit))
     if args.json:
@@ -273,23 +257,18 @@ def cmd_sweep(args) -> int:
     return EXIT_FAIL if report.unexpected() or report.stale else EXIT_OK
 
 
-def _nightly_finish(results_dir, db_path, run_id: str, fail_on: str | None,
-                    args) -> int:
-    from harness.nightly import runner as nightly
-    from harness.results import regressions
-    fail_on = fail_on or "new"
-    from harness.results.db import ResultsDB
-    with ResultsDB(db_path) as db:
-        if db.run(run_id) is None:
-            raise HarnessError(f"{db_path} has no run {run_id!r} (runs: "
-                               f"{', '.join(r['run_id'] for r in db.runs()[-5:]) or 'none'}).")
-        comparison = regressions.compare_run(db, run_id, args.flake_window,
-                                             args.flake_threshold)
-        print(nightly.format_summary(db, run_id, comparison))
-        outputs = nightly.write_outputs(db, run_id, comparison, results_dir, args.history)
-    for name, path in outputs.items():
+def _reporting(args):
+    from harness.nightly import job
+    return job.Reporting(args.fail_on, args.history, args.flake_window, args.flake_threshold)
+
+
+def _nightly_done(result) -> int:
+    for line in result.notes:
+        print(line)
+    print(result.summary)
+    for name, path in result.outputs.items():
         print(f"{name + ':':<8} {path}")
-    return regressions.exit_status(comparison, fail_on)
+    return EXIT_FAIL if result.status else EXIT_OK
 
 
 def cmd_nightly(args) -> int:
@@ -297,74 +276,27 @@ def cmd_nightly(args) -> int:
     its previous run, write the reports; exit 1 on new failures (see --fail-on)."""
     from pathlib import Path
 
-    from harness.nightly import matrix as nightly_matrix
-    from harness.nightly import runner as nightly
-    from harness.progress import Progress
-    from harness.results import db as results_db
-    matrix = nightly_matrix.load_matrix(Path(args.matrix))
-    index, count = nightly_matrix.parse_shard(args.shard)
-    if args.run_id:
-        try:
-            results_db.check_run_id(args.run_id)
-        except ValueError as error:
-            raise HarnessError(f"--run-id: {error}") from None
-    if count > 1 and not args.run_id:
-        raise HarnessError(f"--shard {args.shard}: give every shard of the run the same "
-                           f"--run-id (e.g. the CI pipeline id), or they never form one run.")
-    # a shard alone has no complete history: the merge step gates, unless told otherwise
-    fail_on = args.fail_on or ("never" if count > 1 else "new")
-    cells = nightly_matrix.shard_cells(matrix.cells, index, count)
-    results_dir = Path(args.results_dir).resolve()
-    db_path = Path(args.db).resolve() if args.db else results_dir / "results.db"
-    options = nightly.NightlyOptions(results_dir, db_path, args.run_id or nightly.default_run_id(),
-                                     index, count, args.jobs, args.history)
-    progress = Progress.auto()
-    progress.note(f"nightly {options.run_id}: {matrix.name}, shard {index}/{count}: "
-                  f"{len(cells)} of {len(matrix.cells)} cell(s)")
-    try:
-        nightly.run_nightly(matrix, cells, options)
-    except ValueError as error:
-        raise HarnessError(str(error)) from error
-    if count > 1:
-        print(f"shard {index}/{count} stored in {db_path}; fold the shards with "
-              f"`python -m harness merge --into DIR SHARD_DIR...`")
-    return _nightly_finish(results_dir, db_path, options.run_id, fail_on, args)
+    from harness.nightly import job
+    return _nightly_done(job.run_shard(job.ShardRequest(
+        Path(args.matrix), Path(args.results_dir), args.shard, args.run_id or "",
+        Path(args.db) if args.db else None, args.jobs, _reporting(args))))
 
 
 def cmd_merge(args) -> int:
     """Fold shard (or other) results directories into one history and report on the run."""
     from pathlib import Path
 
-    from harness.nightly import runner as nightly
-    into = Path(args.into).resolve()
-    run_ids = nightly.merge(into, [Path(s).resolve() for s in args.sources])
-    if args.keep_run_dirs is not None:
-        nightly.prune_run_dirs(into, args.keep_run_dirs)
-    run_id = args.run_id or (run_ids[0] if run_ids else None)      # the latest run merged
-    if run_id is None:
-        from harness.results.db import ResultsDB
-        with ResultsDB(into / "results.db") as db:
-            run_id = db.latest_run()
-        if run_id is None:
-            raise HarnessError("merge: the sources hold no runs.")
-        print(f"merge: nothing new; reporting the latest run, {run_id}")
-    return _nightly_finish(into, into / "results.db", run_id, args.fail_on, args)
+    from harness.nightly import job
+    return _nightly_done(job.merge(Path(args.into), [Path(s) for s in args.sources],
+                                   args.run_id or "", args.keep_run_dirs, _reporting(args)))
 
 
 def cmd_nightly_report(args) -> int:
     from pathlib import Path
 
-    from harness.results.db import ResultsDB
-    results_dir = Path(args.results_dir).resolve()
-    db_path = results_dir / "results.db"
-    if not db_path.is_file():
-        raise HarnessError(f"{results_dir} holds no results.db: run `python -m harness nightly` "
-                           f"first.")
-    with ResultsDB(db_path) as db:
-        run_id = args.run_id or db.latest_run()
-    if run_id is None:
-        raise HarnessError(f"{db_path} holds no runs.")
-    return _nightly_finish(results_dir, db_path, run_id, args.fail_on, args)
+    from harness.nightly import job
+    return _nightly_done(job.report_stored(Path(args.results_dir), args.run_id or "",
+                                           _reporting(args)))
 
 
 def _add_nightly_outputs(parser: argparse.ArgumentParser) -> None:
@@ -416,7 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("image", help="build the guest initramfs (cached)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--recipe", default="default",
+                   help="recipe name in images/ or path to a .toml file")
+    p.add_argument("--module", dest="modules", action="append", default=[], metavar="KO",
+                   help="kernel module for /init to insmod at boot (repeatable)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("boot", help="boot a guest: interactive shell, or `-- CMD`")

@@ -1,11 +1,11 @@
 """One loader for every TOML data file (configs, known bugs, matrices, recipes, cases).
 
-A file is parsed with tomllib and converted into typed, frozen structs (msgspec) whose
+A file is parsed with tomllib and converted into typed structs (msgspec) whose
 fields are the only keys allowed. Every mistake gets the same message shape, naming the
 file, the entry and the key:
 
     known_bugs.toml: [[bug]] 3 (test = 'test_x'): missing key 'reason'
-    sweep.toml: [compat]: unknown key 'bytes'; known keys: forms, prefixes
+    sweep.toml: [compat]: unknown key 'bytes'; known keys: onebyte_skip, prefixes
 
 Checks that types cannot express (a pattern that must compile, names that must be unique)
 are made by the loader of each file after conversion, raising `error(path, where, what)`.
@@ -34,17 +34,19 @@ class Spec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of every data file's structs: unknown keys are errors."""
 
 
-def parse(path: Path, text: str | None = None) -> dict[str, Any]:
+def parse(path: Path | str, text: str | bytes | None = None) -> dict[str, Any]:
     """The file's TOML as plain data (its own text may be given, e.g. from an archive)."""
     try:
-        return tomllib.loads(Path(path).read_text() if text is None else text)
+        if text is None:
+            text = Path(path).read_text()
+        return tomllib.loads(text.decode() if isinstance(text, bytes) else text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
 
 
-def load(path: Path, schema: type[T], text: str | None = None) -> T:
+def load(path: Path | str, schema: type[T], text: str | bytes | None = None) -> T:
     """Parse PATH and convert it into SCHEMA (a Spec, or a dict/list of them)."""
     return convert(parse(path, text), schema, path)
 
@@ -102,7 +104,6 @@ def _identity(node: Any) -> str:
 _MSG = re.compile(r"^(?P<what>.*?)(?: - at `(?P<at>[^`]*)`)?$", re.S)
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _STEP = re.compile(r'\.([A-Za-z0-9_-]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
-_ITEMS = re.compile(r"(?:\[\d+\])+$")
 
 
 def _steps(location: str) -> list[str | int]:
@@ -115,11 +116,6 @@ def _explain(message: str, raw: Any, schema: Any, path: Path | str) -> str:
     found = _MSG.match(message)
     assert found is not None
     what, at = found["what"], _name_keys(found["at"] or "$", raw, schema)
-    items = ""
-    if (indices := _ITEMS.search(at)) and re.search(r"\.[A-Za-z0-9_-]+$", at[:indices.start()]):
-        # a value in an array of values (not of tables): "kernels: item 2: ..."
-        items = "".join(f": item {int(n) + 1}" for n in re.findall(r"\d+", indices[0]))
-        at = at[:indices.start()]
     if (unknown := re.match(r"Object contains unknown field `(.+)`", what)):
         known = _fields_at(schema, at)
         what = f"unknown key {unknown[1]!r}" + (f"; known keys: {', '.join(known)}"
@@ -128,8 +124,9 @@ def _explain(message: str, raw: Any, schema: Any, path: Path | str) -> str:
         what = f"missing key {missing[1]!r}"
         at = at if at != "$" else "$"
     else:
-        leaf = re.search(r"\.([A-Za-z0-9_-]+)$", at)
+        leaf = re.search(r"\.([A-Za-z0-9_-]+)((?:\[\d+\])*)$", at)
         if leaf:                       # a wrong value: name its key, point at its entry
+            items = "".join(f": item {int(n) + 1}" for n in re.findall(r"\d+", leaf[2]))
             what = f"{leaf[1]}{items}: {what[0].lower()}{what[1:]}"
             at = at[:leaf.start()] or "$"
     return f"{path}: {entry_name(raw, at)}: {what}"
@@ -162,9 +159,11 @@ def _with_only(raw: Any, steps: list[str | int], key: str) -> Any:
     """A copy of RAW where the table at STEPS holds only KEY."""
     if not steps:
         return {key: raw[key]}
-    copy = dict(raw) if isinstance(raw, dict) else list(raw)
-    copy[steps[0]] = _with_only(raw[steps[0]], steps[1:], key)
-    return copy
+    step, rest = steps[0], steps[1:]
+    if isinstance(raw, dict):
+        return {**raw, step: _with_only(raw[step], rest, key)}
+    return [_with_only(item, rest, key) if number == step else item
+            for number, item in enumerate(raw)]
 
 
 def _fails_under(raw: Any, schema: Any, prefix: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
+from harness.data import DataError
 from harness.machine import console
 from harness.machine.console import ConsoleWatch, normalise, parse_table, scan, scan_file, window
 
@@ -275,17 +275,37 @@ def test_shipped_allow_entries_are_justified():
 
 
 @pytest.mark.parametrize(("addition", "complaint"), [
-    ("[[allow]]\npattern = 'x'\nreason = 'because'\nlink = ''\n", "reason and link"),
-    ("[[allow]]\npattern = 'x'\nreason = 'because'\n", "missing key(s) link"),
-    ("[[pattern]]\nname = 'bad'\nregex = '('\ntitle = 'x'\n", "bad regex"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'in {func}'\n", "func"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ncontext = '(?P<f>y)'\ntitle = '{f}'\n", "fallback"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nkind = 'oops'\n", "kind"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_line = 3\n", "max_line"),
+    ("[[allow]]\npattern = 'x'\nreason = 'because'\nlink = ''\n",
+     "[[allow]] 1: an allow entry needs a non-empty reason and link"),
+    ("[[allow]]\npattern = 'x'\nreason = 'because'\n", "[[allow]] 1: missing key 'link'"),
+    ("[[pattern]]\nname = 'bad'\nregex = '('\ntitle = 'x'\n",
+     "(name = 'bad'): regex: bad regex '('"),
+    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'in {func}'\n",
+     "(name = 'bad'): title 'in {func}' uses func"),
+    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ncontext = '(?P<f>y)'\ntitle = '{f}'\n",
+     "(name = 'bad'): a pattern with 'context' needs a 'fallback' title"),
+    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nkind = 'oops'\n",
+     "(name = 'bad'): kind must be one of crashed, reboot, not 'oops'"),
+    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_line = 3\n",
+     "(name = 'bad'): unknown key 'max_line'; known keys: name, regex, title"),
+    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_lines = '3'\n",
+     "(name = 'bad'): max_lines: expected `int | null`, got `str`"),
+    ("[[volatile]]\nregex = 'x'\nreplace = 1\n", ": replace: expected `str`, got `int`"),
 ])
-def test_table_mistakes_are_config_errors(addition, complaint):
-    with pytest.raises(ConfigError, match=re.escape(complaint)):
-        parse_table(console.PATTERNS_FILE.read_text() + "\n" + addition)
+def test_table_mistakes_name_the_file_the_entry_and_the_key(tmp_path, addition, complaint):
+    path = tmp_path / "patterns.toml"
+    path.write_text(console.PATTERNS_FILE.read_text() + "\n" + addition)
+    entry = r"patterns.toml: (?=\[\[\w+\]\] \d+)"          # the message names the entry
+    with pytest.raises(DataError, match=entry + ".*" + re.escape(complaint)):
+        console.load_table(path)
+    with pytest.raises(DataError, match="^console patterns: "):
+        parse_table(path.read_text())
+
+
+def test_end_of_splat_mistakes_name_the_item():
+    with pytest.raises(DataError, match=r"^shipped: top level: end_of_splat: item 1: bad regex"):
+        parse_table(console.PATTERNS_FILE.read_text().replace(
+            "end_of_splat = [", "end_of_splat = ['[', "), source="shipped")
 
 
 # -- attribution ------------------------------------------------------------------------------

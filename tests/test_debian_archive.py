@@ -197,9 +197,9 @@ def test_the_system_apt_configuration_is_untouched(archive, isolated_cache):
 def test_kernel_spec_with_a_suite_extracts_into_a_pristine_tree(archive, isolated_cache,
                                                                 monkeypatch):
     repo, keyring, *_ = archive
-    monkeypatch.setitem(sources.KNOWN["sources"], "debian:9.9", {
-        "kind": "debian", "package": PACKAGE, "suite": "testsuite",
-        "keyring": str(keyring), "archive": f"file:{repo}"})
+    monkeypatch.setitem(sources.KNOWN.sources, "debian:9.9", sources.SourceEntry(
+        kind="debian", package=PACKAGE, suite="testsuite", keyring=str(keyring),
+        archive=f"file:{repo}"))
     source = sources.prepare(sources.parse_spec("debian:9.9"))
     assert source.label == "debian:9.9 (9.9~rc1-1)"
     assert (source.tree / "Makefile").read_text().startswith("VERSION = 9")

@@ -101,10 +101,21 @@ def test_shipped_case_files_assemble(family):
     assert program.binary.exists()
 
 
-def test_case_file_rejects_unknown_keys(tmp_path):
+@pytest.mark.parametrize("entry, complaint", [
+    ('name = "x"\nasm = "nop"\nprobe = "y"\n',
+     r"\[\[case\]\] 2 \(name = 'x'\): unknown key 'probe'; known keys: name, asm"),
+    ('name = "x"\nasm = "nop"\ngprs = [["rax", "1"]]\n',
+     r"\[\[case\]\] 2 \(name = 'x'\): gprs: item 1: item 2: expected `int`, got `str`"),
+    ('name = "x"\nasm = "nop"\nneeds = "avx"\n',
+     r"\[\[case\]\] 2 \(name = 'x'\): needs: expected `array`, got `str`"),
+    ('name = "x"\n', r"\[\[case\]\] 2 \(name = 'x'\): missing key 'asm'"),
+    ('name = "x"\nasm = "nop"\ngprs = [["eax", 1]]\n',
+     r"\[\[case\]\] 2 \(name = 'x'\): gprs: no register eax"),
+])
+def test_case_file_errors_name_the_file_the_case_and_the_key(tmp_path, entry, complaint):
     path = tmp_path / "bad.toml"
-    path.write_text('[[case]]\nname = "x"\nasm = "nop"\nprobe = "y"\n')
-    with pytest.raises(HarnessError, match="unknown keys"):
+    path.write_text('[[case]]\nname = "ok"\nasm = "nop"\n[[case]]\n' + entry)
+    with pytest.raises(HarnessError, match="bad.toml: " + complaint):
         insn.load_cases(path)
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from harness.build import kconfig, kernel, series, sources
-from harness.errors import SourceError
+from harness.errors import HarnessError, SourceError
 
 
 def test_known_specs():
@@ -18,12 +18,32 @@ def test_per_source_config_fragments_are_data_and_exist():
     assert sources.parse_spec("debian:7.2").source_fragments == ()
     mainline = sources.parse_spec("debian:7.3").source_fragments
     assert [p.name for p in mainline] == ["mainline.config"]
-    for name in sources.KNOWN["sources"]:
+    for name in sources.KNOWN.sources:
         for path in sources.parse_spec(name).source_fragments:
             symbols = {o.symbol for o in kconfig.parse_fragment(path).options}
             assert symbols, f"{path} sets nothing"
     assert "CONFIG_SYSCALL_USER_DISPATCH" in {
         o.symbol for o in kconfig.parse_fragment(mainline[0]).options}
+
+
+def test_kernels_table_errors_name_the_file_the_entry_and_the_key(tmp_path):
+    path = tmp_path / "kernels.toml"
+    entry = '[sources."debian:9.9"]\nkind = "debian"\npackage = "p"\nsuite = "sid"\n'
+    defaults = '[defaults]\nkernel = "debian:9.9"\n'
+    path.write_text(entry + "suit = 'sid'\n" + defaults)
+    with pytest.raises(HarnessError, match=r'kernels.toml: \[sources."debian:9.9"\]: unknown key '
+                                           r"'suit'; known keys: kind, package"):
+        sources.load_known(path)
+    path.write_text(entry + "source_fragments = 'a.config'\n" + defaults)
+    with pytest.raises(HarnessError, match=r'kernels.toml: \[sources."debian:9.9"\]: '
+                                           r"source_fragments: expected `array`, got `str`"):
+        sources.load_known(path)
+    path.write_text(entry + "tarball = '/x.tar.xz'\n" + defaults)
+    with pytest.raises(HarnessError, match=r'\[sources."debian:9.9"\]: give exactly one of'):
+        sources.load_known(path)
+    path.write_text(entry + defaults.replace("9.9", "9"))
+    with pytest.raises(HarnessError, match=r"\[defaults\]: kernel = 'debian:9' is not one"):
+        sources.load_known(path)
 
 
 def test_unknown_debian_version():

@@ -1,7 +1,10 @@
 """Mutant metadata, classification and the mutation table (no kernel builds here)."""
 
+import re
+
 import pytest
 
+from harness.errors import HarnessError
 from harness.jobs import mutate
 from harness.results import report
 
@@ -39,13 +42,19 @@ GOOD_TOML = ('summary = "s"\nkernel = "debian:6.1"\nmechanism = "m"\nfile = "f.c
 
 def test_unknown_family_is_named(tmp_path):
     _write_mutant(tmp_path, "bad", GOOD_TOML.replace('["stack"]', '["stak"]'), [])
-    with pytest.raises(mutate.MutantError, match=r"mutant.toml.*unknown: stak"):
+    with pytest.raises(HarnessError, match=r"mutant.toml: top level: breaks: .*unknown: stak"):
         mutate.load_mutants(root=tmp_path)
 
 
-def test_missing_field_is_named(tmp_path):
-    _write_mutant(tmp_path, "bad", GOOD_TOML.replace('mechanism = "m"\n', ""), [])
-    with pytest.raises(mutate.MutantError, match="'mechanism' is missing"):
+@pytest.mark.parametrize("old, new, complaint", [
+    ('mechanism = "m"\n', "", "missing key 'mechanism'"),
+    ('file = "f.c"\n', 'file = "f.c"\nfiles = ["g.c"]\n',
+     "unknown key 'files'; known keys: summary, kernel, mechanism, file, breaks"),
+    ('breaks = ["stack"]', 'breaks = "stack"', "breaks: expected `array`, got `str`"),
+])
+def test_mutant_toml_errors_name_the_file_and_the_key(tmp_path, old, new, complaint):
+    _write_mutant(tmp_path, "bad", GOOD_TOML.replace(old, new), [])
+    with pytest.raises(HarnessError, match=r"bad/mutant.toml: top level: " + re.escape(complaint)):
         mutate.load_mutants(root=tmp_path)
 
 

@@ -126,8 +126,20 @@ def test_sample_matrix_loads():
     ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nsmp=['x']", "smp 'x'"),
     ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nselection=['nope']", "selection 'nope'"),
     ("[[kernel]]\nname='a b'\nkernel='debian:6.1'", "needs a name"),
-    ("[[kernel]]\nname='a'", "has no kernel"),
-    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nfoo=1", "unknown key(s) foo"),
+    ("[[kernel]]\nname='a'", "[[kernel]] 1 (name = 'a'): missing key 'kernel'"),
+    ("[[kernel]]\nname='a'\nkernel=''", "[[kernel]] 1 (name = 'a'): has no kernel"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nfoo=1",
+     "[[kernel]] 1 (name = 'a'): unknown key 'foo'; known keys: series, smp"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\naccel=1",
+     "[[kernel]] 1 (name = 'a'): accel: expected `str | null`, got `int`"),
+    ("[defaults]\nsmp=[true]\n[[kernel]]\nname='a'\nkernel='debian:6.1'",
+     "[defaults]: smp: item 1: expected `int | str`, got `bool`"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nseries=[{name='x', serie='y'}]",
+     "[[kernel]] 1 (name = 'a').[[series]] 1 (name = 'x'): unknown key 'serie'"),
+    ("[selection]\nsmp='-m smp'\n[[kernel]]\nname='a'\nkernel='debian:6.1'",
+     "[selection]: smp: expected `array`, got `str`"),
+    ("[[kernel]]\nname='a'\nkernel='debian:6.1'\n[[exclude]]\nkernels='a'",
+     "[[exclude]] 1: unknown key 'kernels'; known keys: kernel, series, smp, selection"),
     ("[[kernel]]\nname='a'\nkernel='debian:6.1'\n[[kernel]]\nname='a'\nkernel='debian:6.12'",
      "appear twice"),
     ("name = ", "not valid TOML"),
@@ -136,7 +148,7 @@ def test_sample_matrix_loads():
     ("[[kernel]]\nname='a'\nkernel='debian:6.1'\nseries=['../x/series']", "is a path"),
 ])
 def test_matrix_errors_name_the_file_and_the_entry(tmp_path, text, needle):
-    with pytest.raises(MatrixError) as error:
+    with pytest.raises(HarnessError) as error:
         nightly_matrix.load_matrix(write_matrix(tmp_path, text))
     assert needle in str(error.value)
     assert "matrix.toml" in str(error.value)
@@ -154,9 +166,9 @@ def test_a_selection_only_selects_scenarios(tmp_path, args, ok):
     if ok:
         nightly_matrix.load_matrix(write_matrix(tmp_path, text))
         return
-    with pytest.raises(MatrixError) as error:
+    with pytest.raises(HarnessError) as error:
         nightly_matrix.load_matrix(write_matrix(tmp_path, text))
-    assert "matrix.toml: [selection] smp:" in str(error.value)
+    assert "matrix.toml: [selection]: smp:" in str(error.value)
 
 
 def test_exclude_removes_cells(tmp_path):
@@ -502,7 +514,7 @@ def test_a_rerun_cannot_take_a_shard_another_process_is_running(tmp_path):
 
 def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert cli.main(["nightly", "--matrix", str(tmp_path / "missing.toml")]) == 1
-    assert "missing.toml does not exist" in capsys.readouterr().err
+    assert "missing.toml: cannot read it: No such file" in capsys.readouterr().err
     assert cli.main(["nightly-report", "--results-dir", str(tmp_path)]) == 1
     assert "holds no results.db" in capsys.readouterr().err
 

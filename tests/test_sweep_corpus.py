@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from harness.errors import HarnessError
 from harness.probing import insn
 from harness.sweep import corpus as sweep_corpus
 
@@ -112,7 +113,6 @@ def test_filter_by_class_and_regex(corpus):
 
 
 def test_a_bad_filter_is_a_clear_error(corpus):
-    from harness.errors import HarnessError
     with pytest.raises(HarnessError, match="not a valid regular expression"):
         sweep_corpus.select(corpus, ["add ("])
 
@@ -158,3 +158,22 @@ def test_compat_program_is_a_32_bit_task_that_decodes_back_and_runs(corpus):
         assert gpr[7 * 8:15 * 8] == bytes(64)
         assert all(gpr[8 * r + 4:8 * r + 8] == bytes(4) for r in range(7))
 
+
+@pytest.mark.parametrize("old, new, complaint", [
+    ('prefixes = ["", "66", "f3"]', 'prefixes = ["", "66", "f3"]\nbytes = []',
+     r"\[compat\]: unknown key 'bytes'; known keys: onebyte_skip, prefixes"),
+    ("reg_field = 2", 'reg_field = "rdx"', r"\[modrm\]: reg_field: expected `int`, got `str`"),
+    ('"0f38" = ["00-ff"]', '"0f38" = ["00-ff", 3]',
+     r"\[avx.maps\]: 0f38: item 2: expected `str`, got `int`"),
+    ('"0f38" = ["00-ff"]', '"0f38" = ["00-fg"]', r"\[avx.maps\]: 0f38: item 1: '00-fg' is not"),
+    ('x87 = ["", "48"]', 'x87 = ["", "4"]', r"\[prefixes\]: x87: item 2: '4' is not hex bytes"),
+    ("r9 = ", "x9 = ", r"\[gprs\]: no register x9"),
+    ("[cpu]", "[cpus]", r"top level: unknown key 'cpus'; known keys: maps, prefixes"),
+])
+def test_config_errors_name_the_file_the_section_and_the_key(tmp_path, old, new, complaint):
+    path = tmp_path / "sweep.toml"
+    text = sweep_corpus.CONFIG.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(HarnessError, match="sweep.toml: " + complaint):
+        sweep_corpus.generate(config_path=path)

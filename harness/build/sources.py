@@ -13,16 +13,54 @@ import os
 import shutil
 import subprocess
 import tempfile
-import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import data
 from harness.build import debian_archive
 from harness.errors import SourceError
 from harness.paths import CONFIGS_DIR, cache_dir
 
-KNOWN = tomllib.loads((CONFIGS_DIR / "kernels.toml").read_text())
+
+class SourceEntry(data.Spec):
+    """A named kernel source (harness/configs/kernels.toml [sources."NAME"])."""
+    kind: str                       # "debian"
+    package: str                    # the Debian source package
+    tarball: str = ""               # installed with the system's apt: its tarball path
+    suite: str = ""                 # or fetched from this suite of Debian's archive
+    keyring: str = str(debian_archive.DEFAULT_KEYRING)
+    archive: str = ""               # "": the Debian archive the system's apt uses
+    default_series: str = ""
+    source_fragments: list[str] = []
+
+
+class SourceDefaults(data.Spec):
+    kernel: str                     # the source used when the user names none
+
+
+class KnownSources(data.Spec):
+    sources: dict[str, SourceEntry]
+    defaults: SourceDefaults
+
+
+def load_known(path: Path = CONFIGS_DIR / "kernels.toml") -> KnownSources:
+    raw = data.parse(path)
+    known = data.convert(raw, KnownSources, path)
+    for name, entry in known.sources.items():
+        where = data.entry_name(raw, "$.sources" + data.key_step(name))
+        if entry.kind != "debian":
+            raise data.error(path, where, f"kind = {entry.kind!r}: the only kind is \"debian\"")
+        if bool(entry.tarball) == bool(entry.suite):
+            raise data.error(path, where, "give exactly one of 'tarball' (installed with the "
+                                          "system's apt) or 'suite' (fetched from Debian)")
+    if known.defaults.kernel not in known.sources:
+        raise data.error(path, "[defaults]", f"kernel = {known.defaults.kernel!r} is not one "
+                                             f"of the [sources]")
+    return known
+
+
+KNOWN = load_known()         # harness/configs/kernels.toml
 GIT_IDENTITY = ["-c", "user.name=uprobe-harness", "-c", "user.email=uprobe-harness@localhost",
                 "-c", "commit.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
                 # a tree a build wrote to must not run code through git
@@ -39,17 +77,17 @@ class KernelSpec:
 
     @property
     def default_series(self) -> str:
-        entry = KNOWN["sources"].get(self.text)
-        return entry.get("default_series", "") if entry else ""
+        entry = KNOWN.sources.get(self.text)
+        return entry.default_series if entry else ""
 
     @property
     def source_fragments(self) -> tuple[Path, ...]:
         """Fragments this source always gets after the base one (kernels.toml
         `source_fragments`, names under harness/configs/fragments/): options that exist
         only in some kernels, such as 7.3's CONFIG_SYSCALL_USER_DISPATCH."""
-        entry = KNOWN["sources"].get(self.text) or {}
+        entry = KNOWN.sources.get(self.text)
         return tuple(CONFIGS_DIR / "fragments" / name
-                     for name in entry.get("source_fragments", []))
+                     for name in (entry.source_fragments if entry else ()))
 
 
 @dataclass(frozen=True)
@@ -64,12 +102,12 @@ class Source:
 
 
 def parse_spec(text: str | None) -> KernelSpec:
-    text = text or KNOWN["defaults"]["kernel"]
-    if text in KNOWN["sources"]:
-        return KernelSpec(text, KNOWN["sources"][text]["kind"])
+    text = text or KNOWN.defaults.kernel
+    if text in KNOWN.sources:
+        return KernelSpec(text, KNOWN.sources[text].kind)
     if text.startswith("debian:"):
         raise SourceError(
-            f"Unknown Debian kernel source '{text}'. Known: {', '.join(KNOWN['sources'])} "
+            f"Unknown Debian kernel source '{text}'. Known: {', '.join(KNOWN.sources)} "
             f"(harness/configs/kernels.toml)."
         )
     path_text, _, rev = text.partition("@")
@@ -84,7 +122,7 @@ def parse_spec(text: str | None) -> KernelSpec:
             raise SourceError(f"'{text}': a prebuilt kernel image takes no @revision.")
         return KernelSpec(text, "prebuilt", path)
     raise SourceError(
-        f"Kernel '{text}' is neither a known source ({', '.join(KNOWN['sources'])}), nor a git "
+        f"Kernel '{text}' is neither a known source ({', '.join(KNOWN.sources)}), nor a git "
         f"tree (PATH[@REV]), nor a kernel image file."
     )
 
@@ -95,6 +133,7 @@ def pinned_spec(text: str | None) -> str:
     its revision names now, a kernel image's absolute path; Debian sources unchanged."""
     spec = parse_spec(text)
     if spec.kind == "git":
+        assert spec.path is not None
         return f"{spec.path}@{_resolve_commit(spec.path, spec.rev)}"
     if spec.kind == "prebuilt":
         return str(spec.path)
@@ -124,20 +163,18 @@ def git(tree: Path, *args: str, check: bool = True, capture: bool = True) -> str
 def debian_tarball(spec: KernelSpec, progress=None) -> tuple[Path, str, str]:
     """(tarball, package version, identity) of a Debian source: installed with the system's
     apt when the entry names a tarball path, fetched from its suite otherwise."""
-    entry = KNOWN["sources"][spec.text]
-    if "suite" in entry:
+    entry = KNOWN.sources[spec.text]
+    if entry.suite:
         fetched = debian_archive.fetch(debian_archive.SuitePackage(
-            entry["package"], entry["suite"],
-            Path(entry.get("keyring", debian_archive.DEFAULT_KEYRING)),
-            entry.get("archive", "")), progress)
+            entry.package, entry.suite, Path(entry.keyring), entry.archive), progress)
         tarball, version = fetched.tarball, fetched.version
     else:
-        tarball = Path(entry["tarball"])
+        tarball = Path(entry.tarball)
         if not tarball.is_file():
-            install_debian_source(entry["package"])
-        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", entry["package"]],
+            install_debian_source(entry.package)
+        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", entry.package],
                                  capture_output=True, text=True).stdout.strip() or "unknown"
-    return tarball, version, f"{entry['package']}={version}:{tarball.stat().st_size}"
+    return tarball, version, f"{entry.package}={version}:{tarball.stat().st_size}"
 
 
 def install_debian_source(package: str) -> None:
@@ -212,6 +249,7 @@ def _resolve_commit(path: Path, rev: str) -> str:
 
 def _prepare_git(spec: KernelSpec) -> Source:
     user_repo = spec.path
+    assert user_repo is not None, spec
     commit = _resolve_commit(user_repo, spec.rev)
     name = "git-" + hashlib.sha256(str(user_repo).encode()).hexdigest()[:12]
     tree = cache_dir("sources") / name

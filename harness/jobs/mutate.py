@@ -11,28 +11,40 @@ mutant's doing: a family that fails on the baseline cannot catch anything.
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness import data
 from harness.errors import HarnessError
 from harness.jobs import scenario_run
 from harness.paths import PATCHES_DIR
 from harness.results import report
 from harness.results.outcome import BAD
 
+log = logging.getLogger(__name__)
+
 KNOWN_BAD_DIR = PATCHES_DIR / "known-bad"
 # the hand-written families (pytest markers, one per test module); the instruction sweep is
 # run by the baseline only: per mutant it would add a minute and it declares no mechanism
 FAMILIES = tuple(f for f in report.FAMILIES.values() if f != "sweep")
 CAUGHT_OUTCOMES = BAD
-_FIELDS = {"summary": str, "kernel": str, "mechanism": str, "file": str, "breaks": list}
 
 
 class MutantError(HarnessError):
-    """A known-bad series directory is malformed."""
+    """A known-bad series directory is malformed (a malformed mutant.toml: data.DataError)."""
+
+
+class _MutantFile(data.Spec):
+    """mutant.toml: what a known-bad series breaks."""
+    summary: str
+    kernel: str                    # the kernel spec whose default series it extends
+    mechanism: str
+    file: str                      # the kernel file the injected bug is in
+    breaks: list[str]              # families that must catch it
 
 
 @dataclass(frozen=True)
@@ -82,22 +94,16 @@ def load_mutant(directory: Path) -> Mutant:
     if not spec_file.is_file():
         raise MutantError(f"{directory}: no mutant.toml. A known-bad series declares what it "
                           f"breaks in mutant.toml (summary, kernel, mechanism, file, breaks).")
-    try:
-        data = tomllib.loads(spec_file.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise MutantError(f"{spec_file}: not valid TOML: {error}.") from None
-    for key, kind in _FIELDS.items():
-        if not isinstance(data.get(key), kind):
-            raise MutantError(f"{spec_file}: '{key}' is missing or not a {kind.__name__}; "
-                              f"a mutant.toml needs {', '.join(_FIELDS)}.")
-    unknown = [f for f in data["breaks"] if f not in FAMILIES]
-    if not data["breaks"] or unknown:
-        raise MutantError(f"{spec_file}: 'breaks' must name at least one family out of "
-                          f"{', '.join(FAMILIES)}; unknown: {', '.join(unknown) or 'none'}.")
+    spec = data.load(spec_file, _MutantFile)
+    unknown = [f for f in spec.breaks if f not in FAMILIES]
+    if not spec.breaks or unknown:
+        raise data.error(spec_file, "top level", f"breaks: must name at least one family out "
+                                                 f"of {', '.join(FAMILIES)}; unknown: "
+                                                 f"{', '.join(unknown) or 'none'}.")
     if not (directory / "series").is_file():
         raise MutantError(f"{directory}: no quilt 'series' file listing the patches.")
-    mutant = Mutant(directory.name, directory, data["summary"], data["kernel"],
-                    data["mechanism"], data["file"], tuple(data["breaks"]))
+    mutant = Mutant(directory.name, directory, spec.summary, spec.kernel, spec.mechanism,
+                    spec.file, tuple(spec.breaks))
     _check_on_default_series(mutant)
     return mutant
 
@@ -180,15 +186,15 @@ def run_suite(kernel: str, series: str | None, families: tuple[str, ...] | None,
     cmd = scenario_run.pytest_command(kernel, junit, series=series, smp=options.smp,
                                       accel=options.accel,
                                       extra=(selection(families) if families else ()) + ("-q",))
-    log = junit.with_suffix(".log")
-    finished = scenario_run.run(cmd, junit, log=log)
+    log_path = junit.with_suffix(".log")
+    finished = scenario_run.run(cmd, junit, log=log_path)
     if not finished.has_results:
         raise HarnessError(f"pytest wrote no results for {junit.parent.name} (exit "
-                           f"{finished.status}); see {log}.")
+                           f"{finished.status}); see {log_path}.")
     return report.read_junit(junit), finished.seconds
 
 
-def run_mutant(mutant: Mutant, options: RunOptions, note=print) -> MutantResult:
+def run_mutant(mutant: Mutant, options: RunOptions) -> MutantResult:
     from harness.build import kernel
     result = MutantResult(mutant.name, mutant.mechanism, mutant.breaks)
     families = FAMILIES if options.scope == "all" else mutant.breaks
@@ -202,8 +208,8 @@ def run_mutant(mutant: Mutant, options: RunOptions, note=print) -> MutantResult:
         return result
     result.build_seconds = time.monotonic() - start
     result.build_cached = built.cached
-    note(f"mutant {mutant.name}: built in {result.build_seconds:.1f}s"
-         f"{' (cached)' if built.cached else ''}; running {', '.join(families)}")
+    log.info(f"mutant {mutant.name}: built in {result.build_seconds:.1f}s"
+             f"{' (cached)' if built.cached else ''}; running {', '.join(families)}")
     junit = options.results_dir / mutant.name / "junit.xml"
     try:
         tests, result.test_seconds = run_suite(mutant.kernel, str(mutant.directory), families,
@@ -232,7 +238,7 @@ class Baseline:
         return self.runs > 0 and not any(self.unexpected)
 
 
-def run_baseline(kernel: str, runs: int, options: RunOptions, note=print) -> Baseline:
+def run_baseline(kernel: str, runs: int, options: RunOptions) -> Baseline:
     """The unmutated default kernel + default series, the full scenario suite (the sweep
     included), `runs` times."""
     baseline = Baseline()
@@ -245,8 +251,8 @@ def run_baseline(kernel: str, runs: int, options: RunOptions, note=print) -> Bas
         baseline.tests_per_run.append(len(tests))
         baseline.unexpected.append(failing)
         baseline.seconds.append(seconds)
-        note(f"baseline run {index}/{runs}: {len(tests)} tests, {len(failing)} unexpected "
-             f"failure(s), {seconds:.0f}s")
+        log.info(f"baseline run {index}/{runs}: {len(tests)} tests, {len(failing)} "
+                 f"unexpected failure(s), {seconds:.0f}s")
     return baseline
 
 
@@ -294,8 +300,76 @@ def format_markdown(results: list[MutantResult]) -> str:
 
 
 def write_json(results: list[MutantResult], baseline: Baseline | None, path: Path) -> None:
-    data = {"mutants": [asdict(r) | {"ok": r.ok, "missed": r.missed} for r in results],
+    payload = {"mutants": [asdict(r) | {"ok": r.ok, "missed": r.missed} for r in results],
             "baseline": asdict(baseline) | {"flake_rate": baseline.flake_rate}
             if baseline else None}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MutateRequest:
+    mutants: tuple[str, ...] = ()              # names under patches/known-bad/ (all)
+    results_dir: Path | None = None            # default results/mutate-TIMESTAMP
+    options: RunOptions | None = None          # results_dir filled in by run()
+    baseline_runs: int = 0
+
+
+@dataclass
+class MutateOutcome:
+    results: list[MutantResult]
+    baseline: Baseline | None
+    seconds: float
+    results_dir: Path
+
+    @property
+    def failed(self) -> list[MutantResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and (self.baseline is None or self.baseline.clean)
+
+    def problems(self) -> list[str]:
+        lines = [f"mutant {r.name}: " + (r.error or f"not caught by "
+                 f"{', '.join(r.missed) or 'a declared family (not run)'}") for r in self.failed]
+        if self.baseline and not self.baseline.clean:
+            lines.append("the baseline kernel has unexpected failures: the mutation table "
+                         "cannot be trusted")
+        return lines
+
+
+def run(request: MutateRequest) -> MutateOutcome:
+    """Build every mutant, run its families; optionally the unmutated baseline first.
+    Writes mutate.json and mutate.md into the results directory."""
+    mutants = load_mutants(request.mutants)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results_dir = (request.results_dir or Path("results") / f"mutate-{stamp}").resolve()
+    base = request.options or RunOptions(results_dir)
+    options = RunOptions(results_dir, base.smp, base.accel, base.scope, base.jobs)
+    start = time.monotonic()
+    baseline = None
+    if request.baseline_runs:
+        kernels = sorted({m.kernel for m in mutants}) or ["debian:6.1"]
+        baseline = run_baseline(kernels[0], request.baseline_runs, options)
+    results = [run_mutant(mutant, options) for mutant in mutants]
+    outcome = MutateOutcome(results, baseline, time.monotonic() - start, results_dir)
+    write_json(results, baseline, results_dir / "mutate.json")
+    (results_dir / "mutate.md").write_text(format_markdown(results) + "\n")
+    return outcome
+
+
+def format_outcome(outcome: MutateOutcome) -> str:
+    lines = [format_table(outcome.results)]
+    baseline = outcome.baseline
+    if baseline:
+        lines.append(f"baseline: {baseline.runs} run(s) of "
+                     f"{max(baseline.tests_per_run, default=0)} tests, "
+                     f"{sum(map(len, baseline.unexpected))} unexpected failure(s), flake rate "
+                     f"{baseline.flake_rate:.2%}")
+        for index, failing in enumerate(baseline.unexpected, start=1):
+            lines.extend(f"  baseline run {index}: {line}" for line in failing)
+    lines.append(f"total {outcome.seconds / 60:.1f} min; results {outcome.results_dir}")
+    return "\n".join(lines)

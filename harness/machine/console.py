@@ -15,13 +15,12 @@ import re
 import string
 import sys
 import threading
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from harness.errors import ConfigError
+from harness import data
 from harness.paths import CONFIGS_DIR
 
 PATTERNS_FILE = CONFIGS_DIR / "console_patterns.toml"
@@ -105,18 +104,39 @@ def _named_groups(match: re.Match[str]) -> dict[str, str]:
     return {name: value or "" for name, value in match.groupdict().items()}
 
 
-_TOP_KEYS = {"excerpt_lines", "end_of_splat", "pattern", "volatile", "allow"}
-_PATTERN_KEYS = {"name", "regex", "title"}
-_PATTERN_OPTIONAL = {"context", "fallback", "absorb_within", "kind", "lines_before", "max_lines"}
+class _PatternEntry(data.Spec):
+    name: str
+    regex: str
+    title: str
+    context: str | None = None
+    fallback: str | None = None
+    absorb_within: int | None = None
+    kind: str = "crashed"
+    lines_before: int = 0
+    max_lines: int | None = None         # default: the table's excerpt_lines
+
+
+class _VolatileEntry(data.Spec):
+    regex: str
+    replace: str
+
+
+class _AllowEntry(data.Spec):
+    pattern: str
+    reason: str
+    link: str
+
+
+class _TableFile(data.Spec):
+    excerpt_lines: int = 80
+    end_of_splat: list[str] = []
+    pattern: list[_PatternEntry] = []
+    volatile: list[_VolatileEntry] = []
+    allow: list[_AllowEntry] = []
 
 
 def load_table(path: Path | str = PATTERNS_FILE) -> PatternTable:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the console pattern table {path}: {exc}") from exc
-    return parse_table(text, source=str(path))
+    return _table(data.parse(Path(path)), str(path))
 
 
 @cache
@@ -125,89 +145,72 @@ def default_table() -> PatternTable:
 
 
 def parse_table(toml_text: str, source: str = "console patterns") -> PatternTable:
-    """Parse and check a pattern table; any mistake raises ConfigError naming the entry."""
-    try:
-        data = tomllib.loads(toml_text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    _entry(data, set(), _TOP_KEYS, source)
-    excerpt_lines = data.get("excerpt_lines", 80)
+    """Parse and check a pattern table; any mistake raises data.DataError naming the entry."""
+    return _table(data.parse(source, toml_text), source)
+
+
+def _table(raw: dict, source: str) -> PatternTable:
+    spec = data.convert(raw, _TableFile, source)
+
+    def where(section: str, index: int) -> str:
+        return data.entry_name(raw, f"$.{section}[{index}]")
+
     return PatternTable(
-        patterns=tuple(_parse_pattern(raw, excerpt_lines, f"{source}: pattern {n}")
-                       for n, raw in enumerate(data.get("pattern", []), 1)),
-        end_of_splat=tuple(_compile(raw, f"{source}: end_of_splat")
-                           for raw in data.get("end_of_splat", [])),
-        volatile=tuple(_parse_volatile(raw, f"{source}: volatile {n}")
-                       for n, raw in enumerate(data.get("volatile", []), 1)),
-        allow=tuple(_parse_allow(raw, f"{source}: allow {n}")
-                    for n, raw in enumerate(data.get("allow", []), 1)),
+        patterns=tuple(_parse_pattern(entry, spec.excerpt_lines, source, where("pattern", n))
+                       for n, entry in enumerate(spec.pattern)),
+        end_of_splat=tuple(_compile(regex, source, "top level", f"end_of_splat: item {n + 1}")
+                           for n, regex in enumerate(spec.end_of_splat)),
+        volatile=tuple((_compile(entry.regex, source, where("volatile", n), "regex"),
+                        entry.replace) for n, entry in enumerate(spec.volatile)),
+        allow=tuple(_parse_allow(entry, source, where("allow", n))
+                    for n, entry in enumerate(spec.allow)),
     )
 
 
-def _parse_pattern(raw: object, excerpt_lines: int, where: str) -> Pattern:
-    raw = _entry(raw, _PATTERN_KEYS, _PATTERN_OPTIONAL, where)
-    where = f"{where} ({raw['name']})"
-    regex = _compile(raw["regex"], where)
-    context = _compile(raw["context"], where) if "context" in raw else None
-    if context is not None and "fallback" not in raw:
-        raise ConfigError(f"{where}: a pattern with 'context' needs a 'fallback' title")
-    fallback = raw.get("fallback", raw["title"])
-    _check_title_fields(raw["title"], regex, context, where)
-    _check_title_fields(fallback, regex, None, where)
-    kind = raw.get("kind", "crashed")
-    if kind not in KINDS:
-        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    return Pattern(name=raw["name"], regex=regex, title=raw["title"], fallback=fallback,
-                   context=context, absorb_within=raw.get("absorb_within"), kind=kind,
-                   lines_before=raw.get("lines_before", 0),
-                   max_lines=raw.get("max_lines", excerpt_lines))
+def _parse_pattern(entry: _PatternEntry, excerpt_lines: int, source: str,
+                   where: str) -> Pattern:
+    regex = _compile(entry.regex, source, where, "regex")
+    context = (_compile(entry.context, source, where, "context")
+               if entry.context is not None else None)
+    if context is not None and entry.fallback is None:
+        raise data.error(source, where, "a pattern with 'context' needs a 'fallback' title")
+    fallback = entry.title if entry.fallback is None else entry.fallback
+    _check_title_fields(entry.title, regex, context, source, where)
+    _check_title_fields(fallback, regex, None, source, where)
+    if entry.kind not in KINDS:
+        raise data.error(source, where, f"kind must be one of {', '.join(KINDS)}, not "
+                                        f"{entry.kind!r}")
+    return Pattern(name=entry.name, regex=regex, title=entry.title, fallback=fallback,
+                   context=context, absorb_within=entry.absorb_within, kind=entry.kind,
+                   lines_before=entry.lines_before,
+                   max_lines=excerpt_lines if entry.max_lines is None else entry.max_lines)
 
 
-def _parse_volatile(raw: object, where: str) -> tuple[re.Pattern[str], str]:
-    raw = _entry(raw, {"regex", "replace"}, set(), where)
-    return _compile(raw["regex"], where), str(raw["replace"])
-
-
-def _parse_allow(raw: object, where: str) -> AllowEntry:
-    raw = _entry(raw, {"pattern", "reason", "link"}, set(), where)
-    reason, link = str(raw["reason"]).strip(), str(raw["link"]).strip()
+def _parse_allow(entry: _AllowEntry, source: str, where: str) -> AllowEntry:
+    reason, link = entry.reason.strip(), entry.link.strip()
     if not reason or not link:
-        raise ConfigError(f"{where}: an allow entry needs a non-empty reason and link")
-    return AllowEntry(_compile(raw["pattern"], where), reason, link)
+        raise data.error(source, where, "an allow entry needs a non-empty reason and link")
+    return AllowEntry(_compile(entry.pattern, source, where, "pattern"), reason, link)
 
 
-def _entry(raw: object, required: set[str], optional: set[str], where: str) -> dict:
-    """`raw` itself, once it is known to be a table with exactly the keys allowed."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {raw!r}")
-    missing = sorted(required - raw.keys())
-    unknown = sorted(raw.keys() - required - optional)
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    return raw
-
-
-def _compile(source: object, where: str) -> re.Pattern[str]:
-    if not isinstance(source, str):
-        raise ConfigError(f"{where}: a regex must be a string, got {source!r}")
+def _compile(regex: str, source: str, where: str, key: str) -> re.Pattern[str]:
     try:
-        return re.compile(source)
+        return re.compile(regex)
     except re.error as exc:
-        raise ConfigError(f"{where}: bad regex {source!r}: {exc}") from exc
+        raise data.error(source, where, f"{key}: bad regex {regex!r}: {exc}") from None
 
 
 def _check_title_fields(template: str, regex: re.Pattern[str],
-                        context: re.Pattern[str] | None, where: str) -> None:
+                        context: re.Pattern[str] | None, source: str, where: str) -> None:
     known = set(regex.groupindex) | set(context.groupindex if context else ())
     try:
         used = {field for _, field, _, _ in string.Formatter().parse(template) if field}
     except ValueError as exc:
-        raise ConfigError(f"{where}: bad title template {template!r}: {exc}") from exc
+        raise data.error(source, where, f"bad title template {template!r}: {exc}") from None
     if used - known:
-        raise ConfigError(f"{where}: title {template!r} uses {', '.join(sorted(used - known))}, "
-                          f"which no named group of its regex provides")
+        raise data.error(source, where, f"title {template!r} uses "
+                                        f"{', '.join(sorted(used - known))}, which no named "
+                                        f"group of its regex provides")
 
 
 # -- lines ----------------------------------------------------------------------------------

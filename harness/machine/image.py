@@ -15,7 +15,6 @@ half-written image is never seen.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -26,16 +25,15 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from harness import data
 from harness.errors import HarnessError, InfraError
 from harness.machine.keys import Keys, ensure_keys
 from harness.paths import IMAGES_DIR, TEMPLATES_DIR, cache_dir
@@ -48,7 +46,6 @@ INIT_TEMPLATE = "init.sh.j2"
 INITRAMFS_NAME = "initramfs.cpio.gz"
 METADATA_NAME = "metadata.json"
 HOST_KEY_IN_GUEST = "/etc/dropbear/dropbear_ed25519_host_key"
-LOADER = "/lib64/ld-linux-x86-64.so.2"
 
 # QEMU user networking (slirp) defaults.
 GUEST_IFACE = "eth0"
@@ -125,60 +122,73 @@ def recipe_path(recipe: str) -> Path:
     return IMAGES_DIR / f"{recipe}.toml"
 
 
+class _BinaryEntry(data.Spec):
+    package: str
+    path: str
+    dest: str | None = None      # default: /bin/<name of path>
+    applets: bool = False
+
+
+class _FileEntry(data.Spec):
+    dest: str
+    text: str | None = None      # exactly one of text and src
+    src: str | None = None       # relative to the recipe
+    mode: int = 0o644
+
+
+class _RecipeFile(data.Spec):
+    hostname: str = "uph-guest"
+    ssh_port: int = 22
+    binary: list[_BinaryEntry] = []
+    file: list[_FileEntry] = []
+
+
 def load_recipe(recipe: str = "default") -> Recipe:
     path = recipe_path(recipe)
     try:
         text = path.read_bytes()
-        data = tomllib.loads(text.decode())
     except FileNotFoundError:
         raise HarnessError(
             f"Image recipe {recipe!r} not found: expected {path}. Recipes live in "
             f"{IMAGES_DIR} as NAME.toml."
         ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"Image recipe {path} is not valid TOML: {exc}") from None
-
-    def bad(msg: str) -> HarnessError:
-        return HarnessError(f"Image recipe {path}: {msg}")
-
-    hostname = data.get("hostname", "uph-guest")
-    if not isinstance(hostname, str) or not HOSTNAME.match(hostname):
-        raise bad(f"hostname {hostname!r} is not a valid host name")
-    ssh_port = data.get("ssh_port", 22)
-    if not isinstance(ssh_port, int) or not 0 < ssh_port < 65536:
-        raise bad(f"ssh_port {ssh_port!r} is not a TCP port")
+    raw = data.parse(path, text)
+    spec = data.convert(raw, _RecipeFile, path)
+    if not HOSTNAME.match(spec.hostname):
+        raise data.error(path, "top level", f"hostname {spec.hostname!r} is not a valid host "
+                                            f"name")
+    if not 0 < spec.ssh_port < 65536:
+        raise data.error(path, "top level", f"ssh_port {spec.ssh_port!r} is not a TCP port")
 
     binaries = []
-    for item in data.get("binary", []):
-        if not isinstance(item.get("path"), str) or not isinstance(item.get("package"), str):
-            raise bad(f"every [[binary]] needs string 'path' and 'package': {item!r}")
-        host = Path(item["path"])
-        dest = canonical(item.get("dest", f"/bin/{host.name}"))
-        binaries.append(BinarySpec(item["package"], host, dest, bool(item.get("applets"))))
+    for binary in spec.binary:
+        host = Path(binary.path)
+        dest = canonical(f"/bin/{host.name}" if binary.dest is None else binary.dest)
+        binaries.append(BinarySpec(binary.package, host, dest, binary.applets))
 
     files = []
-    for item in data.get("file", []):
-        if not isinstance(item.get("dest"), str) or ("text" in item) == ("src" in item):
-            raise bad(f"every [[file]] needs 'dest' and exactly one of 'text' or 'src': {item!r}")
-        if "text" in item:
-            content = item["text"].lstrip("\n").encode()
-        else:
-            src = path.parent / item["src"]
+    for number, entry in enumerate(spec.file):
+        where = data.entry_name(raw, f"$.file[{number}]") + f" (dest = {entry.dest!r})"
+        if entry.text is not None and entry.src is None:
+            content = entry.text.lstrip("\n").encode()
+        elif entry.src is not None and entry.text is None:
+            src = path.parent / entry.src
             try:
                 content = src.read_bytes()
             except OSError as exc:
-                raise bad(f"cannot read {src}: {exc}") from None
-        mode = item.get("mode", 0o644)
-        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-            raise bad(f"mode {mode!r} of {item['dest']} is not a permission mode")
-        files.append(FileSpec(canonical(item["dest"]), content, mode))
+                raise data.error(path, where, f"cannot read {src}: {exc}") from None
+        else:
+            raise data.error(path, where, "give exactly one of 'text' or 'src'")
+        if not 0 <= entry.mode <= 0o7777:
+            raise data.error(path, where, f"mode {entry.mode!r} is not a permission mode")
+        files.append(FileSpec(canonical(entry.dest), content, entry.mode))
 
     return Recipe(
         name=path.stem,
         source=path,
         text=text,
-        hostname=hostname,
-        ssh_port=ssh_port,
+        hostname=spec.hostname,
+        ssh_port=spec.ssh_port,
         binaries=tuple(binaries),
         files=tuple(files),
     )
@@ -318,8 +328,8 @@ class Inputs:
             put(f"binary {spec.dest} applets={spec.applets}", content)
         for dest, content in self.libraries:
             put(f"library {dest}", content)
-        for spec in self.recipe.files:
-            put(f"file {spec.dest} {spec.mode:o}", spec.data)
+        for file in self.recipe.files:
+            put(f"file {file.dest} {file.mode:o}", file.data)
         for name, content in self.modules:
             put(f"module {name}", content)
         put("client public key", self.keys.client_public_line)
@@ -504,8 +514,8 @@ def make_tree(inputs: Inputs) -> Tree:
         "root/.ssh/authorized_keys", (inputs.keys.client_public_line + "\n").encode(), 0o600
     )
     tree.add_file(canonical(HOST_KEY_IN_GUEST), inputs.host_key_data, 0o600)
-    for spec in recipe.files:
-        tree.add_file(spec.dest, spec.data, spec.mode)
+    for file in recipe.files:
+        tree.add_file(file.dest, file.data, file.mode)
     init = render_init(
         hostname, [name for name, _ in inputs.modules], recipe.ssh_port, inputs.template
     )
@@ -587,50 +597,3 @@ def build_image(recipe: str = "default", modules: Sequence[Path] = ()) -> Image:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m harness image [--json] [--recipe NAME] [--module KO]...`
-
-    Builds (or finds) the image and prints its artefact paths. Harness errors propagate to
-    the caller, which maps them to the documented exit codes.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["image"]:
-        args = args[1:]
-    parser = argparse.ArgumentParser(
-        prog="python -m harness image", description="Build the guest initramfs (cached)."
-    )
-    parser.add_argument(
-        "--recipe", default="default", help="recipe name in images/ or path to a .toml file"
-    )
-    parser.add_argument(
-        "--module",
-        dest="modules",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="KO",
-        help="kernel module to insmod at boot (repeatable)",
-    )
-    parser.add_argument("--json", action="store_true", help="print a JSON object")
-    opts = parser.parse_args(args)
-    image = build_image(opts.recipe, opts.modules)
-    info = {
-        "initramfs": str(image.initramfs),
-        "identity": image.identity,
-        "client_key": str(image.client_key),
-        "host_key_line": image.host_key_line,
-        "ready_marker": image.ready_marker,
-        "size": image.initramfs.stat().st_size,
-    }
-    if opts.json:
-        print(json.dumps(info, indent=2))
-    else:
-        width = max(map(len, info))
-        for key, value in info.items():
-            print(f"{key:<{width}}  {value}")
-    return 0

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import fcntl
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -22,19 +23,37 @@ import subprocess
 import tempfile
 import threading
 import time
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pexpect
 
-from harness import children
+from harness import children, data
 from harness.errors import BootError, InfraError
 from harness.machine.console import ConsoleWatch
 from harness.machine.ssh import SSHSession
 from harness.paths import CONFIGS_DIR, cache_dir
 
-MACHINE = tomllib.loads((CONFIGS_DIR / "qemu_x86_64.toml").read_text())
+log = logging.getLogger(__name__)
+
+
+class Machine(data.Spec):
+    """The QEMU machine guests run on (harness/configs/qemu_x86_64.toml, which says more)."""
+    binary: str
+    machine: str
+    cpu_tcg: str
+    cpu_kvm: str
+    memory_mb: int
+    console: str
+    nic: str
+    cmdline: list[str]
+    unresponsive_s: int
+    boot_timeout_s: int
+    kvm_probe_s: int
+    bios: str = ""              # firmware; "": QEMU's default
+
+
+MACHINE = data.load(CONFIGS_DIR / "qemu_x86_64.toml", Machine)
 UNIX_PATH_MAX = 100        # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
 SOCKET_DIR_PREFIX = "uph-qmp-"
@@ -173,9 +192,9 @@ class GuestRecord:
 
 
 def qemu_binary() -> str:
-    path = shutil.which(MACHINE["binary"])
+    path = shutil.which(MACHINE.binary)
     if not path:
-        raise InfraError(f"{MACHINE['binary']} is not installed. On Debian: "
+        raise InfraError(f"{MACHINE.binary} is not installed. On Debian: "
                          f"apt-get install -y qemu-system-x86")
     return path
 
@@ -203,7 +222,7 @@ def _host_key() -> str:
     return f"{socket.gethostname()}|{os.uname().release}|{version}"
 
 
-def choose_accel(requested: str, bzimage: Path, note=print) -> AccelChoice:
+def choose_accel(requested: str, bzimage: Path) -> AccelChoice:
     """auto: KVM only when /dev/kvm opens AND a guest prints its banner under it within a
     bounded time. The decision is cached per host (hostname, host kernel, QEMU version)."""
     if requested == "tcg":
@@ -221,11 +240,11 @@ def choose_accel(requested: str, bzimage: Path, note=print) -> AccelChoice:
     key = _host_key()
     if key in decisions:
         return AccelChoice(decisions[key]["accel"], decisions[key]["reason"] + " (cached)")
-    ok = _kvm_boots(bzimage, MACHINE["kvm_probe_s"])
+    ok = _kvm_boots(bzimage, MACHINE.kvm_probe_s)
     choice = AccelChoice("kvm", "a guest booted under KVM") if ok else AccelChoice(
-        "tcg", f"/dev/kvm exists but a guest printed nothing within {MACHINE['kvm_probe_s']}s "
+        "tcg", f"/dev/kvm exists but a guest printed nothing within {MACHINE.kvm_probe_s}s "
                f"under KVM; using TCG")
-    note(f"accelerator: {choice.accel} ({choice.reason})")
+    log.info(f"accelerator: {choice.accel} ({choice.reason})")
     decisions[key] = asdict(choice)
     tmp = decisions_file.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(decisions, indent=2))
@@ -234,7 +253,7 @@ def choose_accel(requested: str, bzimage: Path, note=print) -> AccelChoice:
 
 
 def _kvm_boots(bzimage: Path, seconds: float) -> bool:
-    cmd = [qemu_binary(), "-accel", "kvm", "-cpu", MACHINE["cpu_kvm"], "-m", "256",
+    cmd = [qemu_binary(), "-accel", "kvm", "-cpu", MACHINE.cpu_kvm, "-m", "256",
            "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
            "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
     proc = children.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -261,7 +280,7 @@ class VM:
     """One QEMU guest. Use as a context manager; `start()` returns once SSH answers."""
 
     def __init__(self, kernel, image, spec: MachineSpec = MachineSpec(),
-                 workdir: Path | None = None, name: str = "vm", note=None):
+                 workdir: Path | None = None, name: str = "vm"):
         self.kernel, self.image, self.spec, self.name = kernel, image, spec, name
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"uph-{name}-"))
@@ -270,7 +289,6 @@ class VM:
         self._socket_dir: Path | None = None
         self.qmp_socket = self.workdir / "qmp.sock"
         self.watch = ConsoleWatch()
-        self.note = note or (lambda message: None)
         self.port = 0
         self.accel: AccelChoice | None = None
         self.record: GuestRecord | None = None
@@ -296,7 +314,7 @@ class VM:
 
     # -- launch -------------------------------------------------------------------------------
     def _cmdline(self) -> str:
-        args = [f"console={MACHINE['console']}", *MACHINE["cmdline"]]
+        args = [f"console={MACHINE.console}", *MACHINE.cmdline]
         if self.spec.oops_panic:
             args.append("oops=panic")
         args += list(self.spec.extra_cmdline)
@@ -304,33 +322,34 @@ class VM:
 
     @staticmethod
     def _firmware_args() -> list[str]:
-        bios = MACHINE.get("bios", "")
+        bios = MACHINE.bios
         return ["-bios", bios] if bios and Path(bios).is_file() else []
 
     def _qemu_command(self) -> list[str]:
         if len(str(self.qmp_socket)) >= UNIX_PATH_MAX:   # a deep workdir (pytest --basetemp)
             self._socket_dir = short_socket_dir()
             self.qmp_socket = self._socket_dir / "qmp.sock"
+        assert self.accel is not None           # chosen in start()
         accel = self.accel.accel
         if accel == "tcg":
-            accel_arg, cpu = f"tcg,thread={self.spec.tcg_threads}", MACHINE["cpu_tcg"]
+            accel_arg, cpu = f"tcg,thread={self.spec.tcg_threads}", MACHINE.cpu_tcg
         else:
-            accel_arg, cpu = "kvm", MACHINE["cpu_kvm"]
+            accel_arg, cpu = "kvm", MACHINE.cpu_kvm
         net = (f"user,id=n0,restrict=on,"
                f"hostfwd=tcp:127.0.0.1:{self.port}-:22")
-        return [qemu_binary(), "-machine", MACHINE["machine"], "-accel", accel_arg,
+        return [qemu_binary(), "-machine", MACHINE.machine, "-accel", accel_arg,
                 "-cpu", cpu, "-smp", str(self.spec.smp),
-                "-m", str(self.spec.memory_mb or MACHINE["memory_mb"]),
+                "-m", str(self.spec.memory_mb or MACHINE.memory_mb),
                 *self._firmware_args(),
                 "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
                 "-kernel", str(self.kernel.bzimage), "-initrd", str(self.image.initramfs),
                 "-append", self._cmdline(),
-                "-netdev", net, "-device", f"{MACHINE['nic']},netdev=n0",
+                "-netdev", net, "-device", f"{MACHINE.nic},netdev=n0",
                 "-qmp", f"unix:{qemu_option_value(self.qmp_socket)},server=on,wait=off"]
 
     def start(self, timeout: float | None = None) -> VM:
-        timeout = timeout or MACHINE["boot_timeout_s"]
-        self.accel = choose_accel(self.spec.accel, self.kernel.bzimage, self.note)
+        timeout = timeout or MACHINE.boot_timeout_s
+        self.accel = choose_accel(self.spec.accel, self.kernel.bzimage)
         started = time.monotonic()
         try:
             for _attempt in range(5):
@@ -369,6 +388,7 @@ class VM:
 
     def _drain_console(self) -> None:
         child, marker = self._child, self.image.ready_marker
+        assert child is not None
         pending = ""
         while True:
             try:
@@ -418,6 +438,7 @@ class VM:
         result = self.ssh.run("nproc; uname -r", timeout=30, check=True)
         nproc_text, release = (result.stdout.split() + ["0", ""])[:2]
         seen = int(nproc_text)
+        assert self.accel is not None
         self.record = GuestRecord(self.accel.accel,
                                   self.spec.tcg_threads if self.accel.accel == "tcg" else "",
                                   self.spec.smp, seen, self.kernel.identity, release)
@@ -458,7 +479,7 @@ class VM:
         try:
             return self.ssh.run("true", timeout=10).ok
         except Exception:
-            silence = silence_s if silence_s is not None else MACHINE["unresponsive_s"]
+            silence = silence_s if silence_s is not None else MACHINE.unresponsive_s
             return time.monotonic() - self.last_output < silence
 
     # -- teardown -----------------------------------------------------------------------------
@@ -482,7 +503,7 @@ class VM:
         if self.qmp_socket.exists():
             problem = qmp_quit(self.qmp_socket, QMP_QUIT_TIMEOUT)
             if problem:
-                self.note(f"{self.name}: QMP quit failed ({problem}); killing QEMU")
+                log.warning(f"{self.name}: QMP quit failed ({problem}); killing QEMU")
 
     def _kill(self) -> None:
         child = self._child
@@ -512,9 +533,5 @@ class _PortClash(Exception):
 def _kill_all() -> None:
     for vm in list(_LIVE):
         vm._kill()
-
-
-def boot(kernel, image, spec: MachineSpec = MachineSpec(), **kwargs) -> VM:
-    return VM(kernel, image, spec, **kwargs).start()
 
 

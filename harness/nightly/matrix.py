@@ -9,16 +9,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import data
 from harness.errors import HarnessError
 from harness.paths import REPO_ROOT
 
 
 class MatrixError(HarnessError):
-    """A matrix file that cannot be used as written."""
+    """A --shard that does not say which part of the matrix to run. (A matrix file that
+    cannot be used as written raises data.DataError.)"""
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,45 @@ class Matrix:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
 
 
-_TOP_KEYS = {"name", "defaults", "selection", "kernel", "exclude"}
-_KERNEL_KEYS = {"name", "kernel", "series", "smp", "selection", "accel", "config_fragments"}
-_DEFAULT_KEYS = {"series", "smp", "selection", "accel", "config_fragments"}
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+class _NamedSeries(data.Spec):
+    name: str                      # the series' name in the cells
+    series: str = "default"        # "default", "none", a name under patches/ or a path
+
+
+_Series = str | _NamedSeries       # "default" | "none" | "NAME" | {name, series}
+
+
+class _Settings(data.Spec):
+    """What [defaults] and each [[kernel]] may set (None: not set there)."""
+    series: _Series | list[_Series] | None = None
+    smp: str | int | list[str | int] | None = None
+    selection: str | list[str] | None = None
+    accel: str | None = None
+    config_fragments: str | list[str] | None = None
+
+
+class _Kernel(_Settings, kw_only=True):
+    name: str
+    kernel: str                    # debian:6.1, /path/to/linux@branch, or a bzImage
+
+
+class _Exclude(data.Spec):
+    """A rule: cells matching every name it gives are left out."""
+    kernel: str | None = None
+    series: str | None = None
+    smp: str | int | None = None
+    selection: str | None = None
+
+
+class _MatrixFile(data.Spec):
+    name: str | None = None        # default: the file's name without .toml
+    defaults: _Settings | None = None
+    selection: dict[str, list[str]] = {}
+    kernel: list[_Kernel] = []
+    exclude: list[_Exclude] = []
 
 
 _SELECTION_FLAGS = {"-x", "-q", "-v"}
@@ -76,7 +112,7 @@ def _checked_selection(path: Path, name: str, args: list[str]) -> tuple[str, ...
         arg = args[index]
         if arg in _SELECTION_OPTIONS:
             if index + 1 >= len(args):
-                raise MatrixError(f"{path}: [selection] {name}: {arg} needs an argument.")
+                raise data.error(path, "[selection]", f"{name}: {arg} needs an argument.")
             index += 2
             continue
         if arg in _SELECTION_FLAGS:
@@ -89,9 +125,10 @@ def _checked_selection(path: Path, name: str, args: list[str]) -> tuple[str, ...
                 and (testcases.parent / node).resolve().is_relative_to(testcases):
             index += 1
             continue
-        raise MatrixError(
-            f"{path}: [selection] {name}: {arg!r} is not allowed. A selection may hold -m "
-            f"EXPR, -k EXPR, --repeat N, -x, -q, -v and node ids of scenario files under "
+        raise data.error(
+            path, "[selection]",
+            f"{name}: {arg!r} is not allowed. A selection may hold -m EXPR, -k EXPR, "
+            f"--repeat N, -x, -q, -v and node ids of scenario files under "
             f"testcases/ (e.g. testcases/test_stack.py::test_name); other pytest arguments "
             f"could import and run code from anywhere.")
     return tuple(args)
@@ -99,131 +136,85 @@ def _checked_selection(path: Path, name: str, args: list[str]) -> tuple[str, ...
 
 def load_matrix(path: Path) -> Matrix:
     path = Path(path)
-    if not path.is_file():
-        raise MatrixError(f"Matrix file {path} does not exist.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise MatrixError(f"Matrix file {path} is not valid TOML: {error}.") from error
-    _check_keys(path, "the top level", data, _TOP_KEYS)
-    _check_types(path, "the top level", {k: v for k, v in data.items() if k == "name"})
-    for key in ("defaults", "selection"):
-        if not isinstance(data.get(key, {}), dict):
-            raise MatrixError(f"{path}: {key} must be a [{key}] table.")
-    defaults = data.get("defaults", {})
-    _check_keys(path, "[defaults]", defaults, _DEFAULT_KEYS)
-    _check_types(path, "[defaults]", defaults)
-    selections = {"all": ()}
-    for name, args in data.get("selection", {}).items():
+    raw = data.parse(path)
+    spec = data.convert(raw, _MatrixFile, path)
+    selections: dict[str, tuple[str, ...]] = {"all": ()}
+    for name, args in spec.selection.items():
         if not _NAME.match(name):
-            raise MatrixError(f"{path}: [selection] name {name!r} may only contain letters, "
-                              f"digits and ._+- (it is part of the cell names).")
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise MatrixError(f"{path}: [selection] {name} must be a list of pytest arguments "
-                              f"(strings), e.g. {name} = [\"-m\", \"smp\"].")
+            raise data.error(path, "[selection]", f"name {name!r} may only contain letters, "
+                                                  f"digits and ._+- (it is part of the cell "
+                                                  f"names).")
         selections[name] = _checked_selection(path, name, args)
-    kernels = _tables(path, "kernel", data.get("kernel", []))
-    if not kernels:
-        raise MatrixError(f"{path}: no [[kernel]] entries: the matrix has no cells.")
+    if not spec.kernel:
+        raise data.error(path, "", "no [[kernel]] entries: the matrix has no cells.")
     base = path.parent
+    defaults = spec.defaults or _Settings()
     cells: list[Cell] = []
-    for index, entry in enumerate(kernels, start=1):
-        where = f"[[kernel]] #{index}"
-        _check_keys(path, where, entry, _KERNEL_KEYS)
-        _check_types(path, where, entry)
-        name = entry.get("name") or ""
+    for index, entry in enumerate(spec.kernel):
+        where = data.entry_name(raw, f"$.kernel[{index}]")
+        name = entry.name
         if not _NAME.match(name):
-            raise MatrixError(f"{path}: {where} needs a name of letters, digits and ._+- "
-                              f"(got {name!r}): it names the cells in the results history.")
-        if not entry.get("kernel"):
-            raise MatrixError(f"{path}: {where} ({name}) has no kernel = \"...\" (debian:6.1, "
-                              f"/path/to/linux@branch, or a bzImage).")
-        merged = {**defaults, **entry}
-        series_list = [_series_entry(path, name, s) for s in _as_list(merged.get("series",
-                                                                                  "default"))]
-        smp_list = [str(s) for s in _as_list(merged.get("smp", "1,4"))]
+            raise data.error(path, where, f"needs a name of letters, digits and ._+- (got "
+                                          f"{name!r}): it names the cells in the results "
+                                          f"history.")
+        if not entry.kernel:
+            raise data.error(path, where, "has no kernel = \"...\" (debian:6.1, "
+                                          "/path/to/linux@branch, or a bzImage).")
+        series_list = [_series_entry(path, where, s)
+                       for s in _as_list(_setting(entry, defaults, "series", "default"))]
+        smp_list = [str(s) for s in _as_list(_setting(entry, defaults, "smp", "1,4"))]
         for smp in smp_list:
             if not re.fullmatch(r"\d+(,\d+)*", smp):
-                raise MatrixError(f"{path}: {where} ({name}): smp {smp!r} is not a comma-"
-                                  f"separated list of vCPU counts such as \"1,4\".")
-        selection_names = _as_list(merged.get("selection", "all"))
+                raise data.error(path, where, f"smp {smp!r} is not a comma-separated list of "
+                                              f"vCPU counts such as \"1,4\".")
+        selection_names = _as_list(_setting(entry, defaults, "selection", "all"))
         for selection in selection_names:
             if selection not in selections:
-                raise MatrixError(f"{path}: {where} ({name}) uses selection {selection!r}, "
-                                  f"which no [selection] table entry defines (defined: "
-                                  f"{', '.join(sorted(selections))}).")
+                raise data.error(path, where, f"uses selection {selection!r}, which no "
+                                              f"[selection] table entry defines (defined: "
+                                              f"{', '.join(sorted(selections))}).")
         fragments = tuple(str((base / f).resolve()) for f in
-                          _as_list(merged.get("config_fragments", [])))
+                          _as_list(_setting(entry, defaults, "config_fragments", [])))
+        accel = _setting(entry, defaults, "accel", "auto")
         for (series_name, series), smp, selection in itertools.product(
                 series_list, smp_list, selection_names):
-            cells.append(Cell(name, _resolve_kernel(entry["kernel"], base), series_name,
+            cells.append(Cell(name, _resolve_kernel(entry.kernel, base), series_name,
                               _resolve_series(series, base), smp, selection,
-                              selections[selection], merged.get("accel", "auto"), fragments))
-    rules = _tables(path, "exclude", data.get("exclude", []))
-    cells = [c for c in cells if not _excluded(c, rules, path)]
+                              selections[selection], accel, fragments))
+    cells = [c for c in cells if not _excluded(c, spec.exclude)]
     keys = [c.key for c in cells]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
-        raise MatrixError(f"{path}: cells {', '.join(duplicates)} appear twice: give the "
-                          f"[[kernel]] entries distinct names.")
-    return Matrix(data.get("name", path.stem), path.resolve(), tuple(cells))
+        raise data.error(path, "", f"cells {', '.join(duplicates)} appear twice: give the "
+                                   f"[[kernel]] entries distinct names.")
+    return Matrix(spec.name if spec.name is not None else path.stem, path.resolve(),
+                  tuple(cells))
 
 
-_TYPES = {   # key -> (what it may be, in words; a check)
-    "name": ("a string", lambda v: isinstance(v, str)),
-    "kernel": ("a string", lambda v: isinstance(v, str)),
-    "accel": ("a string", lambda v: isinstance(v, str)),
-    "smp": ("a string or a list of them (\"1,4\")",
-            lambda v: all(isinstance(x, (str, int)) and not isinstance(x, bool)
-                          for x in _as_list(v))),
-    "selection": ("a selection name or a list of them",
-                  lambda v: all(isinstance(x, str) for x in _as_list(v))),
-    "config_fragments": ("a path or a list of paths",
-                         lambda v: all(isinstance(x, str) for x in _as_list(v))),
-    "series": ("a series entry or a list of them",
-               lambda v: all(isinstance(x, (str, dict)) for x in _as_list(v))),
-}
-
-
-def _check_types(path: Path, where: str, table: dict) -> None:
-    for key, value in table.items():
-        if key in _TYPES and not _TYPES[key][1](value):
-            raise MatrixError(f"{path}: {where}: {key} must be {_TYPES[key][0]} "
-                              f"(got {value!r}).")
-
-
-def _tables(path: Path, key: str, value) -> list[dict]:
-    """An array of tables ([[kernel]], [[exclude]])."""
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise MatrixError(f"{path}: {key} must be written as [[{key}]] tables.")
-    return value
-
-
-def _check_keys(path: Path, where: str, table: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise MatrixError(f"{path}: {where} has unknown key(s) {', '.join(unknown)}; allowed: "
-                          f"{', '.join(sorted(allowed))}.")
+def _setting(entry: _Kernel, defaults: _Settings, key: str, fallback):
+    """The kernel's own setting, else [defaults]', else the fallback."""
+    for table in (entry, defaults):
+        value = getattr(table, key)
+        if value is not None:
+            return value
+    return fallback
 
 
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _series_entry(path: Path, kernel_name: str, value) -> tuple[str, str | None]:
+def _series_entry(path: Path, where: str, value: str | _NamedSeries) -> tuple[str, str | None]:
     """"default" | "none" | "NAME" | {name = "...", series = "..."} -> (name, series)."""
     if isinstance(value, str) and "/" not in value:
         return value, None if value == "default" else value
     if isinstance(value, str):
-        raise MatrixError(f"{path}: kernel {kernel_name}: series {value!r} is a path; give it "
-                          f"a name for the cell: {{name = \"...\", series = \"{value}\"}}.")
-    if isinstance(value, dict) and set(value) <= {"name", "series"} and \
-            _NAME.match(str(value.get("name", ""))):
-        series = value.get("series", "default")
-        return value["name"], None if series == "default" else series
-    raise MatrixError(f"{path}: kernel {kernel_name}: a series entry is \"default\", \"none\", "
-                      f"a name under patches/, or {{name = \"...\", series = \"...\"}} with a "
-                      f"name of letters, digits and ._+- (got {value!r}).")
+        raise data.error(path, where, f"series {value!r} is a path; give it a name for the "
+                                      f"cell: {{name = \"...\", series = \"{value}\"}}.")
+    if not _NAME.match(value.name):
+        raise data.error(path, where, f"series name {value.name!r} may only contain letters, "
+                                      f"digits and ._+- (it is part of the cell names).")
+    return value.name, None if value.series == "default" else value.series
 
 
 def _resolve_kernel(spec: str, base: Path) -> str:
@@ -243,14 +234,12 @@ def _resolve_series(series: str | None, base: Path) -> str | None:
     return str((base / series).resolve())
 
 
-def _excluded(cell: Cell, rules: list[dict], path: Path) -> bool:
+def _excluded(cell: Cell, rules: list[_Exclude]) -> bool:
     fields = {"kernel": cell.kernel_name, "series": cell.series_name, "smp": cell.smp,
               "selection": cell.selection_name}
     for rule in rules:
-        if not set(rule) <= set(fields):
-            raise MatrixError(f"{path}: an [[exclude]] rule may only name "
-                              f"{', '.join(fields)} (got {', '.join(sorted(rule))}).")
-        if all(str(fields[k]) == str(v) for k, v in rule.items()):
+        named = {key: getattr(rule, key) for key in fields if getattr(rule, key) is not None}
+        if all(fields[key] == str(value) for key, value in named.items()):
             return True
     return False
 

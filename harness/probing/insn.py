@@ -12,12 +12,12 @@ import functools
 import hashlib
 import re
 import subprocess
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
 
+from harness import data
 from harness.errors import HarnessError
 from harness.paths import TARGETS_DIR, TEMPLATES_DIR, cache_dir
 
@@ -67,9 +67,6 @@ class Program:
     digest: str
     bits: int = 64            # 32: a compat (i386) task
 
-    def probe_symbol(self, case: Case) -> str:
-        return f"probe_{self.cases.index(case)}"
-
 
 @dataclass(frozen=True)
 class CaseState:
@@ -77,19 +74,31 @@ class CaseState:
     fields: dict[str, str] = field(default_factory=dict)   # field name -> hex
 
 
+class _CaseEntry(data.Spec):
+    name: str
+    asm: str
+    data: str = ""
+    pre: str = ""
+    needs: list[str] = []
+    gprs: list[tuple[str, int]] = []     # [[register, value], ...]
+
+
+class _CaseFile(data.Spec):
+    case: list[_CaseEntry] = []
+
+
 def load_cases(path: Path, family: str = "") -> list[Case]:
     """Cases from a TOML file: [[case]] name, asm, pre, data, needs, gprs = [[reg, value]]."""
-    data = tomllib.loads(Path(path).read_text())
+    raw = data.parse(path)
     cases = []
-    for entry in data.get("case", []):
-        unknown = set(entry) - {"name", "asm", "pre", "data", "needs", "gprs"}
-        if unknown or "name" not in entry or "asm" not in entry:
-            raise HarnessError(f"{path}: case {entry.get('name', '?')}: needs name and asm; "
-                               f"unknown keys: {sorted(unknown)}")
-        cases.append(Case(entry["name"], entry["asm"], entry.get("data", ""),
-                          entry.get("pre", ""),
-                          tuple((r, int(v)) for r, v in entry.get("gprs", [])),
-                          tuple(entry.get("needs", [])), family or Path(path).stem))
+    for number, entry in enumerate(data.convert(raw, _CaseFile, path).case):
+        unknown = sorted({register for register, _ in entry.gprs} - set(GPR_NAMES))
+        if unknown:
+            raise data.error(path, data.entry_name(raw, f"$.case[{number}]"),
+                             f"gprs: no register {', '.join(unknown)}; registers: "
+                             f"{', '.join(GPR_NAMES)}")
+        cases.append(Case(entry.name, entry.asm, entry.data, entry.pre, tuple(entry.gprs),
+                          tuple(entry.needs), family or Path(path).stem))
     return cases
 
 

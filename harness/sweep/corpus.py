@@ -13,13 +13,14 @@ decoded again from the binary (`verify_program`) and must match byte for byte.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import capstone
+import msgspec
 
+from harness import data
 from harness.errors import HarnessError
 from harness.paths import CONFIGS_DIR
 from harness.probing import insn
@@ -82,8 +83,99 @@ class Corpus:
         return Counter(f.klass for f in self.forms)
 
 
-def _load_config(path: Path = CONFIG) -> dict:
-    return tomllib.loads(path.read_text())
+class _Maps(data.Spec):
+    onebyte_skip: list[str]
+    onebyte_groups: list[str]
+    twobyte_skip: list[str]
+    twobyte_groups: list[str]
+    sse_twobyte: list[str]
+
+
+class _Prefixes(data.Spec):
+    modrm: list[str]
+    no_modrm: list[str]
+    sse: list[str]
+    x87: list[str]
+    combos: list[str]
+
+
+class _Compat(data.Spec):
+    onebyte_skip: list[str]
+    prefixes: list[str]
+
+
+class _Avx(data.Spec):
+    maps: dict[str, list[str]]         # VEX map (0f, 0f38, 0f3a) -> opcode ranges
+
+
+class _Modrm(data.Spec):
+    reg_field: int
+    rm_register: int
+    mem: str
+
+
+class _Exclude(data.Spec):
+    privileged: list[str]
+    nondeterministic: list[str]
+    breaks_driver: list[str]
+    operands: list[str]
+    emulator_vex_l1: list[str] = []
+
+
+class SweepConfig(data.Spec):
+    """harness/configs/sweep.toml, which documents each key."""
+    maps: _Maps
+    prefixes: _Prefixes
+    compat: _Compat
+    avx: _Avx
+    modrm: _Modrm
+    gprs: dict[str, int]               # register -> value, for memory forms
+    exclude: _Exclude
+    cpu: dict[str, str]                # capstone group -> /proc/cpuinfo flag
+
+
+_BYTE_RANGE = re.compile(r"([0-9a-fA-F]{2})(?:-([0-9a-fA-F]{2}))?")
+_HEX_BYTES = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_VEX_MAPS = ("0f", "0f38", "0f3a")
+
+
+def _load_config(path: Path = CONFIG) -> SweepConfig:
+    raw = data.parse(path)
+    config = data.convert(raw, SweepConfig, path)
+    for section, lists in (("maps", msgspec.structs.asdict(config.maps)),
+                           ("compat", {"onebyte_skip": config.compat.onebyte_skip}),
+                           ("avx.maps", config.avx.maps)):
+        _check_items(path, section, lists, _is_byte_range, 'a byte or a range such as "40-4f"')
+    for section, lists in (("prefixes", msgspec.structs.asdict(config.prefixes)),
+                           ("compat", {"prefixes": config.compat.prefixes})):
+        _check_items(path, section, lists, _HEX_BYTES.fullmatch, 'hex bytes such as "6648"')
+    if unknown := sorted(set(config.avx.maps) - set(_VEX_MAPS)):
+        raise data.error(path, "[avx.maps]", f"no VEX map {', '.join(unknown)}; the maps are "
+                                             f"{', '.join(_VEX_MAPS)}")
+    modrm = config.modrm
+    for key in ("reg_field", "rm_register"):
+        if not 0 <= getattr(modrm, key) <= 7:
+            raise data.error(path, "[modrm]", f"{key}: {getattr(modrm, key)} is not 0 to 7")
+    if not modrm.mem or not _HEX_BYTES.fullmatch(modrm.mem):
+        raise data.error(path, "[modrm]", f"mem: {modrm.mem!r} is not hex bytes (ModRM, SIB, "
+                                          f"disp8)")
+    if unknown := sorted(set(config.gprs) - set(insn.GPR_NAMES)):
+        raise data.error(path, "[gprs]", f"no register {', '.join(unknown)}")
+    return config
+
+
+def _check_items(path: Path, section: str, lists: dict[str, list[str]], valid,
+                 wanted: str) -> None:
+    for key, items in lists.items():
+        for number, item in enumerate(items, start=1):
+            if not valid(item):
+                raise data.error(path, f"[{section}]", f"{key}: item {number}: {item!r} is "
+                                                       f"not {wanted}")
+
+
+def _is_byte_range(text: str) -> bool:
+    found = _BYTE_RANGE.fullmatch(text)
+    return found is not None and int(found[2] or found[1], 16) >= int(found[1], 16)
 
 
 def _byte_set(items: list[str]) -> set[int]:
@@ -120,7 +212,7 @@ class _Decoder:
 
 
 class _Generator:
-    def __init__(self, config: dict, cpu_flags: set[str] | None):
+    def __init__(self, config: SweepConfig, cpu_flags: set[str] | None):
         self.config = config
         self.flags = cpu_flags
         self.decoder = self.decoder64 = _Decoder()
@@ -128,17 +220,17 @@ class _Generator:
         self.bits = 64
         self.corpus = Corpus([])
         self.seen: set[tuple[int, bytes]] = set()
-        modrm = config["modrm"]
-        self.reg_field = modrm["reg_field"]
-        self.rm_register = modrm["rm_register"]
-        self.mem = bytes.fromhex(modrm["mem"])
-        exclude = config["exclude"]
-        self.exclude = {m: "privileged" for m in exclude["privileged"]}
-        self.exclude.update({m: "non-deterministic" for m in exclude["nondeterministic"]})
-        self.exclude.update({m: "would break the test driver" for m in exclude["breaks_driver"]})
-        self.bad_operands = set(exclude["operands"])
-        self.emulator_vex_l1 = set(exclude.get("emulator_vex_l1", []))
-        self.gprs = tuple(sorted(config["gprs"].items()))
+        modrm = config.modrm
+        self.reg_field = modrm.reg_field
+        self.rm_register = modrm.rm_register
+        self.mem = bytes.fromhex(modrm.mem)
+        exclude = config.exclude
+        self.exclude = {m: "privileged" for m in exclude.privileged}
+        self.exclude.update({m: "non-deterministic" for m in exclude.nondeterministic})
+        self.exclude.update({m: "would break the test driver" for m in exclude.breaks_driver})
+        self.bad_operands = set(exclude.operands)
+        self.emulator_vex_l1 = set(exclude.emulator_vex_l1)
+        self.gprs = tuple(sorted(config.gprs.items()))
 
     # -- candidates ---------------------------------------------------------------------
     def modrm_variants(self, reg_values) -> list[tuple[bytes, bool, str]]:
@@ -213,7 +305,7 @@ class _Generator:
     def _needs(self, decoded, klass: str) -> tuple[str, ...] | None:
         wanted = []
         for group in decoded.groups:
-            flag = self.config["cpu"].get(decoded.group_name(group))
+            flag = self.config.cpu.get(decoded.group_name(group))
             if flag:
                 wanted.append(flag)
         if klass == "avx" and not wanted:
@@ -241,35 +333,35 @@ class _Generator:
 
     # -- maps ---------------------------------------------------------------------------
     def onebyte(self) -> None:
-        maps, prefixes = self.config["maps"], self.config["prefixes"]
-        skip = _byte_set(maps["onebyte_skip"])
-        groups = _byte_set(maps["onebyte_groups"])
+        maps, prefixes = self.config.maps, self.config.prefixes
+        skip = _byte_set(maps.onebyte_skip)
+        groups = _byte_set(maps.onebyte_groups)
         for op in range(256):
             if op in skip:
                 continue
             opcode = bytes([op])
             if self._has_modrm(opcode):
                 regs = range(8) if op in groups else [self.reg_field]
-                for prefix in prefixes["modrm"]:
+                for prefix in prefixes.modrm:
                     for tail, rip, mode in self.modrm_variants(regs):
                         if prefix.endswith("42") and mode != "mem":
                             continue
                         self.add("onebyte", _prefix_bytes(prefix), opcode, tail, rip, mode, True)
             else:
-                for prefix in prefixes["no_modrm"]:
+                for prefix in prefixes.no_modrm:
                     self.add("onebyte", _prefix_bytes(prefix), opcode, modrm_expected=False)
 
     def twobyte(self) -> None:
-        maps, prefixes = self.config["maps"], self.config["prefixes"]
-        skip = _byte_set(maps["twobyte_skip"])
-        groups = _byte_set(maps["twobyte_groups"])
-        sse = _byte_set(maps["sse_twobyte"])
+        maps, prefixes = self.config.maps, self.config.prefixes
+        skip = _byte_set(maps.twobyte_skip)
+        groups = _byte_set(maps.twobyte_groups)
+        sse = _byte_set(maps.sse_twobyte)
         for op in range(256):
             if op in skip:
                 continue
             opcode = bytes([0x0F, op])
             klass = "sse" if op in sse else "twobyte"
-            chosen = prefixes["sse"] if klass == "sse" else prefixes["modrm"]
+            chosen = prefixes.sse if klass == "sse" else prefixes.modrm
             if self._has_modrm(opcode):
                 regs = range(8) if op in groups else [self.reg_field]
                 for prefix in chosen:
@@ -278,7 +370,7 @@ class _Generator:
                             continue
                         self._add_prefixed(klass, prefix, opcode, tail, rip, mode)
             else:
-                for prefix in prefixes["no_modrm"]:
+                for prefix in prefixes.no_modrm:
                     self.add(klass, _prefix_bytes(prefix), opcode, modrm_expected=False)
         for escape in (b"\x0f\x38", b"\x0f\x3a"):
             for op in range(256):
@@ -291,11 +383,11 @@ class _Generator:
         """Prefix combinations (class "prefixed"): several prefixes at once on every one- and
         two-byte opcode with a ModRM; register forms only for the REX-only combinations
         (a segment, address-size or lock prefix changes nothing there but validity)."""
-        maps, combos = self.config["maps"], self.config["prefixes"]["combos"]
-        tables = (("onebyte", b"", _byte_set(maps["onebyte_skip"]),
-                   _byte_set(maps["onebyte_groups"])),
-                  ("twobyte", b"\x0f", _byte_set(maps["twobyte_skip"]),
-                   _byte_set(maps["twobyte_groups"])))
+        maps, combos = self.config.maps, self.config.prefixes.combos
+        tables = (("onebyte", b"", _byte_set(maps.onebyte_skip),
+                   _byte_set(maps.onebyte_groups)),
+                  ("twobyte", b"\x0f", _byte_set(maps.twobyte_skip),
+                   _byte_set(maps.twobyte_groups)))
         for opcode_map, escape, skip, groups in tables:
             for op in range(256):
                 opcode = escape + bytes([op])
@@ -319,14 +411,14 @@ class _Generator:
         stack slots. No REX (40-4f are inc/dec there), the opcodes 64-bit mode lacks (push/
         pop of segment registers aside: their operands are excluded), and the ModRM form
         that is RIP-relative in 64-bit mode is an absolute disp32 here."""
-        maps, section = self.config["maps"], self.config["compat"]
-        skip = _byte_set(section["onebyte_skip"])
-        groups = _byte_set(maps["onebyte_groups"])
+        maps, section = self.config.maps, self.config.compat
+        skip = _byte_set(section.onebyte_skip)
+        groups = _byte_set(maps.onebyte_groups)
         self.decoder, self.bits = self.decoder32, 32
         try:
             tables = ((b"", skip, groups),
-                      (b"\x0f", _byte_set(maps["twobyte_skip"]),
-                       _byte_set(maps["twobyte_groups"])))
+                      (b"\x0f", _byte_set(maps.twobyte_skip),
+                       _byte_set(maps.twobyte_groups)))
             for escape, skipped, grouped in tables:
                 opcode_map = "twobyte" if escape else "onebyte"
                 for op in range(256):
@@ -335,12 +427,12 @@ class _Generator:
                     opcode = escape + bytes([op])
                     if self._has_modrm(opcode):
                         regs = range(8) if op in grouped else [self.reg_field]
-                        for prefix in section["prefixes"]:
+                        for prefix in section.prefixes:
                             for tail, rip, mode in self.modrm_variants(regs):
                                 self.add(COMPAT, _prefix_bytes(prefix), opcode, tail, rip,
                                          mode, True, opcode_map=opcode_map)
                     else:
-                        for prefix in section["prefixes"]:
+                        for prefix in section.prefixes:
                             self.add(COMPAT, _prefix_bytes(prefix), opcode,
                                      modrm_expected=False, opcode_map=opcode_map)
         finally:
@@ -353,7 +445,7 @@ class _Generator:
     def x87(self) -> None:
         for op in range(0xD8, 0xE0):
             opcode = bytes([op])
-            for prefix in self.config["prefixes"]["x87"]:
+            for prefix in self.config.prefixes.x87:
                 for reg in range(8):
                     self.add("x87", _prefix_bytes(prefix), opcode,
                              bytes([self.mem[0] | reg << 3]) + self.mem[1:], False, "mem", True)
@@ -363,7 +455,7 @@ class _Generator:
                 self.add("x87", b"", opcode, bytes([modrm]), False, "reg", True)
 
     def avx(self) -> None:
-        maps = self.config["avx"]["maps"]
+        maps = self.config.avx.maps
         map_select = {"0f": 1, "0f38": 2, "0f3a": 3}
         for map_name, ranges in maps.items():
             for op in sorted(_byte_set(ranges)):
