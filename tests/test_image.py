@@ -21,6 +21,7 @@ import pytest
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
+from harness import cli
 from harness.errors import HarnessError, InfraError
 from harness.machine import image as image_mod
 from harness.machine import keys as keys_mod
@@ -318,7 +319,7 @@ def test_cli_json(built, capsys):
     img, _, root = built
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("UPROBE_HARNESS_CACHE", str(root))
-        assert image_mod.main(["image", "--json"]) == 0
+        assert cli.main(["image", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["initramfs"] == str(img.initramfs)
     assert info["host_key_line"] == img.host_key_line
