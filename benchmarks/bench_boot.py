@@ -27,11 +27,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tcg-threads", default="multi")
     args = parser.parse_args()
-    built = kernel.build(kernel.BuildRequest(kernel=args.kernel, series=args.series),
-                         Progress.quiet())
+    built = kernel.build(
+        kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
+    )
     img = image.build_image()
-    print(f"{built.label} {built.series}, bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB, "
-          f"initramfs {img.initramfs.stat().st_size / 1e6:.1f} MB")
+    print(
+        f"{built.label} {built.series}, bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB, "
+        f"initramfs {img.initramfs.stat().st_size / 1e6:.1f} MB"
+    )
     for smp in (int(v) for v in args.smp.split(",")):
         times, markers = [], []
         for _ in range(args.runs):
@@ -39,9 +42,11 @@ def main() -> int:
                 times.append(vm.boot_seconds)
                 markers.append(vm.marker_seconds)
                 accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
-        print(f"smp={smp} ({accel}): boot to SSH ready median {statistics.median(times):.2f}s "
-              f"({', '.join(f'{t:.2f}' for t in times)}); ready marker on the console median "
-              f"{statistics.median(markers):.2f}s")
+        print(
+            f"smp={smp} ({accel}): boot to SSH ready median {statistics.median(times):.2f}s "
+            f"({', '.join(f'{t:.2f}' for t in times)}); ready marker on the console median "
+            f"{statistics.median(markers):.2f}s"
+        )
     return 0
 
 

@@ -40,8 +40,14 @@ def timed(request: kernel.BuildRequest) -> tuple[float, kernel.Kernel]:
 
 def one_line_series(directory: Path, stamp: str, source_tree: Path) -> Path:
     import subprocess  # the work tree may still carry the previous run's patch: read HEAD
-    pristine = subprocess.run(["git", "show", "HEAD:kernel/trace/trace_uprobe.c"],
-                              cwd=source_tree, capture_output=True, text=True, check=True)
+
+    pristine = subprocess.run(
+        ["git", "show", "HEAD:kernel/trace/trace_uprobe.c"],
+        cwd=source_tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     first_lines = pristine.stdout.splitlines()[:3]
     body = PATCH.format(stamp=stamp) + "".join(f" {line}\n" for line in first_lines)
     series_dir = directory / f"bench-{stamp}"
@@ -61,23 +67,28 @@ def main() -> int:
     baseline_s, base = timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
     print(f"{args.kernel}: baseline build {baseline_s:.1f}s (cached={base.cached})")
 
-    hits = [timed(kernel.BuildRequest(kernel=args.kernel, series="none"))[0]
-            for _ in range(args.runs)]
-    print(f"cache hit: median {statistics.median(hits):.2f}s of {args.runs} "
-          f"({', '.join(f'{h:.2f}' for h in hits)})")
+    hits = [
+        timed(kernel.BuildRequest(kernel=args.kernel, series="none"))[0] for _ in range(args.runs)
+    ]
+    print(
+        f"cache hit: median {statistics.median(hits):.2f}s of {args.runs} "
+        f"({', '.join(f'{h:.2f}' for h in hits)})"
+    )
 
     from harness.build import sources
+
     tree = sources.cache_dir("sources") / ("debian-" + args.kernel.split(":")[1])
     incremental = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
             series_dir = one_line_series(Path(tmp), f"{os.getpid()}-{time.time_ns()}-{run}", tree)
-            seconds, built = timed(kernel.BuildRequest(kernel=args.kernel,
-                                                       series=str(series_dir)))
+            seconds, built = timed(kernel.BuildRequest(kernel=args.kernel, series=str(series_dir)))
             incremental.append((seconds, built.durations.get("make_s", 0.0)))
-    print(f"one-file incremental: median {statistics.median(s for s, _ in incremental):.1f}s "
-          f"total, make {statistics.median(m for _, m in incremental):.1f}s "
-          f"({', '.join(f'{s:.1f}' for s, _ in incremental)})")
+    print(
+        f"one-file incremental: median {statistics.median(s for s, _ in incremental):.1f}s "
+        f"total, make {statistics.median(m for _, m in incremental):.1f}s "
+        f"({', '.join(f'{s:.1f}' for s, _ in incremental)})"
+    )
     # back to the stock tree so the build directory matches the cached artefact again
     timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
 
@@ -86,15 +97,18 @@ def main() -> int:
             # a fetched Debian tarball (debian:7.x) is reused, not downloaded again
             for reused in ("debian", "apt"):
                 if (cache_root() / reused).is_dir():
-                    shutil.copytree(cache_root() / reused, Path(cache) / reused,
-                                    copy_function=os.link)
+                    shutil.copytree(
+                        cache_root() / reused, Path(cache) / reused, copy_function=os.link
+                    )
             os.environ["UPROBE_HARNESS_CACHE"] = cache
             os.environ["CCACHE_DISABLE"] = "1"
             seconds, built = timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
             d = built.durations
-            print(f"from scratch: {seconds:.0f}s total (extract+commit {d['prepare_s']:.0f}s, "
-                  f"config {d['config_s']:.0f}s, make {d['make_s']:.0f}s), "
-                  f"bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB")
+            print(
+                f"from scratch: {seconds:.0f}s total (extract+commit {d['prepare_s']:.0f}s, "
+                f"config {d['config_s']:.0f}s, make {d['make_s']:.0f}s), "
+                f"bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB"
+            )
     return 0
 
 

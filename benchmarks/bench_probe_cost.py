@@ -59,20 +59,22 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    built = kernel.build(kernel.BuildRequest(kernel=args.kernel, series=args.series),
-                         Progress.quiet())
+    built = kernel.build(
+        kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
+    )
     target = compile_target("opt")
     with VM(built, image.build_image(), MachineSpec(smp=1)) as vm:
         guest = Guest(vm)
         path = guest.upload(target)
-        plain = statistics.median(timed(guest, path, "plain", args.calls * 10)
-                                  for _ in range(args.runs))
+        plain = statistics.median(
+            timed(guest, path, "plain", args.calls * 10) for _ in range(args.runs)
+        )
         rows = []
         for site, symbol, kind, what in SITES:
-            unprobed = statistics.median(timed(guest, path, site, args.calls * 10)
-                                         for _ in range(args.runs))
-            probe = probes.Probe("cost", path, probes.symbol_offset(target.binary, symbol),
-                                 kind)
+            unprobed = statistics.median(
+                timed(guest, path, site, args.calls * 10) for _ in range(args.runs)
+            )
+            probe = probes.Probe("cost", path, probes.symbol_offset(target.binary, symbol), kind)
             probed = []
             for _ in range(args.runs):
                 guest.reset_tracing()
@@ -82,15 +84,17 @@ def main() -> int:
                 guest.remove_probes()
             hit = statistics.median(probed) - unprobed
             rows.append((site, what, unprobed, statistics.median(probed), hit))
-    print(f"{built.label}{' + ' + built.series if built.series else ''}, "
-          f"{vm.record.accel}/{vm.record.tcg_threads}, 1 vCPU, {args.calls} probed calls, "
-          f"medians of {args.runs}")
+    print(
+        f"{built.label}{' + ' + built.series if built.series else ''}, "
+        f"{vm.record.accel}/{vm.record.tcg_threads}, 1 vCPU, {args.calls} probed calls, "
+        f"medians of {args.runs}"
+    )
     print(f"unprobed call of an empty function: {plain:.1f} ns")
-    print(f"{'site':<12}{'unprobed ns':>12}{'probed ns':>12}{'per hit ns':>12}"
-          f"{'x plain':>10}  path")
+    print(
+        f"{'site':<12}{'unprobed ns':>12}{'probed ns':>12}{'per hit ns':>12}{'x plain':>10}  path"
+    )
     for site, what, unprobed, probed, hit in rows:
-        print(f"{site:<12}{unprobed:>12.1f}{probed:>12.1f}{hit:>12.1f}{hit / plain:>10.0f}"
-              f"  {what}")
+        print(f"{site:<12}{unprobed:>12.1f}{probed:>12.1f}{hit:>12.1f}{hit / plain:>10.0f}  {what}")
     return 0
 
 

@@ -24,8 +24,20 @@ from harness.results import report  # noqa: E402
 def run(selection: list[str], extra: list[str]) -> tuple[float, list[report.TestResult]]:
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "testcases", "-q", "-p", "no:cacheprovider",
-               f"--junitxml={junit}", "-o", "junit_family=xunit1", *selection, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "testcases",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            "-o",
+            "junit_family=xunit1",
+            *selection,
+            *extra,
+        ]
         started = time.monotonic()
         subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elapsed = time.monotonic() - started
@@ -37,7 +49,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
-    run([], args.extra)          # warm-up: kernel and targets built, keys made
+    run([], args.extra)  # warm-up: kernel and targets built, keys made
     smp = [run(["-m", "smp"], args.extra)[0] for _ in range(args.runs)]
     full, shares = [], defaultdict(list)
     for _ in range(args.runs):
@@ -49,10 +61,14 @@ def main() -> int:
         total = sum(per_family.values()) or 1.0
         for family, seconds in per_family.items():
             shares[family].append(100 * seconds / total)
-    print(f"pytest -m smp: median {statistics.median(smp):.1f}s "
-          f"({', '.join(f'{s:.1f}' for s in smp)})")
-    print(f"full suite:    median {statistics.median(full):.1f}s "
-          f"({', '.join(f'{s:.1f}' for s in full)})")
+    print(
+        f"pytest -m smp: median {statistics.median(smp):.1f}s "
+        f"({', '.join(f'{s:.1f}' for s in smp)})"
+    )
+    print(
+        f"full suite:    median {statistics.median(full):.1f}s "
+        f"({', '.join(f'{s:.1f}' for s in full)})"
+    )
     for family in sorted(shares):
         print(f"  {family:<8} {statistics.median(shares[family]):5.1f}% of test time")
     return 0

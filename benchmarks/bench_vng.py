@@ -32,8 +32,9 @@ def ensure_vng(root: Path) -> Path:
     vng = root / "venv" / "bin" / "vng"
     if not vng.exists():
         subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-        subprocess.run([str(root / "venv" / "bin" / "pip"), "install", "-q", "virtme-ng"],
-                       check=True)
+        subprocess.run(
+            [str(root / "venv" / "bin" / "pip"), "install", "-q", "virtme-ng"], check=True
+        )
     return vng
 
 
@@ -41,8 +42,7 @@ def ensure_tree(root: Path) -> Path:
     tree = root / "linux"
     if not (tree / ".git").exists():
         source = sources.prepare(sources.parse_spec("debian:6.1"))
-        subprocess.run(["git", "clone", "-q", "--shared", str(source.tree), str(tree)],
-                       check=True)
+        subprocess.run(["git", "clone", "-q", "--shared", str(source.tree), str(tree)], check=True)
     return tree
 
 
@@ -50,16 +50,18 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess
     # vng runs its helpers (virtme-configkernel, virtme-run) from PATH
     env = dict(os.environ, PATH=f"{Path(cmd[0]).parent}:{os.environ.get('PATH', '')}")
     start = time.monotonic()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
     return time.monotonic() - start, result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--skip-build", action="store_true",
-                        help="reuse vng's previous build in the cache")
+    parser.add_argument(
+        "--skip-build", action="store_true", help="reuse vng's previous build in the cache"
+    )
     args = parser.parse_args()
     root = cache_dir("bench", "vng")
     vng = ensure_vng(root)
@@ -70,8 +72,10 @@ def main() -> int:
         if result.returncode != 0:
             print(result.stdout[-3000:], result.stderr[-3000:])
             return 1
-        print(f"vng --build (its minimal config, make -j{len(os.sched_getaffinity(0))}): "
-              f"{seconds:.0f} s")
+        print(
+            f"vng --build (its minimal config, make -j{len(os.sched_getaffinity(0))}): "
+            f"{seconds:.0f} s"
+        )
     bzimage = tree / "arch" / "x86" / "boot" / "bzImage"
     print(f"vng bzImage {bzimage.stat().st_size / 1e6:.1f} MB")
 
@@ -80,11 +84,12 @@ def main() -> int:
         # --verbose: the guest's console shows the script's exit code. vng itself returns
         # 255 here because this vng build's guest finds no virtio-serial script ports and
         # falls back to the console ("cannot find script I/O ports")
-        seconds, result = timed([str(vng), "--disable-kvm", "--verbose", "--exec", "true"],
-                                tree)
+        seconds, result = timed([str(vng), "--disable-kvm", "--verbose", "--exec", "true"], tree)
         if "script exited with code 0" not in result.stdout + result.stderr:
-            print(f"vng boot failed ({result.returncode}):\n{result.stdout[-2000:]}"
-                  f"{result.stderr[-2000:]}")
+            print(
+                f"vng boot failed ({result.returncode}):\n{result.stdout[-2000:]}"
+                f"{result.stderr[-2000:]}"
+            )
             return 1
         vng_times.append(seconds)
 
@@ -102,8 +107,10 @@ def main() -> int:
     vng_median, our_median = statistics.median(vng_times), statistics.median(ours)
     print(f"boot + `true` + shutdown, median of {args.runs}:")
     print(f"  virtme-ng: {vng_median:.2f} s ({', '.join(f'{t:.1f}' for t in vng_times)})")
-    print(f"  harness:   {our_median:.2f} s ({', '.join(f'{t:.1f}' for t in ours)}), "
-          f"bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB")
+    print(
+        f"  harness:   {our_median:.2f} s ({', '.join(f'{t:.1f}' for t in ours)}), "
+        f"bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB"
+    )
     print(f"  ratio virtme-ng / harness: {vng_median / our_median:.2f}")
     return 0
 

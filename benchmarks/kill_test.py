@@ -47,10 +47,16 @@ selection = ["one"]
 def bisect_repo() -> tuple[Path, str, str] | None:
     """The bisect history of the integration test: (repo, good, bad), or None if not built."""
     from harness.paths import cache_dir
+
     repo = cache_dir("e2e") / "bisect-linux"
     try:
-        log = subprocess.run(["git", "log", "--format=%H %s", "e2e-complete"], cwd=repo,
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+        log = subprocess.run(
+            ["git", "log", "--format=%H %s", "e2e-complete"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return None
     by_subject = {line.split(" ", 1)[1]: line.split(" ", 1)[0] for line in log}
@@ -59,10 +65,16 @@ def bisect_repo() -> tuple[Path, str, str] | None:
 
 def repo_state(repo: Path) -> tuple[str, ...]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True,
-                              text=True).stdout.strip()
-    return (git("rev-parse", "HEAD"), git("symbolic-ref", "-q", "HEAD"),
-            git("status", "--porcelain"), str((repo / ".git" / "BISECT_LOG").exists()))
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+
+    return (
+        git("rev-parse", "HEAD"),
+        git("symbolic-ref", "-q", "HEAD"),
+        git("status", "--porcelain"),
+        str((repo / ".git" / "BISECT_LOG").exists()),
+    )
 
 
 def commands(work: Path) -> dict[str, tuple[list[str], float]]:
@@ -70,27 +82,86 @@ def commands(work: Path) -> dict[str, tuple[list[str], float]]:
     matrix = work / "matrix.toml"
     matrix.write_text(MATRIX)
     table = {
-        "main": ([PY, "-m", "harness", "main", "--smp", "1", "--results",
-                  str(work / "main"), "--", *SELECT], 25.0),
-        "nightly": ([PY, "-m", "harness", "nightly", "--matrix", str(matrix), "--results-dir",
-                     str(work / "nightly"), "--fail-on", "never"], 25.0),
-        "mutate": ([PY, "-m", "harness", "mutate", "trace-nhit-fold-assign", "--scope",
-                    "declared", "--results", str(work / "mutate")], 90.0),
+        "main": (
+            [
+                PY,
+                "-m",
+                "harness",
+                "main",
+                "--smp",
+                "1",
+                "--results",
+                str(work / "main"),
+                "--",
+                *SELECT,
+            ],
+            25.0,
+        ),
+        "nightly": (
+            [
+                PY,
+                "-m",
+                "harness",
+                "nightly",
+                "--matrix",
+                str(matrix),
+                "--results-dir",
+                str(work / "nightly"),
+                "--fail-on",
+                "never",
+            ],
+            25.0,
+        ),
+        "mutate": (
+            [
+                PY,
+                "-m",
+                "harness",
+                "mutate",
+                "trace-nhit-fold-assign",
+                "--scope",
+                "declared",
+                "--results",
+                str(work / "mutate"),
+            ],
+            90.0,
+        ),
     }
     found = bisect_repo()
     if found:
         repo, good, bad = found
-        table["bisect"] = ([PY, "-m", "harness", "bisect", "--kernel", str(repo), "--series",
-                            "none", "--smp", "1", "--results", str(work / "bisect"), "--good",
-                            good, "--bad", bad, "--", "-k",
-                            "test_riprel_instruction_transparent and load_rax"], 50.0)
+        table["bisect"] = (
+            [
+                PY,
+                "-m",
+                "harness",
+                "bisect",
+                "--kernel",
+                str(repo),
+                "--series",
+                "none",
+                "--smp",
+                "1",
+                "--results",
+                str(work / "bisect"),
+                "--good",
+                good,
+                "--bad",
+                bad,
+                "--",
+                "-k",
+                "test_riprel_instruction_transparent and load_rax",
+            ],
+            50.0,
+        )
     return table
 
 
 def cache_answers() -> str:
     """The kernel cache still answers after a kill: the default kernel builds (or is found)."""
-    status = subprocess.run([PY, "-m", "harness", "build"], cwd=REPO, capture_output=True,
-                            text=True, timeout=3600)
+    status = subprocess.run(
+        [PY, "-m", "harness", "build"], cwd=REPO, capture_output=True, text=True, timeout=3600
+    )
     if status.returncode != 0:
         return f"the next build failed: {status.stderr.strip()[-300:]}"
     return ""
@@ -105,8 +176,9 @@ def history_ok(results_dir: Path) -> str:
         db = sqlite3.connect(db_path)
         shards = db.execute("SELECT run_id, shard, status FROM shards").fetchall()
         for run_id, shard, status in shards:
-            cells = db.execute("SELECT COUNT(*) FROM cells WHERE run_id=? AND shard=?",
-                               (run_id, shard)).fetchone()[0]
+            cells = db.execute(
+                "SELECT COUNT(*) FROM cells WHERE run_id=? AND shard=?", (run_id, shard)
+            ).fetchone()[0]
             if status == "complete" and cells == 0:
                 return f"shard {run_id}/{shard} complete without cells"
         db.close()
@@ -125,9 +197,14 @@ def default_signals() -> None:
 
 def one_kill(argv: list[str], moment: float, signum: int, results: Path) -> str:
     """'' when nothing was left behind, else what was."""
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=default_signals)
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=default_signals,
+    )
     below: set[int] = set()
     deadline = time.monotonic() + moment
     while time.monotonic() < deadline and proc.poll() is None:
@@ -176,14 +253,16 @@ def main() -> int:
         total = survived_all = redrawn = 0
         for entry in args.entries.split(","):
             if entry not in table:
-                print(f"{entry}: not available (bisect: run tests/test_integration_bisect.py "
-                      "once to build its history)")
+                print(
+                    f"{entry}: not available (bisect: run tests/test_integration_bisect.py "
+                    "once to build its history)"
+                )
                 return 2
             argv, duration = table[entry]
             before = repo_state(repo[0]) if entry == "bisect" and repo else None
             tally: dict[str, list] = {name: [0, 0, []] for name in names}
             for index in range(args.moments):
-                for name in (names if args.every_signal else [names[index % len(names)]]):
+                for name in names if args.every_signal else [names[index % len(names)]]:
                     signum = getattr(signal, f"SIG{name}")
                     while True:
                         moment = rng.uniform(0.5, 0.9 * duration)
@@ -202,16 +281,23 @@ def main() -> int:
             for name, (survived, tried, failures) in tally.items():
                 total += tried
                 survived_all += survived
-                print(f"{entry:<8} {name:<7} {survived:>4}/{tried:<4}  "
-                      f"{'; '.join(failures) or '-'}", flush=True)
+                print(
+                    f"{entry:<8} {name:<7} {survived:>4}/{tried:<4}  {'; '.join(failures) or '-'}",
+                    flush=True,
+                )
             status = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
             ok = status.returncode in (0, 1) and not history_ok(work / entry)
-            print(f"{entry:<8} then a full run: exit {status.returncode} "
-                  f"({'ok' if ok else 'BROKEN: ' + status.stderr[-400:]})", flush=True)
+            print(
+                f"{entry:<8} then a full run: exit {status.returncode} "
+                f"({'ok' if ok else 'BROKEN: ' + status.stderr[-400:]})",
+                flush=True,
+            )
             if not ok:
                 survived_all -= 1
-        print(f"kills survived: {survived_all}/{total} ({redrawn} moment(s) redrawn: the run "
-              f"had ended; {(time.monotonic() - started) / 60:.1f} min)")
+        print(
+            f"kills survived: {survived_all}/{total} ({redrawn} moment(s) redrawn: the run "
+            f"had ended; {(time.monotonic() - started) / 60:.1f} min)"
+        )
         return 0 if survived_all == total else 1
 
 

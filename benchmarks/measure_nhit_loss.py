@@ -32,8 +32,9 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=25000)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    built = kernel.build(kernel.BuildRequest(kernel=args.kernel, series=args.series),
-                         Progress.quiet())
+    built = kernel.build(
+        kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
+    )
     target = compile_target("hits")
     with VM(built, image.build_image(), MachineSpec(smp=args.smp, tcg_threads="multi")) as vm:
         guest = Guest(vm)
@@ -44,18 +45,23 @@ def main() -> int:
             guest.reset_tracing()
             guest.add_probe(probe)
             guest.run("echo 0 > /sys/kernel/tracing/tracing_on", check=True)
-            out = guest.run([path, "mov", str(args.threads), str(args.iterations)],
-                            timeout=600, check=True).stdout
+            out = guest.run(
+                [path, "mov", str(args.threads), str(args.iterations)], timeout=600, check=True
+            ).stdout
             calls = int(dict(w.split("=") for w in out.split())["calls"])
             losses.append(calls - guest.hits(["prof"])["prof"].profile)
             guest.remove_probes()
     shown = sum(1 for loss in losses if loss > 0)
-    print(f"{built.label} {built.series or '(no series)'}: smp={args.smp}, "
-          f"{args.threads} threads x {args.iterations} calls, {args.runs} runs")
+    print(
+        f"{built.label} {built.series or '(no series)'}: smp={args.smp}, "
+        f"{args.threads} threads x {args.iterations} calls, {args.runs} runs"
+    )
     print(f"lost hits per run: {losses}")
-    print(f"runs that showed the bug: {shown}/{args.runs}, median loss "
-          f"{statistics.median(losses)} of {args.threads * args.iterations} "
-          f"({100 * statistics.median(losses) / (args.threads * args.iterations):.3f}%)")
+    print(
+        f"runs that showed the bug: {shown}/{args.runs}, median loss "
+        f"{statistics.median(losses)} of {args.threads * args.iterations} "
+        f"({100 * statistics.median(losses) / (args.threads * args.iterations):.3f}%)"
+    )
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
-STOP_TIMEOUT = 30.0         # seconds between the SIGINT and the SIGKILL of a stopped child
+STOP_TIMEOUT = 30.0  # seconds between the SIGINT and the SIGKILL of a stopped child
 
 
 HELD = {signal.SIGINT, signal.SIGTERM}
@@ -63,8 +63,7 @@ class Spawner:
     def call(self, fn):
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, daemon=True,
-                                                name="uph-spawner")
+                self._thread = threading.Thread(target=self._serve, daemon=True, name="uph-spawner")
                 self._thread.start()
         done: list = []
         self._requests.put((fn, done))
@@ -79,7 +78,7 @@ class Spawner:
             if ok and isinstance(value, subprocess.Popen):
                 value.kill()
                 value.wait()
-            elif ok and hasattr(value, "terminate"):       # a pexpect child
+            elif ok and hasattr(value, "terminate"):  # a pexpect child
                 value.terminate(force=True)
             raise
         ok, value = done[0]
@@ -140,6 +139,7 @@ def sigterm_interrupts():
 
 
 # -- the process tree, read from /proc (the kill tests: what is left after a signal) --------
+
 
 def _stat_fields(pid: int) -> list[str]:
     """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""

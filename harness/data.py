@@ -85,7 +85,7 @@ def entry_name(raw: Any, location: str) -> str:
     if not parts:
         return "top level"
     tables = next((n for n, part in enumerate(parts) if part.startswith("[[")), len(parts))
-    if tables:                         # leading plain tables as their header: [avx.maps]
+    if tables:  # leading plain tables as their header: [avx.maps]
         parts[:tables] = [f"[{'.'.join(parts[:tables])}]"]
     return ".".join(parts)
 
@@ -108,27 +108,30 @@ _STEP = re.compile(r'\.([A-Za-z0-9_-]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
 
 def _steps(location: str) -> list[str | int]:
     """'$.a[2]["b:c"]' -> ['a', 2, 'b:c']."""
-    return [int(index) if index else key or json.loads(quoted)
-            for key, index, quoted in _STEP.findall(location.removeprefix("$"))]
+    return [
+        int(index) if index else key or json.loads(quoted)
+        for key, index, quoted in _STEP.findall(location.removeprefix("$"))
+    ]
 
 
 def _explain(message: str, raw: Any, schema: Any, path: Path | str) -> str:
     found = _MSG.match(message)
     assert found is not None
     what, at = found["what"], _name_keys(found["at"] or "$", raw, schema)
-    if (unknown := re.match(r"Object contains unknown field `(.+)`", what)):
+    if unknown := re.match(r"Object contains unknown field `(.+)`", what):
         known = _fields_at(schema, at)
-        what = f"unknown key {unknown[1]!r}" + (f"; known keys: {', '.join(known)}"
-                                                if known else "")
-    elif (missing := re.match(r"Object missing required field `(.+)`", what)):
+        what = f"unknown key {unknown[1]!r}" + (
+            f"; known keys: {', '.join(known)}" if known else ""
+        )
+    elif missing := re.match(r"Object missing required field `(.+)`", what):
         what = f"missing key {missing[1]!r}"
         at = at if at != "$" else "$"
     else:
         leaf = re.search(r"\.([A-Za-z0-9_-]+)((?:\[\d+\])*)$", at)
-        if leaf:                       # a wrong value: name its key, point at its entry
+        if leaf:  # a wrong value: name its key, point at its entry
             items = "".join(f": item {int(n) + 1}" for n in re.findall(r"\d+", leaf[2]))
             what = f"{leaf[1]}{items}: {what[0].lower()}{what[1:]}"
-            at = at[:leaf.start()] or "$"
+            at = at[: leaf.start()] or "$"
     return f"{path}: {entry_name(raw, at)}: {what}"
 
 
@@ -138,11 +141,17 @@ def _name_keys(location: str, raw: Any, schema: Any) -> str:
     pieces = location.split("[...]")
     named = pieces[0]
     for number, piece in enumerate(pieces[1:], start=1):
-        unnamed = "[...]".join(pieces[:number]) + "[...]"     # as msgspec writes the prefix
+        unnamed = "[...]".join(pieces[:number]) + "[...]"  # as msgspec writes the prefix
         steps = _steps(named)
         table = _node(raw, steps)
-        culprit = next((key for key in (table if isinstance(table, dict) else ())
-                        if _fails_under(_with_only(raw, steps, key), schema, unnamed)), None)
+        culprit = next(
+            (
+                key
+                for key in (table if isinstance(table, dict) else ())
+                if _fails_under(_with_only(raw, steps, key), schema, unnamed)
+            ),
+            None,
+        )
         if culprit is None:
             return named + "[...]" + "[...]".join(pieces[number:])
         named += key_step(culprit) + piece
@@ -162,8 +171,9 @@ def _with_only(raw: Any, steps: list[str | int], key: str) -> Any:
     step, rest = steps[0], steps[1:]
     if isinstance(raw, dict):
         return {**raw, step: _with_only(raw[step], rest, key)}
-    return [_with_only(item, rest, key) if number == step else item
-            for number, item in enumerate(raw)]
+    return [
+        _with_only(item, rest, key) if number == step else item for number, item in enumerate(raw)
+    ]
 
 
 def _fails_under(raw: Any, schema: Any, prefix: str) -> bool:
@@ -187,8 +197,10 @@ def _fields_at(schema: Any, location: str) -> list[str]:
                 info = info.value_type
             else:
                 return []
-        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.TupleType |
-                        msgspec.inspect.VarTupleType):
+        elif isinstance(
+            info,
+            msgspec.inspect.ListType | msgspec.inspect.TupleType | msgspec.inspect.VarTupleType,
+        ):
             info = getattr(info, "item_type", None)
         if info is None:
             return []

@@ -43,6 +43,7 @@ def _rich_handler() -> logging.Handler:
 
     class _Rich(_OurHandler, RichHandler):
         pass
+
     return _Rich(show_time=False, show_path=False, markup=False)
 
 
@@ -71,7 +72,7 @@ class Progress:
         self._expected: int | None = None
         self._started = 0.0
         self._label = ""
-        self._rich: Any = None           # a rich.progress.Progress while one is shown
+        self._rich: Any = None  # a rich.progress.Progress while one is shown
         self._task: Any = None
 
     @classmethod
@@ -97,8 +98,14 @@ class Progress:
                 TimeRemainingColumn,
             )
             from rich.progress import Progress as RichProgress
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn()]
+
+            columns = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            ]
             self._rich = RichProgress(*columns, transient=True)
             self._rich.start()
             self._task = self._rich.add_task(label, total=expected)

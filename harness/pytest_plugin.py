@@ -35,13 +35,22 @@ MARKERS = {
 
 def pytest_addoption(parser):
     group = parser.getgroup("uprobe-harness")
-    group.addoption("--kernel", default=os.environ.get("UPH_KERNEL", ""),
-                    help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], bzImage")
-    group.addoption("--series", default=os.environ.get("UPH_SERIES"),
-                    help="patch series (default: the kernel's default series; 'none')")
+    group.addoption(
+        "--kernel",
+        default=os.environ.get("UPH_KERNEL", ""),
+        help="debian:6.1 (default), debian:6.12, /path/to/linux[@REV], bzImage",
+    )
+    group.addoption(
+        "--series",
+        default=os.environ.get("UPH_SERIES"),
+        help="patch series (default: the kernel's default series; 'none')",
+    )
     group.addoption("--config-fragment", action="append", default=[], dest="config_fragments")
-    group.addoption("--smp", default=os.environ.get("UPH_SMP", "1,4"),
-                    help="vCPU counts for SMP-parametrized scenarios, e.g. 1,4")
+    group.addoption(
+        "--smp",
+        default=os.environ.get("UPH_SMP", "1,4"),
+        help="vCPU counts for SMP-parametrized scenarios, e.g. 1,4",
+    )
     group.addoption("--accel", default=os.environ.get("UPH_ACCEL", "auto"))
     group.addoption("--repeat", type=int, default=1, help="repeat race-sensitive checks N times")
 
@@ -58,36 +67,43 @@ def _smp_values(config) -> list[int]:
     try:
         values = [int(v) for v in str(config.getoption("--smp")).split(",") if v.strip()]
     except ValueError as error:
-        raise pytest.UsageError(f"--smp takes a comma-separated list of integers: {error}") \
-            from error
+        raise pytest.UsageError(
+            f"--smp takes a comma-separated list of integers: {error}"
+        ) from error
     return values or [1]
 
 
 def pytest_generate_tests(metafunc):
     if "smp" in metafunc.fixturenames:
-        params = [pytest.param(n, marks=[pytest.mark.smp] if n >= 2 else [], id=f"smp{n}")
-                  for n in _smp_values(metafunc.config)]
+        params = [
+            pytest.param(n, marks=[pytest.mark.smp] if n >= 2 else [], id=f"smp{n}")
+            for n in _smp_values(metafunc.config)
+        ]
         metafunc.parametrize("smp", params)
 
 
 # -- verdicts ----------------------------------------------------------------------------------
 
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and call.excinfo is not None and not any(
-            name == "exception" for name, _ in item.user_properties):
+    if (
+        report.failed
+        and call.excinfo is not None
+        and not any(name == "exception" for name, _ in item.user_properties)
+    ):
         # the exception's class, for the tools that read the JUnit (main, bisect, mutate):
         # recorded by the harness, so a guest's output in a message cannot fake it
         kind = call.excinfo.type
         prop = ("exception", f"{kind.__module__}.{kind.__qualname__}")
         item.user_properties.append(prop)
-        if prop not in report.user_properties:     # a teardown report copied them already
+        if prop not in report.user_properties:  # a teardown report copied them already
             report.user_properties.append(prop)
     g: Guest | None = item.stash.get(GUEST, None)
     if call.when == "teardown" and g is not None and report.passed:
-        _attribute_teardown(item, g, report)   # e.g. a splat while the probes were removed
+        _attribute_teardown(item, g, report)  # e.g. a splat while the probes were removed
     if call.when != "call":
         return
     if g is not None:
@@ -99,13 +115,13 @@ def pytest_runtest_makereport(item, call):
     if bug is None:
         return
     crash_title = dict(item.user_properties).get("crash_title", "")
-    state = "unclear"                     # failed, but not as the entry says it must
-    if report.failed and (not getattr(report, CRASHED, False)
-                          or bug.explains_crash(crash_title)):
+    state = "unclear"  # failed, but not as the entry says it must
+    if report.failed and (not getattr(report, CRASHED, False) or bug.explains_crash(crash_title)):
         report.outcome = "skipped"
-        report.wasxfail = f"known bug: {bug.reason} ({bug.link})" + \
-            (f" [{crash_title}]" if crash_title else "")
-        setattr(report, CRASHED, False)     # the splat is the known bug's
+        report.wasxfail = f"known bug: {bug.reason} ({bug.link})" + (
+            f" [{crash_title}]" if crash_title else ""
+        )
+        setattr(report, CRASHED, False)  # the splat is the known bug's
         state = "showed"
     elif report.passed:
         # the entry says this kernel has the bug: a pass means the table is stale
@@ -127,7 +143,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
             pass
     end = vm.console_offset()
     text = vm.console_since(item.stash.get(CONSOLE_START, 0), end)
-    item.stash[CONSOLE_START] = end      # the teardown is checked from here on
+    item.stash[CONSOLE_START] = end  # the teardown is checked from here on
     findings = console.scan(text, boot_banner_expected=False)
     problem = title = None
     if findings:
@@ -158,7 +174,7 @@ def _attribute_teardown(item, g: Guest, report) -> None:
     problem = None
     if findings:
         problem = f"crashed in teardown: kernel {findings[0].title}\n{findings[0].excerpt}"
-    elif not vm.alive() and not vm.closed:   # the last test's teardown closes the pool
+    elif not vm.alive() and not vm.closed:  # the last test's teardown closes the pool
         problem = f"crashed in teardown: the VM died (console: {vm.console_log})"
     if problem is None:
         return
@@ -173,5 +189,3 @@ def _attribute_teardown(item, g: Guest, report) -> None:
 def pytest_report_teststatus(report, config):
     if getattr(report, CRASHED, False) and report.when == "call":
         return "failed", "C", "CRASHED"
-
-

@@ -16,21 +16,27 @@ from harness.probing.targets import compile_target
 
 # per-test state the verdict hooks read (harness.pytest_plugin)
 GUEST = pytest.StashKey[Guest]()
-CONSOLE_START = pytest.StashKey[int]()     # where the test's window of the console begins
+CONSOLE_START = pytest.StashKey[int]()  # where the test's window of the console begins
 
 
 # -- session objects ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def kernel(request):
     from harness.build.kernel import BuildRequest, build
     from harness.progress import Progress
+
     config = request.config
     try:
-        return build(BuildRequest(kernel=config.getoption("--kernel"),
-                                  series=config.getoption("--series"),
-                                  fragments=tuple(config.getoption("config_fragments"))),
-                     Progress.auto())
+        return build(
+            BuildRequest(
+                kernel=config.getoption("--kernel"),
+                series=config.getoption("--series"),
+                fragments=tuple(config.getoption("config_fragments")),
+            ),
+            Progress.auto(),
+        )
     except HarnessError as error:
         pytest.exit(f"uprobe-harness: cannot build the kernel under test: {error}", returncode=3)
 
@@ -38,6 +44,7 @@ def kernel(request):
 @pytest.fixture(scope="session")
 def image():
     from harness.machine.image import build_image
+
     return build_image()
 
 
@@ -45,7 +52,7 @@ def image():
 class _Slot:
     vm: VM
     guest: Guest
-    spoiled: bool = False      # left in a state later tests must not inherit
+    spoiled: bool = False  # left in a state later tests must not inherit
 
 
 class VMPool:
@@ -58,6 +65,7 @@ class VMPool:
 
     def get(self, smp: int, tcg: str) -> Guest:
         from harness.machine.vm import VM, MachineSpec
+
         key = (smp, tcg)
         slot = self._slots.get(key)
         if slot is not None and slot.vm.alive() and not slot.spoiled:
@@ -66,8 +74,13 @@ class VMPool:
             self.retire(slot.guest)
         self._serial += 1
         spec = MachineSpec(smp=smp, accel=self.accel, tcg_threads=tcg)
-        vm = VM(self.kernel, self.image, spec, name=f"smp{smp}-{tcg}-{self._serial}",
-                workdir=self.workdir / f"vm-smp{smp}-{tcg}-{self._serial}")
+        vm = VM(
+            self.kernel,
+            self.image,
+            spec,
+            name=f"smp{smp}-{tcg}-{self._serial}",
+            workdir=self.workdir / f"vm-smp{smp}-{tcg}-{self._serial}",
+        )
         vm.start()
         guest = Guest(vm)
         try:
@@ -102,8 +115,9 @@ class VMPool:
 
 @pytest.fixture(scope="session")
 def vm_pool(request, kernel, image, tmp_path_factory):
-    pool = VMPool(kernel, image, request.config.getoption("--accel"),
-                  tmp_path_factory.mktemp("vms"))
+    pool = VMPool(
+        kernel, image, request.config.getoption("--accel"), tmp_path_factory.mktemp("vms")
+    )
     yield pool
     pool.close()
 
@@ -112,8 +126,7 @@ def _wanted_machine(request) -> tuple[int, str]:
     marker = request.node.get_closest_marker("vm")
     kwargs = dict(marker.kwargs) if marker else {}
     callspec = getattr(request.node, "callspec", None)
-    smp = callspec.params["smp"] if callspec and "smp" in callspec.params else \
-        kwargs.get("smp", 1)
+    smp = callspec.params["smp"] if callspec and "smp" in callspec.params else kwargs.get("smp", 1)
     return smp, kwargs.get("tcg", "exact")
 
 
@@ -129,11 +142,17 @@ def guest(request, vm_pool) -> Guest:
         mode = "multi" if smp == 1 or candidate.selfcheck.xmc_exact else "single"
     g = vm_pool.get(smp, mode)
     record, check = g.record, g.selfcheck
-    for name, value in (("kernel", g.vm.kernel.label), ("kernel_identity", record.kernel_identity),
-                        ("kernel_release", record.kernel_release), ("accel", record.accel),
-                        ("tcg_threads", record.tcg_threads), ("vcpus", record.vcpus_seen),
-                        ("xmc_stale", check.xmc_stale), ("xmc_runs", check.xmc_runs),
-                        ("console_log", g.vm.console_log)):
+    for name, value in (
+        ("kernel", g.vm.kernel.label),
+        ("kernel_identity", record.kernel_identity),
+        ("kernel_release", record.kernel_release),
+        ("accel", record.accel),
+        ("tcg_threads", record.tcg_threads),
+        ("vcpus", record.vcpus_seen),
+        ("xmc_stale", check.xmc_stale),
+        ("xmc_runs", check.xmc_runs),
+        ("console_log", g.vm.console_log),
+    ):
         request.node.user_properties.append((name, value))
     request.node.stash[GUEST] = g
     request.node.stash[CONSOLE_START] = g.vm.console_offset()
@@ -144,9 +163,11 @@ def guest(request, vm_pool) -> Guest:
 @pytest.fixture
 def target(guest):
     """target('hits') -> guest path of the compiled, uploaded program (and host binary)."""
+
     def make(name: str):
         compiled = compile_target(name)
         return guest.upload(compiled), compiled.binary
+
     return make
 
 
@@ -156,19 +177,20 @@ class UprobeSession:
         self.probes: list[Probe] = []
         guest.reset_tracing()
 
-    def add(self, name: str, guest_path: str, host_binary, location: str,
-            kind: str = "p") -> Probe:
+    def add(self, name: str, guest_path: str, host_binary, location: str, kind: str = "p") -> Probe:
         probe = Probe(name, guest_path, symbol_offset(host_binary, location), kind)
         self.guest.add_probe(probe)
         self.probes.append(probe)
         return probe
 
-    def add_many(self, guest_path: str, host_binary, named: dict[str, str],
-                 kind: str = "p") -> list[Probe]:
+    def add_many(
+        self, guest_path: str, host_binary, named: dict[str, str], kind: str = "p"
+    ) -> list[Probe]:
         """{probe name: location} registered in one guest command."""
         offsets = symbol_offsets(host_binary, list(named.values()))
-        batch = [Probe(name, guest_path, offsets[location], kind)
-                 for name, location in named.items()]
+        batch = [
+            Probe(name, guest_path, offsets[location], kind) for name, location in named.items()
+        ]
         self.guest.add_probes(batch)
         self.probes.extend(batch)
         return batch
@@ -215,6 +237,7 @@ def insn_family(request, guest, _insn_results):
             name = family if bits == 64 else f"{family}{bits}"
             program = insn.build_program(runnable, name, bits=bits)
             from harness.probing.targets import target_from_binary
+
             path = guest.upload(target_from_binary(name, program.binary, program.digest))
             verdicts = transparency.run_cases(guest, program, path)
             missing = {c.name: [n for n in c.needs if n not in flags] for c in unsupported}
@@ -223,6 +246,7 @@ def insn_family(request, guest, _insn_results):
             # markers); the first test's own window starts after the run
             request.node.stash[CONSOLE_START] = guest.vm.console_offset()
         return _insn_results[key]
+
     return run
 
 
@@ -230,11 +254,12 @@ def insn_family(request, guest, _insn_results):
 def instruction_sweep(request, guest, kernel, _insn_results):
     """The sweep report for this guest (run once per guest and session)."""
     from harness.sweep import runner as sweep
+
     key = (id(guest), "sweep")
     if key not in _insn_results:
         try:
             _insn_results[key] = sweep.sweep_guest(guest, kernel)
-        except Exception as error:          # one failed sweep, not one per class test
+        except Exception as error:  # one failed sweep, not one per class test
             _insn_results[key] = error
         request.node.stash[CONSOLE_START] = guest.vm.console_offset()
     if isinstance(_insn_results[key], Exception):
@@ -251,7 +276,7 @@ def check_case(request, results, case: str) -> None:
     request.node.user_properties.append(("outcome", verdict.outcome))
     if verdict.fx_pointer_differs:
         request.node.user_properties.append(("note", "x87 FIP/FDP show the XOL slot"))
-    if verdict.outcome == "refused":      # every case is an insn uprobes should support
+    if verdict.outcome == "refused":  # every case is an insn uprobes should support
         pytest.fail(f"refused by the kernel: {verdict.detail}")
     if verdict.outcome == "crashed":
         request.node.user_properties.append(("verdict", "crashed"))

@@ -17,8 +17,9 @@ from harness.scenarios import check_case
 
 pytestmark = [pytest.mark.fp, pytest.mark.vm(smp=1)]
 CASES = [c.name for c in load_cases(REPO_ROOT / "testcases" / "cases" / "fp.toml")]
-COMPAT_CASES = [c.name for c in
-                compat_cases(load_cases(REPO_ROOT / "testcases" / "cases" / "fp.toml"))]
+COMPAT_CASES = [
+    c.name for c in compat_cases(load_cases(REPO_ROOT / "testcases" / "cases" / "fp.toml"))
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -29,4 +30,3 @@ def test_fp_instruction_transparent(request, insn_family, case):
 @pytest.mark.parametrize("case", COMPAT_CASES)
 def test_fp_instruction_transparent_compat(request, insn_family, case):
     check_case(request, insn_family("fp", bits=32), case)
-

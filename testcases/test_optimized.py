@@ -29,10 +29,10 @@ from harness.probing import probes
 pytestmark = pytest.mark.optimized
 
 NOP10 = "662e0f1f840000000000"
-INT3_STAGED = "cc2e0f1f840000000000"      # the first hit goes through this int3
-OPTIMIZED = "488d642480e8"                # lea -0x80(%rsp),%rsp; call rel32
-UNOPTIMIZED = "662e0f1f84e8"              # nop10 again, the call's rel32 kept as its disp32
-INT3_UNOPTIMIZED = "cc2e0f1f84e8"         # re-registered after that: int3, the rel32 still kept
+INT3_STAGED = "cc2e0f1f840000000000"  # the first hit goes through this int3
+OPTIMIZED = "488d642480e8"  # lea -0x80(%rsp),%rsp; call rel32
+UNOPTIMIZED = "662e0f1f84e8"  # nop10 again, the call's rel32 kept as its disp32
+INT3_UNOPTIMIZED = "cc2e0f1f84e8"  # re-registered after that: int3, the rel32 still kept
 ITERATIONS = 300
 
 
@@ -48,8 +48,9 @@ def _has_optimizer(guest) -> bool:
     trampoline's) is in kallsyms. Where it is, a nop10 that stays int3 is a failure. Asked
     once per booted machine (the pool reuses machines across tests)."""
     if guest.vm not in _OPTIMIZER:
-        symbols = guest.run("grep -c -E ' (__x64_sys_uprobe|__do_sys_uprobe)$' "
-                            "/proc/kallsyms || true", check=True)
+        symbols = guest.run(
+            "grep -c -E ' (__x64_sys_uprobe|__do_sys_uprobe)$' /proc/kallsyms || true", check=True
+        )
         _OPTIMIZER[guest.vm] = symbols.stdout.strip() not in ("", "0")
     return _OPTIMIZER[guest.vm]
 
@@ -62,8 +63,13 @@ def _assert_optimized_where_possible(guest, site: str) -> None:
 
 
 def _path(site: str) -> str:
-    return ("optimized" if site.startswith(OPTIMIZED) else
-            "int3" if site == INT3_STAGED else f"unexpected bytes {site}")
+    return (
+        "optimized"
+        if site.startswith(OPTIMIZED)
+        else "int3"
+        if site == INT3_STAGED
+        else f"unexpected bytes {site}"
+    )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -74,8 +80,9 @@ def test_nop10_probe_is_exact_and_transparent(request, guest, target, uprobe, th
     path, binary = target("opt")
     uprobe.add("opt", path, binary, "site_opt")
     result = guest.run([path, "state", str(threads), str(ITERATIONS)], timeout=600)
-    assert result.status == 0, f"probed program failed ({result.status}): {result.stdout}" \
-                               f"{result.stderr}"
+    assert result.status == 0, (
+        f"probed program failed ({result.status}): {result.stdout}{result.stderr}"
+    )
     f = _fields(result.stdout)
     calls = int(f["calls"])
     mode = _path(f["site"])
@@ -87,8 +94,9 @@ def test_nop10_probe_is_exact_and_transparent(request, guest, target, uprobe, th
     assert hits.trace == calls, f"trace saw {hits.trace} hits for {calls} calls ({mode})"
     assert mode in ("optimized", "int3"), mode
     for what in ("gpr", "flags", "xmm", "redzone"):
-        assert int(f[f"{what}_bad"]) == 0, \
+        assert int(f[f"{what}_bad"]) == 0, (
             f"{f[f'{what}_bad']} of {calls} calls changed the {what} state ({mode} path)"
+        )
     below = int(f["below_bad"])
     if mode == "int3":
         assert below == 0, "the int3 path wrote below the stack pointer"
@@ -117,9 +125,10 @@ def test_nop10_site_bytes_in_every_state(guest, target, uprobe):
         "  sleep 0.05; i=$((i+1)); done\n"
         f"{probes.enable_command(probe, on=False)} || exit 91\n"
         "kill -USR1 $p0 $p3; wait $p0; s0=$?; wait $p3; s3=$?\n"
-        "echo \"status0=$s0 status3=$s3\"\n"
+        'echo "status0=$s0 status3=$s3"\n'
         "sed 's/^/never_hit_/; s/ \\([a-z]\\)/ never_hit_\\1/g' /tmp/uph-opt0\n"
-        "sed 's/^/hit_/; s/ \\([a-z]\\)/ hit_\\1/g' /tmp/uph-opt3\n")
+        "sed 's/^/hit_/; s/ \\([a-z]\\)/ hit_\\1/g' /tmp/uph-opt3\n"
+    )
     result = guest.run(["sh", "-c", script], timeout=120)
     assert result.status == 0, result.stdout + result.stderr
     f = _fields(result.stdout)
@@ -128,16 +137,20 @@ def test_nop10_site_bytes_in_every_state(guest, target, uprobe):
     assert f["never_hit_detached"] == NOP10, result.stdout
     if not f["hit_site"].startswith(OPTIMIZED):
         assert f["hit_site"] == INT3_STAGED and f["hit_detached"] == NOP10, result.stdout
-        assert not _has_optimizer(guest), \
+        assert not _has_optimizer(guest), (
             f"the nop10 hit 3 times reads {f['hit_site']} on a kernel with the uprobe syscall"
-        pytest.skip(f"this kernel does not optimize uprobes: the nop10 probed and hit 3 times "
-                    f"still reads {f['hit_site']} (int3 staged)")
+        )
+        pytest.skip(
+            f"this kernel does not optimize uprobes: the nop10 probed and hit 3 times "
+            f"still reads {f['hit_site']} (int3 staged)"
+        )
     assert f["hit_site_tramp"] == "[uprobes-trampoline]", result.stdout
     assert f["hit_site_call_target"] == "in", result.stdout
     assert f["hit_detached"].startswith(UNOPTIMIZED), result.stdout
     assert f["hit_detached"][12:] == f["hit_site"][12:], "the call's rel32 was not kept"
-    assert f["hit_detached_call_target"] == "in", \
+    assert f["hit_detached_call_target"] == "in", (
         "the trampoline mapping went away with the probe: " + result.stdout
+    )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -155,7 +168,7 @@ def test_nop10_across_a_page_boundary_is_hit(guest, target, uprobe):
 
 
 @pytest.mark.vm(tcg="exact")
-@pytest.mark.parametrize("k", range(10), ids=[f"{0xff6 + k:#x}" for k in range(10)])
+@pytest.mark.parametrize("k", range(10), ids=[f"{0xFF6 + k:#x}" for k in range(10)])
 def test_nop10_at_the_end_of_a_page(guest, target, uprobe, k):
     """The nop10 at each of the last ten bytes of a page (opt tail: site_tailK at page offset
     0xff6 + K): at 0xff6 it ends on the page boundary and may be optimized; from 0xff7 on it
@@ -166,17 +179,19 @@ def test_nop10_at_the_end_of_a_page(guest, target, uprobe, k):
     result = guest.run([path, "tail", "20"], timeout=120)
     assert result.status == 0, result.stdout + result.stderr
     f = _fields(result.stdout)
-    assert int(f[f"tail{k}_offset"], 16) == 0xff6 + k, result.stdout
+    assert int(f[f"tail{k}_offset"], 16) == 0xFF6 + k, result.stdout
     assert f[f"tail{k}_bad"] == "0", result.stdout
     site = f[f"tail{k}_site"]
     if k:
-        assert not site.startswith(OPTIMIZED), \
+        assert not site.startswith(OPTIMIZED), (
             f"a nop10 straddling the page by {k} bytes was rewritten: {site}"
+        )
     elif _has_optimizer(guest):
-        assert site.startswith(OPTIMIZED), \
+        assert site.startswith(OPTIMIZED), (
             f"the nop10 ending on the page boundary (0xff6) was not optimized: {site}"
+        )
     hits = uprobe.hits()["tail"]
-    assert hits.trace == 20, f"{hits.trace} hits for 20 calls of the nop10 at {0xff6 + k:#x}"
+    assert hits.trace == 20, f"{hits.trace} hits for 20 calls of the nop10 at {0xFF6 + k:#x}"
 
 
 def test_uprobe_syscall_from_ordinary_code_is_refused(guest, target):
@@ -188,8 +203,9 @@ def test_uprobe_syscall_from_ordinary_code_is_refused(guest, target):
     f = _fields(result.stdout)
     assert f["sys336"] == "-1", result.stdout
     wanted = errno.EPROTO if has_syscall else errno.ENOSYS
-    assert int(f["errno"]) == wanted, \
+    assert int(f["errno"]) == wanted, (
         f"syscall 336 from ordinary code: errno {f['errno']}, expected {wanted}"
+    )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -212,20 +228,26 @@ def test_entry_and_return_probes_on_a_nop10_function(guest, target, uprobe, smp)
 
 # -- the optimized path in unusual surroundings (opt_env.c) --------------------------------
 
+
 def _optimizes_or_skip(guest, f: dict[str, str], key: str, what: str) -> None:
     """Skip where the kernel has no optimizer (the site hit stays int3-staged). A site that
     still reads the original nop10 after being hit was never probed at all, and one that
     stays int3 on a kernel with the optimizer was not optimized: both are failures."""
     site = f.get(key, "")
     if site == NOP10:
-        pytest.fail(f"the probe was never installed: {what} still reads the original nop10 "
-                    f"{site} after being hit")
+        pytest.fail(
+            f"the probe was never installed: {what} still reads the original nop10 "
+            f"{site} after being hit"
+        )
     if not site.startswith(OPTIMIZED):
         if _has_optimizer(guest):
-            pytest.fail(f"{what} reads {site or 'nothing'} after being hit, on a kernel that "
-                        f"has the uprobe syscall: it was not optimized")
-        pytest.skip(f"this kernel does not optimize uprobes: {what} still reads {site} "
-                    f"after being hit")
+            pytest.fail(
+                f"{what} reads {site or 'nothing'} after being hit, on a kernel that "
+                f"has the uprobe syscall: it was not optimized"
+            )
+        pytest.skip(
+            f"this kernel does not optimize uprobes: {what} still reads {site} after being hit"
+        )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -241,29 +263,34 @@ def test_trampoline_reach_at_the_rel32_boundary(request, guest, target, uprobe, 
     result = guest.run([path, "reach", case], timeout=120)
     f = _fields(result.stdout)
     assert "setup" not in f, f"the scenario could not map its pages: {result.stdout}"
-    if "distance" not in f:       # it did not get past the first mapping
-        assert "crashed" not in f and "wrong_result" not in f, \
+    if "distance" not in f:  # it did not get past the first mapping
+        assert "crashed" not in f and "wrong_result" not in f, (
             f"the first mapping's probed nop10 misbehaved: {result.stdout}"
-        assert f.get("home_call_target") in ("none", "in"), \
-            f"the first mapping's site {f.get('home_site')} calls " \
+        )
+        assert f.get("home_call_target") in ("none", "in"), (
+            f"the first mapping's site {f.get('home_site')} calls "
             f"{f.get('home_call_target')} a trampoline's start: {result.stdout}"
+        )
         _optimizes_or_skip(guest, f, "home_site", "the nop10 at 0x600000000ff6")
     request.node.user_properties.append(("distance", f.get("distance", "")))
     request.node.user_properties.append(("trampoline_reused", f.get("a_reused", "")))
     assert "crashed" not in f, (
         f"the call from the second mapping, which ends at T{-int(f['distance']):+#x} (T: "
         f"the first trampoline), did not reach a trampoline: the process took signal "
-        f"{f['crashed']} at T{int(f['fault']):+#x} ({result.stdout.strip()})")
+        f"{f['crashed']} at T{int(f['fault']):+#x} ({result.stdout.strip()})"
+    )
     assert result.status == 0, result.stdout + result.stderr
-    assert f["a_call_target"] == "in", \
+    assert f["a_call_target"] == "in", (
         f"the second mapping's site {f['a_site']} calls {f['a_call_target']} a trampoline"
+    )
     # a trampoline within reach is reused (the kernel keeps one per 2 GiB), one out of reach
     # is not: +2^31 - 4096 and -2^31 are within a rel32, +2^31 and -2^31 - 4096 are not
     reachable = case in ("plus_in", "minus_edge")
     assert f["a_reused"] == ("yes" if reachable else "no"), (
         f"the trampoline at {int(f['distance']):+#x} from the call's end is "
         f"{'within' if reachable else 'out of'} rel32 reach, but the kernel "
-        f"{'mapped another one' if reachable else 'reused it'}")
+        f"{'mapped another one' if reachable else 'reused it'}"
+    )
     hits = uprobe.hits()["edge"]
     assert hits.overruns == 0
     assert hits.trace == int(f["calls"]) == 6, f"{hits.trace} hits for {f['calls']} calls"
@@ -279,9 +306,10 @@ def test_no_room_for_a_trampoline(guest, target, uprobe):
     f = _fields(result.stdout)
     assert "setup" not in f, f"the scenario could not reserve its range: {result.stdout}"
     assert result.status == 0 and "crashed" not in f, result.stdout + result.stderr
-    assert f["a_call_target"] == "none" and f["a_site"] == INT3_STAGED, \
-        f"with no room for a trampoline the site must stay int3-staged: {f['a_site']} " \
+    assert f["a_call_target"] == "none" and f["a_site"] == INT3_STAGED, (
+        f"with no room for a trampoline the site must stay int3-staged: {f['a_site']} "
         f"(its call goes {f['a_call_target']} a trampoline)"
+    )
     hits = uprobe.hits()["edge"]
     assert hits.trace == int(f["calls"]) == 3, f"{hits.trace} hits for {f['calls']} calls"
 
@@ -297,18 +325,18 @@ def _serve_script(exe: str, steps: list[tuple[str, str]]) -> str:
         "d=$(mktemp -d) && mkfifo $d/in || exit 90",
         f"{exe} serve < $d/in > $d/out 2>&1 & b=$!",
         "exec 3> $d/in",
-        "ask() { kill -0 $b 2>/dev/null || { echo \"$1_serve_gone=1\"; return; };",
-        "  n=$(wc -l < $d/out); echo \"$2\" >&3; i=0;",
+        'ask() { kill -0 $b 2>/dev/null || { echo "$1_serve_gone=1"; return; };',
+        '  n=$(wc -l < $d/out); echo "$2" >&3; i=0;',
         "  while [ $(wc -l < $d/out) -le $n ] && [ $i -lt 400 ]; do",
         "    kill -0 $b 2>/dev/null || break; sleep 0.05; i=$((i+1)); done;",
         "  if [ $(wc -l < $d/out) -gt $n ]; then",
-        "    tail -n 1 $d/out | sed \"s/^/$1_/; s/ \\([a-z]\\)/ $1_\\1/g\";",
-        "  else echo \"$1_no_reply=1\"; fi; }",
+        '    tail -n 1 $d/out | sed "s/^/$1_/; s/ \\([a-z]\\)/ $1_\\1/g";',
+        '  else echo "$1_no_reply=1"; fi; }',
         "i=0; until grep -q ready $d/out || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done",
     ]
     for number, (kind, text) in enumerate(steps, 1):
         lines.append(f"ask s{number} {shlex.quote(text)}" if kind == "ask" else text)
-    lines += ["echo quit >&3 2>/dev/null; exec 3>&-; wait $b; echo \"serve_status=$?\""]
+    lines += ['echo quit >&3 2>/dev/null; exec 3>&-; wait $b; echo "serve_status=$?"']
     return "\n".join(lines) + "\n"
 
 
@@ -317,9 +345,10 @@ def _served(result) -> dict[str, str]:
     assert result.status == 0, result.stdout + result.stderr
     f = _fields(result.stdout)
     died = [key for key in f if key.endswith(("_no_reply", "_serve_gone"))]
-    assert not died and f.get("serve_status") == "0", \
-        f"the probed program died (status {f.get('serve_status')}, no reply from " \
+    assert not died and f.get("serve_status") == "0", (
+        f"the probed program died (status {f.get('serve_status')}, no reply from "
         f"{died[0].split('_')[0] if died else '-'}): {result.stdout}"
+    )
     return f
 
 
@@ -339,19 +368,26 @@ def test_optimization_failing_in_another_process(request, guest, target, uprobe)
     exe = shlex.quote(path)
     steps = [
         ("sh", f"{probes.enable_command(second, on=False)} || exit 91"),
-        ("ask", "call 3"), ("ask", "show"),                       # s2, s3: B optimized
-        ("sh", f"{exe} reach noroom"),                            # A: a_site=...
-        ("ask", "show"),                                           # s5: after A failed
-        ("sh", f"printf 'call 3\\nshow\\nquit\\n' | {exe} serve | tail -n 1 "
-               "| sed 's/^/c_/; s/ \\([a-z]\\)/ c_\\1/g'"),
+        ("ask", "call 3"),
+        ("ask", "show"),  # s2, s3: B optimized
+        ("sh", f"{exe} reach noroom"),  # A: a_site=...
+        ("ask", "show"),  # s5: after A failed
+        (
+            "sh",
+            f"printf 'call 3\\nshow\\nquit\\n' | {exe} serve | tail -n 1 "
+            "| sed 's/^/c_/; s/ \\([a-z]\\)/ c_\\1/g'",
+        ),
         ("sh", f"{probes.enable_command(second)} || exit 92"),
-        ("ask", "show"),                                           # s8: a second event
-        ("ask", "call 5"),                                         # s9
-        ("sh", f"{probes.enable_command(second, on=False)} && "
-               f"{probes.enable_command(first, on=False)} || exit 93"),
-        ("ask", "show"),                                           # s11: no probe left
-        ("ask", "call 5"),                                         # s12
-        ("ask", "lowsp"),                                          # s13
+        ("ask", "show"),  # s8: a second event
+        ("ask", "call 5"),  # s9
+        (
+            "sh",
+            f"{probes.enable_command(second, on=False)} && "
+            f"{probes.enable_command(first, on=False)} || exit 93",
+        ),
+        ("ask", "show"),  # s11: no probe left
+        ("ask", "call 5"),  # s12
+        ("ask", "lowsp"),  # s13
     ]
     result = guest.run(["sh", "-c", _serve_script(exe, steps)], timeout=180)
     f = _served(result)
@@ -366,17 +402,18 @@ def test_optimization_failing_in_another_process(request, guest, target, uprobe)
         pytest.skip(f"this kernel does not optimize uprobes: B's site reads {f['s3_site']}")
     assert f["a_site"] == INT3_STAGED and f["calls"] == "3", f"A, with no room: {result.stdout}"
     request.node.user_properties.append(("third_process_after_failure", f["c_site"]))
-    assert f["s5_site"].startswith(OPTIMIZED), \
-        f"A's failure changed B's site into {f['s5_site']}"
-    assert f["s8_site"].startswith(OPTIMIZED), \
-        f"enabling a second event wrote {f['s8_site']} over B's optimized site (expected " \
+    assert f["s5_site"].startswith(OPTIMIZED), f"A's failure changed B's site into {f['s5_site']}"
+    assert f["s8_site"].startswith(OPTIMIZED), (
+        f"enabling a second event wrote {f['s8_site']} over B's optimized site (expected "
         f"{OPTIMIZED}...)"
-    assert f["s11_site"].startswith(UNOPTIMIZED), \
-        f"with no probe left B's site reads {f['s11_site']}, not the nop10 " \
-        f"({UNOPTIMIZED}...)"
-    assert f["s13_lowsp_status"] == "0", \
-        f"a call of B's unprobed site on a stack at 0x...0040 ended with status " \
+    )
+    assert f["s11_site"].startswith(UNOPTIMIZED), (
+        f"with no probe left B's site reads {f['s11_site']}, not the nop10 ({UNOPTIMIZED}...)"
+    )
+    assert f["s13_lowsp_status"] == "0", (
+        f"a call of B's unprobed site on a stack at 0x...0040 ended with status "
         f"{f['s13_lowsp_status']} (signal {f['s13_lowsp_signal']}): the stack pointer moved"
+    )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -392,15 +429,20 @@ def test_trampoline_changed_by_the_program(request, guest, target, uprobe, how):
     probe = uprobe.add("site", path, binary, "site_tail0")
     exe = shlex.quote(path)
     steps = [
-        ("ask", "call 3"), ("ask", "show"),                        # s1, s2
-        ("ask", f"tramp {how}"),                                   # s3
-        ("ask", "child"),                                          # s4: probed, changed
+        ("ask", "call 3"),
+        ("ask", "show"),  # s1, s2
+        ("ask", f"tramp {how}"),  # s3
+        ("ask", "child"),  # s4: probed, changed
         ("sh", f"{probes.enable_command(probe, on=False)} || exit 91"),
-        ("ask", "show"), ("ask", "child"),                         # s6, s7: no probe
+        ("ask", "show"),
+        ("ask", "child"),  # s6, s7: no probe
         ("sh", f"{probes.enable_command(probe)} || exit 92"),
-        ("ask", "call 2"), ("ask", "show"),                        # s9, s10: probed again
+        ("ask", "call 2"),
+        ("ask", "show"),  # s9, s10: probed again
         ("sh", f"{probes.enable_command(probe, on=False)} || exit 93"),
-        ("ask", "show"), ("ask", "child"), ("ask", "lowsp"),       # s12-s14: no probe
+        ("ask", "show"),
+        ("ask", "child"),
+        ("ask", "lowsp"),  # s12-s14: no probe
     ]
     result = guest.run(["sh", "-c", _serve_script(exe, steps)], timeout=180)
     f = _served(result)
@@ -410,14 +452,17 @@ def test_trampoline_changed_by_the_program(request, guest, target, uprobe, how):
     if not f["s2_site"].startswith(OPTIMIZED):
         assert not _has_optimizer(guest), f"the site was not optimized: {f['s2_site']}"
         pytest.skip(f"this kernel does not optimize uprobes: the site reads {f['s2_site']}")
-    assert f[f"s3_tramp_{how}"] == "0", f"the program could not {how} the trampoline: " \
-                                        f"errno {f[f's3_tramp_{how}']}"
+    assert f[f"s3_tramp_{how}"] == "0", (
+        f"the program could not {how} the trampoline: errno {f[f's3_tramp_{how}']}"
+    )
     request.node.user_properties.append(("probed_call_after_change", f["s4_child_status"]))
-    assert f["s6_site"].startswith(UNOPTIMIZED) and f["s7_child_status"] == "0", \
-        f"with the probe removed the site reads {f['s6_site']} and a call ended with " \
+    assert f["s6_site"].startswith(UNOPTIMIZED) and f["s7_child_status"] == "0", (
+        f"with the probe removed the site reads {f['s6_site']} and a call ended with "
         f"status {f['s7_child_status']}: {result.stdout}"
-    assert f["s12_site"].startswith(UNOPTIMIZED), \
+    )
+    assert f["s12_site"].startswith(UNOPTIMIZED), (
         f"probed again and removed, the site reads {f['s12_site']}: {result.stdout}"
+    )
     assert f["s13_child_status"] == "0" and f["s14_lowsp_status"] == "0", result.stdout
     assert hits.trace == 3 + 2, f"{hits.trace} hits for 3 + 2 probed calls: {result.stdout}"
 
@@ -438,22 +483,31 @@ def test_probe_inside_an_optimized_nop10(guest, target, uprobe, order):
     late = inner if order == "inner_after" else outer
     steps = [
         ("sh", f"{probes.enable_command(late, on=False)} || exit 91"),
-        ("ask", "call 3"), ("ask", "show"),                        # s2, s3
+        ("ask", "call 3"),
+        ("ask", "show"),  # s2, s3
         ("sh", f"{probes.enable_command(late)} 2>/dev/null; echo late_enable=$?"),
-        ("ask", "child"), ("ask", "call 3"), ("ask", "show"),      # s5-s7
-        ("sh", f"{probes.enable_command(inner, on=False)} 2>/dev/null; "
-               f"{probes.enable_command(outer, on=False)} || exit 92"),
-        ("ask", "show"), ("ask", "child"),                         # s9, s10: no probe
+        ("ask", "child"),
+        ("ask", "call 3"),
+        ("ask", "show"),  # s5-s7
+        (
+            "sh",
+            f"{probes.enable_command(inner, on=False)} 2>/dev/null; "
+            f"{probes.enable_command(outer, on=False)} || exit 92",
+        ),
+        ("ask", "show"),
+        ("ask", "child"),  # s9, s10: no probe
     ]
     result = guest.run(["sh", "-c", _serve_script(exe, steps)], timeout=180)
     f = _served(result)
-    assert f["s5_child_status"] == "0", f"a call after the inner probe was enabled died: " \
-                                        f"{result.stdout}"
+    assert f["s5_child_status"] == "0", (
+        f"a call after the inner probe was enabled died: {result.stdout}"
+    )
     assert f["s2_bad"] == f["s6_bad"] == "0", result.stdout
     hits = uprobe.hits()
     outer_calls = 3 + 1 + 3 if order == "inner_after" else 1 + 3
-    assert hits["outer"].trace == outer_calls, \
+    assert hits["outer"].trace == outer_calls, (
         f"outer probe: {hits['outer'].trace} hits for {outer_calls} calls: {result.stdout}"
+    )
     assert hits["inner"].trace == 0, f"the probe inside the nop10 hit: {result.stdout}"
     assert f["s9_site"] in (NOP10,) or f["s9_site"].startswith(UNOPTIMIZED), result.stdout
     assert f["s10_child_status"] == "0", result.stdout
@@ -473,9 +527,10 @@ def test_stack_near_its_guard_page(guest, target, uprobe):
     f = _fields(result.stdout)
     hits = uprobe.hits()["site"]
     assert f["bad"] == "0" and hits.trace >= 3, f"{hits.trace} hits for 3 calls"
-    assert f["guard_status"] == "0", \
-        f"the probed call near the guard page ended with status {f['guard_status']} " \
+    assert f["guard_status"] == "0", (
+        f"the probed call near the guard page ended with status {f['guard_status']} "
         f"(signal {f['guard_signal']}); unprobed it returns"
+    )
     assert hits.trace == 4, f"{hits.trace} hits for 4 calls"
 
 
@@ -496,9 +551,10 @@ def test_probed_mapping_replaced_before_the_rewrite(request, guest, target, upro
     assert hits.trace > 0, "the probed nop10 was never hit"
     request.node.user_properties.append(("swaps_during_a_call", f["swap_raced"]))
     assert int(f["swap_raced"]) > 0, f"no swap happened during a call: {result.stdout}"
-    assert f["swap_foreign_written"] == "0", \
-        f"the kernel rewrote a mapping of another file at the probe's address in " \
+    assert f["swap_foreign_written"] == "0", (
+        f"the kernel rewrote a mapping of another file at the probe's address in "
         f"{f['swap_foreign_written']} of 2,000 rounds ({f.get('swap_foreign_bytes')})"
+    )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -517,16 +573,19 @@ def test_probe_under_syscall_user_dispatch(guest, target, uprobe, kind):
     f = _fields(result.stdout)
     if f.get("sud") == "unsupported":
         pytest.skip(f"this kernel has no syscall user dispatch (prctl errno {f['errno']})")
-    assert result.status == 0, \
-        f"the probed program died under syscall user dispatch (status {result.status}): " \
+    assert result.status == 0, (
+        f"the probed program died under syscall user dispatch (status {result.status}): "
         f"{result.stdout}{result.stderr}"
-    assert f["sigsys"] == "0", \
-        f"{f['sigsys']} SIGSYS for 50 probed calls (syscall {f['sigsys_nr']} from " \
+    )
+    assert f["sigsys"] == "0", (
+        f"{f['sigsys']} SIGSYS for 50 probed calls (syscall {f['sigsys_nr']} from "
         f"{f['sigsys_in']}): the probe's own syscall was dispatched to the program"
+    )
     assert f["calls"] == "50" and f["bad"] == "0", result.stdout
-    assert f["foreign_sigsys"] == "1" and f["foreign_nr"] == "336", \
-        f"a syscall 336 of the program's own, outside the allowed range, was not " \
+    assert f["foreign_sigsys"] == "1" and f["foreign_nr"] == "336", (
+        f"a syscall 336 of the program's own, outside the allowed range, was not "
         f"dispatched to it: {result.stdout}"
+    )
     if kind == "p":
         _assert_optimized_where_possible(guest, f["site"])
     hits = uprobe.hits()["sud"]
@@ -545,9 +604,10 @@ def test_probe_under_seccomp(guest, target, uprobe, mode):
     f = _fields(result.stdout)
     if f.get("seccomp") == "unsupported":
         pytest.skip(f"this kernel has no seccomp {mode} mode (errno {f['errno']})")
-    assert result.status == 0, \
-        f"the probed program died under seccomp {mode} (status {result.status}): " \
+    assert result.status == 0, (
+        f"the probed program died under seccomp {mode} (status {result.status}): "
         f"{result.stdout}{result.stderr}"
+    )
     assert f["calls"] == "50" and f["bad"] == "0", result.stdout
     _assert_optimized_where_possible(guest, f["site"])
     hits = uprobe.hits()
@@ -572,8 +632,9 @@ def test_fork_vfork_exec_after_optimization(guest, target, uprobe):
     assert hits.trace == 80, f"{hits.trace} hits for 4 x 20 calls"
     if f["parent_site"].startswith(OPTIMIZED) or _has_optimizer(guest):
         for who in ("parent", "fork", "exec"):
-            assert f[f"{who}_call_target"] == "in", \
+            assert f[f"{who}_call_target"] == "in", (
                 f"{who}: the site {f[f'{who}_site']} calls outside every trampoline"
+            )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -594,11 +655,13 @@ def test_thread_stopped_between_lea_and_call(guest, target, uprobe, action):
     assert f["reached_between"] == "yes", result.stdout
     assert f["toggle_failed"] == "0" and f["mem_unread"] == "0", result.stdout
     wanted = UNOPTIMIZED if action == "off" else INT3_UNOPTIMIZED
-    assert f["paused_site"].startswith(wanted), \
+    assert f["paused_site"].startswith(wanted), (
         f"after '{action}' the site reads {f['paused_site']}, expected {wanted}..."
+    )
     assert f["paused_site"][12:] == f["stopped_site"][12:], "the call's rel32 changed"
-    assert f["child_exited"] == "1" and f["child_status"] == "0", \
+    assert f["child_exited"] == "1" and f["child_status"] == "0", (
         f"the stopped child did not come back intact: {result.stdout}"
+    )
     assert f.get("child_traps") == "0", f"the tracer left a trap behind: {result.stdout}"
     hits = uprobe.hits()["stepped"]
     expected = 3 if action == "off" else 4
@@ -621,8 +684,9 @@ def test_signals_mid_sequence(request, guest, target, uprobe):
     calls = int(f["calls"])
     assert calls == 6000
     for what in ("gpr", "flags", "xmm", "redzone"):
-        assert f[f"{what}_bad"] == "0", \
+        assert f[f"{what}_bad"] == "0", (
             f"{f[f'{what}_bad']} of {calls} calls changed the {what} state under SIGPROF"
+        )
     hits = uprobe.hits()["opt"]
     assert hits.overruns == 0
     assert hits.trace == calls, f"{hits.trace} hits for {calls} calls"
@@ -638,8 +702,9 @@ def test_nop10_in_a_32bit_task(guest, target, uprobe):
     assert result.status == 0, result.stdout + result.stderr
     f = _fields(result.stdout)
     assert f["calls"] == "200" and f["bad"] == "0", result.stdout
-    assert not f["site"].startswith(OPTIMIZED), \
+    assert not f["site"].startswith(OPTIMIZED), (
         f"a 32-bit task's nop10 was rewritten for the 64-bit trampoline: {f['site']}"
+    )
     hits = uprobe.hits()["compat"]
     assert hits.trace == 200, f"{hits.trace} hits for 200 calls in a 32-bit task"
 
@@ -656,7 +721,8 @@ def test_nop10_in_32bit_code_of_a_64bit_process(guest, target, uprobe):
     f = _fields(result.stdout)
     assert "setup" not in f, result.stdout
     assert f["bad"] == "0", result.stdout
-    assert not f["site"].startswith(OPTIMIZED), \
+    assert not f["site"].startswith(OPTIMIZED), (
         f"32-bit code was rewritten for the 64-bit trampoline: {f['site']}"
+    )
     hits = uprobe.hits()["seg32"]
     assert hits.trace == 200, f"{hits.trace} hits for 200 calls in 32-bit code"

@@ -27,18 +27,21 @@ def test_sweep_class_transparent(request, instruction_sweep, klass):
     for outcome, count in sorted(outcomes.items()):
         request.node.user_properties.append((f"outcome_{outcome}", count))
     states = instruction_sweep.known_states.get(klass)
-    if states:                         # which entries applied and whether they showed
+    if states:  # which entries applied and whether they showed
         request.node.user_properties.append(known_bugs.states_property(states))
     known = instruction_sweep.known(klass)
     if known:
         request.node.user_properties.append(("known_differences", known.total()))
     unexpected = instruction_sweep.unexpected(klass)
-    assert not unexpected, (f"{len(unexpected)} of {forms} {klass} forms are not "
-                            f"transparent under a uprobe:\n"
-                            + "\n".join(r.line() for r in unexpected[:40]))
+    assert not unexpected, (
+        f"{len(unexpected)} of {forms} {klass} forms are not "
+        f"transparent under a uprobe:\n" + "\n".join(r.line() for r in unexpected[:40])
+    )
     stale = instruction_sweep.stale.get(klass, [])
     assert not stale, "\n".join(stale)
     if known:
-        pytest.xfail(f"known bug: {known.total()} of {forms} forms differ, all explained by "
-                     "the known-bugs table: "
-                     + "; ".join(f"{n} x {reason}" for reason, n in known.most_common()))
+        pytest.xfail(
+            f"known bug: {known.total()} of {forms} forms differ, all explained by "
+            "the known-bugs table: "
+            + "; ".join(f"{n} x {reason}" for reason, n in known.most_common())
+        )

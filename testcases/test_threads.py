@@ -24,7 +24,7 @@ SITES = {
     "nop10": ("site_nop10", "p"),
 }
 ITERATIONS = 400
-ITERATIONS_TOGGLED = 10**9        # bounded by TOGGLE_SECONDS instead
+ITERATIONS_TOGGLED = 10**9  # bounded by TOGGLE_SECONDS instead
 TOGGLE_THREADS = 64
 TOGGLES = 300
 TOGGLE_SECONDS = 3
@@ -32,8 +32,9 @@ TOGGLE_SECONDS = 3
 
 def run_hits(guest, path, site, threads, iterations):
     result = guest.run([path, site, str(threads), str(iterations)], timeout=600)
-    assert result.status == 0, f"probed program failed ({result.status}): {result.stdout}" \
-                               f"{result.stderr}"
+    assert result.status == 0, (
+        f"probed program failed ({result.status}): {result.stdout}{result.stderr}"
+    )
     fields = dict(word.split("=") for word in result.stdout.split())
     return int(fields["calls"]), int(fields["bad"])
 
@@ -68,8 +69,9 @@ def test_profile_counts_every_hit(guest, target, uprobe, smp, repeat):
         calls, bad = run_hits(guest, path, "mov", threads, iterations)
         profile = uprobe.hits()["prof"].profile
         assert bad == 0
-        assert profile == calls, f"uprobe_profile counted {profile} of {calls} hits " \
-                                 f"({calls - profile} lost)"
+        assert profile == calls, (
+            f"uprobe_profile counted {profile} of {calls} hits ({calls - profile} lost)"
+        )
 
 
 @pytest.mark.vm(tcg="exact")
@@ -82,7 +84,7 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     so that threads are preempted between their trap and the uprobe lookup."""
     path, binary = target("hits")
     symbol, kind = SITES[site]
-    probe = Probe("toggled", path, symbol_offset(binary, symbol), kind)   # uprobe: cleanup
+    probe = Probe("toggled", path, symbol_offset(binary, symbol), kind)  # uprobe: cleanup
     tracing = "/sys/kernel/tracing"
     # enable = uprobe_register(): breakpoints installed in the running process;
     # disable = uprobe_unregister(): removed again. (Deleting the trace event itself would
@@ -100,27 +102,28 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
         "  i=$((i+1))\n"
         "done\n"
         "wait $pid; status=$?\n"
-        "echo \"status=$status toggles=$i\"; cat /tmp/uph-toggle.out\n"
-        f"grep -v '^#' {tracing}/trace | grep -c ' toggled: ' || true\n")
+        'echo "status=$status toggles=$i"; cat /tmp/uph-toggle.out\n'
+        f"grep -v '^#' {tracing}/trace | grep -c ' toggled: ' || true\n"
+    )
     result = guest.run(["sh", "-c", script], timeout=600)
     lines = result.stdout.split()
     assert result.status == 0, f"probe control failed ({result.status}): {result.stdout}"
     fields = dict(word.split("=") for word in lines if "=" in word)
     assert fields["status"] == "0", f"the probed program died: {result.stdout}"
-    assert int(fields["toggles"]) >= 2, \
+    assert int(fields["toggles"]) >= 2, (
         f"the program ended before the probe was toggled: {result.stdout}"
+    )
     assert int(fields["bad"]) == 0
     traced = int(lines[-1])
-    assert 0 < traced <= int(fields["calls"]) <= TOGGLE_THREADS * ITERATIONS_TOGGLED, \
-        result.stdout
+    assert 0 < traced <= int(fields["calls"]) <= TOGGLE_THREADS * ITERATIONS_TOGGLED, result.stdout
 
 
 # -- distinct probes out of line at once (XOL-slot management) ----------------------------------
 
-XOL_SITES = 48          # xol_sites.S: more distinct probes than the 31 usable XOL slots
+XOL_SITES = 48  # xol_sites.S: more distinct probes than the 31 usable XOL slots
 XOL_ITERATIONS = 300
 CHURN_WAVES, CHURN_THREADS = 40, 50
-EXIT_THREADS = 40       # more than the XOL slots: every one an exiting thread kept is lost
+EXIT_THREADS = 40  # more than the XOL slots: every one an exiting thread kept is lost
 
 
 def xol_site_probes(uprobe, path, binary) -> list[str]:
@@ -131,8 +134,9 @@ def xol_site_probes(uprobe, path, binary) -> list[str]:
 
 def xol_counts(result) -> tuple[dict[str, str], dict[str, int]]:
     fields = dict(word.split("=", 1) for word in result.stdout.split() if "=" in word)
-    per_site = {f"xol{k}": int(fields[f"site{k}"]) for k in range(XOL_SITES)
-                if f"site{k}" in fields}
+    per_site = {
+        f"xol{k}": int(fields[f"site{k}"]) for k in range(XOL_SITES) if f"site{k}" in fields
+    }
     return fields, per_site
 
 
@@ -143,8 +147,9 @@ def run_xol_many(guest, target, uprobe, *args: str) -> tuple[dict[str, str], lis
     names = xol_site_probes(uprobe, path, binary)
     result = guest.run([path, *args], timeout=900)
     fields, per_site = xol_counts(result)
-    assert result.status in (0, 1), f"the probed program died ({result.status}): " \
-                                    f"{result.stdout}{result.stderr}"
+    assert result.status in (0, 1), (
+        f"the probed program died ({result.status}): {result.stdout}{result.stderr}"
+    )
     assert_every_site_hit_exactly(uprobe, names, per_site)
     return fields, names
 
@@ -153,8 +158,11 @@ def assert_every_site_hit_exactly(uprobe, names, per_site):
     hits = uprobe.hits()
     overruns = {h.overruns for h in hits.values()}
     assert overruns == {0}, "trace ring buffer overran: enlarge buffer_size_kb"
-    wrong = {name: (hits[name].trace, per_site[name]) for name in names
-             if hits[name].trace != per_site[name]}
+    wrong = {
+        name: (hits[name].trace, per_site[name])
+        for name in names
+        if hits[name].trace != per_site[name]
+    }
     assert not wrong, f"probe hits (traced, called) differ at {len(wrong)} site(s): {wrong}"
 
 
@@ -166,8 +174,7 @@ def test_distinct_probes_out_of_line_at_once(guest, target, uprobe, threads, smp
     through them: threads execute different instructions out of line at the same moment, in
     more slots than there are. Each result is checked by the program, every other register
     must survive, and each probe's hit count must equal that site's calls."""
-    fields, _ = run_xol_many(guest, target, uprobe, "distinct", str(threads),
-                             str(XOL_ITERATIONS))
+    fields, _ = run_xol_many(guest, target, uprobe, "distinct", str(threads), str(XOL_ITERATIONS))
     assert int(fields["calls"]) == threads * XOL_ITERATIONS
     assert fields["bad"] == "0", f"{fields['bad']} wrong results or clobbered registers"
 
@@ -177,8 +184,7 @@ def test_slots_reused_by_short_lived_threads(guest, target, uprobe, smp):
     """2,000 threads, 50 alive at a time, each runs two probed instructions out of line and
     exits: every slot is taken and given back over and over; no result, register or hit may
     be lost."""
-    fields, _ = run_xol_many(guest, target, uprobe, "churn", str(CHURN_WAVES),
-                             str(CHURN_THREADS))
+    fields, _ = run_xol_many(guest, target, uprobe, "churn", str(CHURN_WAVES), str(CHURN_THREADS))
     assert int(fields["calls"]) == 2 * CHURN_WAVES * CHURN_THREADS
     assert fields["bad"] == "0", f"{fields['bad']} wrong results or clobbered registers"
 
@@ -201,11 +207,12 @@ def test_thread_exits_inside_the_slot(guest, target, uprobe, smp, vm_pool):
     result = guest.run([path, "exit", str(EXIT_THREADS)], timeout=300)
     fields, per_site = xol_counts(result)
     if fields.get("after") == "hung":
-        vm_pool.spoil(guest)       # a thread waits for a slot, uninterruptibly, for ever
-    assert fields.get("after") == "ok", \
-        f"{fields.get('exited', 'not all')} of {EXIT_THREADS} threads exited inside the XOL " \
-        f"slot, then an out-of-line step never finished: the exits kept their slots " \
+        vm_pool.spoil(guest)  # a thread waits for a slot, uninterruptibly, for ever
+    assert fields.get("after") == "ok", (
+        f"{fields.get('exited', 'not all')} of {EXIT_THREADS} threads exited inside the XOL "
+        f"slot, then an out-of-line step never finished: the exits kept their slots "
         f"({result.stdout.strip()[:200]})"
+    )
     assert fields.get("exited") == str(EXIT_THREADS), result.stdout + result.stderr
     assert result.status == 0 and fields["bad"] == "0", result.stdout + result.stderr
     assert_every_site_hit_exactly(uprobe, names, per_site)

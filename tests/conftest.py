@@ -19,7 +19,8 @@ def git_tree(tmp_path):
     (tree / "kernel").mkdir()
     (tree / "kernel" / "counter.c").write_text("int nhit;\nvoid hit(void)\n{\n\tnhit++;\n}\n")
     (tree / "Kconfig").write_text(
-        "config FOO\n\tbool \"foo\"\n\tdepends on BAR && !BAZ\n\nconfig BAR\n\tbool\n")
+        'config FOO\n\tbool "foo"\n\tdepends on BAR && !BAZ\n\nconfig BAR\n\tbool\n'
+    )
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(git + ["init", "-q"], cwd=tree, check=True)
     subprocess.run(git + ["add", "-A"], cwd=tree, check=True)

@@ -20,8 +20,9 @@ def _tool(name: str) -> str:
 
 
 def test_the_layer_contracts_hold():
-    result = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
 
@@ -29,18 +30,28 @@ def test_the_layer_contracts_hold():
 def test_a_broken_layer_is_reported(tmp_path):
     """jobs import build (main builds the kernel): a contract forbidding it must break."""
     config = tmp_path / "contracts.ini"
-    config.write_text("[importlinter]\nroot_package = harness\n\n"
-                      "[importlinter:contract:jobs-without-build]\n"
-                      "name = jobs never import build\ntype = forbidden\n"
-                      "source_modules = harness.jobs\nforbidden_modules = harness.build\n")
-    result = subprocess.run([_tool("lint-imports"), "--no-cache", "--config", str(config)],
-                            cwd=ROOT, capture_output=True, text=True)
+    config.write_text(
+        "[importlinter]\nroot_package = harness\n\n"
+        "[importlinter:contract:jobs-without-build]\n"
+        "name = jobs never import build\ntype = forbidden\n"
+        "source_modules = harness.jobs\nforbidden_modules = harness.build\n"
+    )
+    result = subprocess.run(
+        [_tool("lint-imports"), "--no-cache", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert "jobs never import build BROKEN" in result.stdout
     assert "harness.jobs.main -> harness.build" in result.stdout
 
 
 def test_mypy_is_clean():
-    result = subprocess.run([_tool("mypy"), "--no-incremental", "-p", "harness"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("mypy"), "--no-incremental", "-p", "harness"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-6000:]

@@ -19,6 +19,7 @@ OTHER = "testcases.test_threads::test_hits[smp4]"
 
 # -- synthetic JUnit files ---------------------------------------------------------------------
 
+
 def junit(tmp_path: Path, *cases: tuple) -> list[report.TestResult]:
     """cases: (name, kind, message[, exception class as the plugin records it]) with kind
     passed|failed|crashed|error|skipped."""
@@ -26,18 +27,22 @@ def junit(tmp_path: Path, *cases: tuple) -> list[report.TestResult]:
     for name, kind, message, *exception in cases:
         message = quoteattr(message)
         props = "".join(f'<property name="exception" value="{e}"/>' for e in exception)
-        inner = {"passed": "", "failed": f"<properties>{props}</properties>"
-                                         f"<failure message={message}>trace</failure>",
-                 "crashed": f'<properties><property name="verdict" value="crashed"/>{props}'
-                            f"</properties><failure message={message}>trace</failure>",
-                 "error": f"<properties>{props}</properties>"
-                          f"<error message={message}>trace</error>",
-                 "skipped": f'<skipped type="pytest.skip" message={message}/>'}[kind]
+        inner = {
+            "passed": "",
+            "failed": f"<properties>{props}</properties><failure message={message}>trace</failure>",
+            "crashed": f'<properties><property name="verdict" value="crashed"/>{props}'
+            f"</properties><failure message={message}>trace</failure>",
+            "error": f"<properties>{props}</properties><error message={message}>trace</error>",
+            "skipped": f'<skipped type="pytest.skip" message={message}/>',
+        }[kind]
         module, _, test = name.partition("::")
         body.append(f'<testcase classname="{module}" name="{test}" time="1.5">{inner}</testcase>')
     path = tmp_path / "junit.xml"
-    path.write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest">'
-                    + "".join(body) + "</testsuite></testsuites>")
+    path.write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+        + "".join(body)
+        + "</testsuite></testsuites>"
+    )
     return report.read_junit(path)
 
 
@@ -53,16 +58,24 @@ def test_failing_test_is_recorded_by_node_id(tmp_path):
 
 
 def test_crash_keeps_its_title(tmp_path):
-    results = junit(tmp_path, (NODE, "crashed", "crashed: kernel BUG: unable to handle page "
-                                                "fault\nexcerpt line"))
+    results = junit(
+        tmp_path,
+        (NODE, "crashed", "crashed: kernel BUG: unable to handle page fault\nexcerpt line"),
+    )
     run = bisect.classify_run(results, 1)
     assert run.failures == {(NODE, "crashed: kernel BUG: unable to handle page fault")}
 
 
 def test_boot_failure_is_untestable(tmp_path):
-    results = junit(tmp_path, (NODE, "error", 'failed on setup with "harness.errors.BootError: '
-                                              "Guest 'smp4-multi-1' did not boot\"",
-                               "harness.errors.BootError"))
+    results = junit(
+        tmp_path,
+        (
+            NODE,
+            "error",
+            "failed on setup with \"harness.errors.BootError: Guest 'smp4-multi-1' did not boot\"",
+            "harness.errors.BootError",
+        ),
+    )
     run = bisect.classify_run(results, 1)
     assert run.kind == "untestable" and run.detail.startswith("did not boot")
     assert bisect.vote([run], None)[0] == "skip"
@@ -71,8 +84,10 @@ def test_boot_failure_is_untestable(tmp_path):
 def test_a_guest_quoting_infraerror_does_not_abort_the_bisection(tmp_path):
     """The exception class comes from the plugin's property, not from the message: a
     probed program that prints 'InfraError: ...' (quoted in an assertion) fails the step."""
-    results = junit(tmp_path, (NODE, "failed", "AssertionError: guest said InfraError: x",
-                               "builtins.AssertionError"))
+    results = junit(
+        tmp_path,
+        (NODE, "failed", "AssertionError: guest said InfraError: x", "builtins.AssertionError"),
+    )
     assert bisect.classify_run(results, 1).kind == "fail"
 
 
@@ -81,9 +96,15 @@ def test_kernel_fixture_exit_is_untestable():
 
 
 def test_infra_error_in_a_fixture_aborts(tmp_path):
-    results = junit(tmp_path, (NODE, "error", 'failed on setup with "harness.errors.InfraError: '
-                                              'qemu-system-x86_64 is not installed"',
-                               "harness.errors.InfraError"))
+    results = junit(
+        tmp_path,
+        (
+            NODE,
+            "error",
+            'failed on setup with "harness.errors.InfraError: qemu-system-x86_64 is not installed"',
+            "harness.errors.InfraError",
+        ),
+    )
     with pytest.raises(InfraError, match="not installed"):
         bisect.classify_run(results, 1)
 
@@ -95,10 +116,16 @@ def test_missing_junit_and_empty_selection_abort(tmp_path):
         bisect.classify_run([], 5)
 
 
-@pytest.mark.parametrize("error, verdict", [
-    (BuildError("make failed"), "skip"), (PatchError("0002 does not apply"), "skip"),
-    (ConfigError("CONFIG_X missing"), "skip"), (InfraError("disk full"), None),
-    (HarnessError("other"), None)])
+@pytest.mark.parametrize(
+    "error, verdict",
+    [
+        (BuildError("make failed"), "skip"),
+        (PatchError("0002 does not apply"), "skip"),
+        (ConfigError("CONFIG_X missing"), "skip"),
+        (InfraError("disk full"), None),
+        (HarnessError("other"), None),
+    ],
+)
 def test_exceptions_map_to_skip_or_abort(error, verdict):
     assert (bisect.skip_reason(error) is not None) == (verdict == "skip")
 
@@ -159,17 +186,27 @@ def test_terms_and_step_exit_codes():
 
 def test_parse_bisect_output():
     sha = "a" * 40
-    assert bisect.parse_bisect_output(f"{sha} is the first bad commit\ncommit {sha}\n") == \
-        ("found", sha, ())
-    text = ("There are only 'skip'ped commits left to test.\nThe first bad commit could be any "
-            f"of:\n{sha}\n{'b' * 40}\nWe cannot bisect more!\n")
+    assert bisect.parse_bisect_output(f"{sha} is the first bad commit\ncommit {sha}\n") == (
+        "found",
+        sha,
+        (),
+    )
+    text = (
+        "There are only 'skip'ped commits left to test.\nThe first bad commit could be any "
+        f"of:\n{sha}\n{'b' * 40}\nWe cannot bisect more!\n"
+    )
     assert bisect.parse_bisect_output(text) == ("inconclusive", "", (sha, "b" * 40))
     assert bisect.parse_bisect_output("Bisecting: 3 revisions left")[0] == "next"
 
 
 def test_pytest_command(tmp_path):
-    options = bisect.ScenarioOptions(repo=tmp_path, series="none", fragments=("/f.config",),
-                                     smp="4", selection=("-m", "smp", "-k", "riprel"))
+    options = bisect.ScenarioOptions(
+        repo=tmp_path,
+        series="none",
+        fragments=("/f.config",),
+        smp="4",
+        selection=("-m", "smp", "-k", "riprel"),
+    )
     cmd = bisect.pytest_command(options, f"{tmp_path}@abc", tmp_path / "s.xml")
     assert cmd[1:5] == ["-m", "pytest", "testcases", "-p"]
     assert f"--kernel={tmp_path}@abc" in cmd and "--smp=4" in cmd and "--series=none" in cmd
@@ -177,8 +214,22 @@ def test_pytest_command(tmp_path):
 
 
 def test_cli_takes_the_selection_after_double_dash():
-    args = cli.build_parser().parse_args(["bisect", "--good", "v1", "--bad", "v2", "--repeat",
-                                          "3", "--", "-m", "smp", "-k", "riprel"])
+    args = cli.build_parser().parse_args(
+        [
+            "bisect",
+            "--good",
+            "v1",
+            "--bad",
+            "v2",
+            "--repeat",
+            "3",
+            "--",
+            "-m",
+            "smp",
+            "-k",
+            "riprel",
+        ]
+    )
     assert args.selection == ["-m", "smp", "-k", "riprel"] and args.repeat == 3
 
 
@@ -188,8 +239,9 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(GIT + list(args), cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        GIT + list(args), cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -210,16 +262,29 @@ def history(tmp_path, isolated_cache):
 
 
 def _state(repo: Path) -> tuple:
-    return (_git(repo, "rev-parse", "HEAD"), _git(repo, "symbolic-ref", "HEAD"),
-            _git(repo, "status", "--porcelain"), _git(repo, "for-each-ref"),
-            (repo / ".git" / "BISECT_LOG").exists(), (repo / "uprobes.c").read_text())
+    return (
+        _git(repo, "rev-parse", "HEAD"),
+        _git(repo, "symbolic-ref", "HEAD"),
+        _git(repo, "status", "--porcelain"),
+        _git(repo, "for-each-ref"),
+        (repo / ".git" / "BISECT_LOG").exists(),
+        (repo / "uprobes.c").read_text(),
+    )
 
 
 class FakeRunner:
     """Fails NODE from commit `change` on (before it with find_fix); BuildError on `unbuildable`."""
 
-    def __init__(self, shas, change=5, unbuildable=(3,), find_fix=False, images=None,
-                 different=(), raise_at=None):
+    def __init__(
+        self,
+        shas,
+        change=5,
+        unbuildable=(3,),
+        find_fix=False,
+        images=None,
+        different=(),
+        raise_at=None,
+    ):
         self.index = {sha: i for i, sha in enumerate(shas)}
         self.change, self.unbuildable, self.find_fix = change, unbuildable, find_fix
         self.images, self.different, self.raise_at = images or {}, different, raise_at or {}
@@ -247,7 +312,6 @@ def _request(repo, tmp_path, good, bad, find_fix=False, repeat=1):
     return bisect.BisectRequest(good, bad, options, tmp_path / "results", find_fix)
 
 
-
 def test_bisect_names_commit_5_and_skips_3(history, tmp_path):
     repo, shas = history
     before = _state(repo)
@@ -271,8 +335,7 @@ def test_find_fix_on_the_same_history(history, tmp_path):
     repo, shas = history
     before = _state(repo)
     runner = FakeRunner(shas, find_fix=True)
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[7], shas[0], find_fix=True),
-                                runner)
+    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[7], shas[0], find_fix=True), runner)
     assert outcome.status == "found" and outcome.culprit == shas[5]
     assert "git bisect start '--term-old=broken' '--term-new=fixed'" in outcome.log.read_text()
     assert "lost hits at c4" in outcome.excerpt or "lost hits at c0" in outcome.excerpt
@@ -364,6 +427,7 @@ def test_ctrl_c_resets_the_private_clone(history, tmp_path):
 
 def _assert_private_clone_reset():
     from harness.paths import cache_dir
+
     clones = list(cache_dir("bisect").iterdir())
     assert clones and not any((c / ".git" / "BISECT_LOG").exists() for c in clones)
 
@@ -376,8 +440,9 @@ def test_flaky_step_with_repeat(history, tmp_path):
             run = super().test(built, index)
             return PASS if self.index[built.commit] == 5 and index == 0 else run
 
-    outcome = bisect.run_bisect(_request(repo, tmp_path, shas[0], shas[7], repeat=3),
-                                Flaky(shas, unbuildable=()))
+    outcome = bisect.run_bisect(
+        _request(repo, tmp_path, shas[0], shas[7], repeat=3), Flaky(shas, unbuildable=())
+    )
     assert outcome.culprit == shas[5]
     five = next(s for s in outcome.steps if s.commit == shas[5])
     assert five.verdict == "bad" and five.flaky and len(five.runs) == 2, "stops once bad"
@@ -388,14 +453,29 @@ def test_flaky_step_with_repeat(history, tmp_path):
 def test_cli_bisect_prints_the_culprit_and_the_table(history, tmp_path, monkeypatch, capsys):
     repo, shas = history
     monkeypatch.setattr(bisect, "HarnessRunner", lambda options, steps: FakeRunner(shas))
-    code = cli.main(["bisect", "--kernel", str(repo), "--good", shas[0], "--bad", "work",
-                     "--results", str(tmp_path / "r"), "--", "-k", "riprel"])
+    code = cli.main(
+        [
+            "bisect",
+            "--kernel",
+            str(repo),
+            "--good",
+            shas[0],
+            "--bad",
+            "work",
+            "--results",
+            str(tmp_path / "r"),
+            "--",
+            "-k",
+            "riprel",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and f"first bad commit: {shas[5]} c5" in out and "bisect log:" in out
     assert "--good endpoint: passed" in out
 
 
 # -- bisect-step -------------------------------------------------------------------------------
+
 
 def test_bisect_step_judges_head(history, tmp_path):
     repo, shas = history
@@ -404,8 +484,10 @@ def test_bisect_step_judges_head(history, tmp_path):
     assert bisect.run_step(options, FakeRunner(shas), find_fix=True)[1] == 0
     assert bisect.run_step(options, FakeRunner(shas, unbuildable=(7,)))[1] == 125
     reference = tmp_path / "ref.xml"
-    reference.write_text(f'<testsuite><testcase classname="{OTHER.split("::")[0]}" name="'
-                         f'{OTHER.split("::")[1]}"><failure message="x"/></testcase></testsuite>')
+    reference.write_text(
+        f'<testsuite><testcase classname="{OTHER.split("::")[0]}" name="'
+        f'{OTHER.split("::")[1]}"><failure message="x"/></testcase></testsuite>'
+    )
     result, code = bisect.run_step(options, FakeRunner(shas), reference_junit=reference)
     assert code == 125 and result.reason.startswith("different failure")
 
@@ -414,8 +496,18 @@ def test_bisect_step_aborts_git_bisect_run_on_infra_errors(history, monkeypatch,
     repo, shas = history
     runner = FakeRunner(shas, raise_at={7: InfraError("qemu-system-x86_64 is not installed")})
     monkeypatch.setattr(bisect, "HarnessRunner", lambda options, results: runner)
-    code = cli.main(["bisect-step", "--kernel", str(repo), "--results", str(repo.parent / "r"),
-                     "--", "-k", "riprel"])
+    code = cli.main(
+        [
+            "bisect-step",
+            "--kernel",
+            str(repo),
+            "--results",
+            str(repo.parent / "r"),
+            "--",
+            "-k",
+            "riprel",
+        ]
+    )
     assert code == bisect.STEP_ABORT == 128
     assert "infrastructure error: qemu-system-x86_64" in capsys.readouterr().err
 
@@ -424,11 +516,14 @@ def test_kernel_digest_ignores_the_release_string(tmp_path):
     from types import SimpleNamespace
 
     from harness.jobs.bisect import kernel_digest
+
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     a.write_bytes(b"\x7fELF code Linux version 6.1.0-g111111111111 more code")
     b.write_bytes(b"\x7fELF code Linux version 6.1.0-g222222222222 more code")
     c.write_bytes(b"\x7fELF CODE Linux version 6.1.0-g333333333333 more code")
-    built = [SimpleNamespace(vmlinux=p, bzimage=p, release=f"6.1.0-g{d * 12}")
-             for p, d in ((a, "1"), (b, "2"), (c, "3"))]
+    built = [
+        SimpleNamespace(vmlinux=p, bzimage=p, release=f"6.1.0-g{d * 12}")
+        for p, d in ((a, "1"), (b, "2"), (c, "3"))
+    ]
     assert kernel_digest(built[0]) == kernel_digest(built[1])
     assert kernel_digest(built[0]) != kernel_digest(built[2])

@@ -70,15 +70,22 @@ def driver(tmp_path):
 
     def start(mode: str):
         pids = tmp_path / "pids"
-        proc = subprocess.Popen([sys.executable, str(script), str(fake), mode, str(pids),
-                                 str(tmp_path / "junit.xml")], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(fake), mode, str(pids), str(tmp_path / "junit.xml")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         started.append(proc)
-        assert _wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), 20), \
+        assert _wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), 20), (
             "the fake pytest did not start its fake QEMU"
+        )
         qemu = int(pids.read_text())
-        pytest_pid = int(subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)],
-                                        capture_output=True, text=True).stdout.split()[0])
+        pytest_pid = int(
+            subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+            ).stdout.split()[0]
+        )
         return proc, pytest_pid, qemu, pids
 
     yield start
@@ -117,7 +124,6 @@ def test_a_child_that_ignores_sigint_is_killed_after_the_timeout(driver):
     assert _gone(pytest_pid) and _wait_until(lambda: _gone(qemu), 5)
 
 
-
 def test_children_get_sigint_back_when_the_harness_ignores_it():
     """A harness started as a background job of a script ignores SIGINT (inherited): its
     children must not, or the stop protocol (one SIGINT to pytest) cannot work."""
@@ -129,9 +135,11 @@ def test_children_get_sigint_back_when_the_harness_ignores_it():
         child = children.popen(["cat", "/proc/self/status"], stdout=subprocess.PIPE, text=True)
         print(child.communicate()[0])
     """)
-    status = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=30).stdout
-    ignored = int(next(line for line in status.splitlines()
-                       if line.startswith("SigIgn:")).split()[1], 16)
+    status = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    ).stdout
+    ignored = int(
+        next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16
+    )
     assert not ignored & (1 << (signal.SIGINT - 1)), "the child inherited an ignored SIGINT"
     assert not ignored & (1 << (signal.SIGTERM - 1))

@@ -24,11 +24,12 @@ LOGS = sorted(DATA.glob("*.log"))
 EXPECTED = {  # log -> [(kind, signature, title), ...]
     "synthetic-clean-boot.log": [],
     "synthetic-sysrq-panic.log": [
-        ("crashed", "panic", "Kernel panic - not syncing: sysrq triggered crash")],
+        ("crashed", "panic", "Kernel panic - not syncing: sysrq triggered crash")
+    ],
     "synthetic-warning.log": [("crashed", "warning", "WARNING in uprobe_write_opcode")],
     "synthetic-gpf.log": [("crashed", "gpf", "general protection fault in consumer_del")],
-    "synthetic-soft-lockup.log": [
-        ("crashed", "soft_lockup", "BUG: soft lockup in handle_swbp")] * 2,
+    "synthetic-soft-lockup.log": [("crashed", "soft_lockup", "BUG: soft lockup in handle_swbp")]
+    * 2,
     "synthetic-reboot.log": [("reboot", "reboot", "unexpected reboot (second boot banner)")],
 }
 
@@ -48,11 +49,13 @@ def splat(*messages: str) -> str:
 
 def with_allow_entry(pattern: str, reason: str = "known", link: str = "https://example.org/x"):
     shipped = console.PATTERNS_FILE.read_text()
-    return parse_table(shipped + f"\n[[allow]]\npattern = '{pattern}'\nreason = '{reason}'\n"
-                                 f"link = '{link}'\n")
+    return parse_table(
+        shipped + f"\n[[allow]]\npattern = '{pattern}'\nreason = '{reason}'\nlink = '{link}'\n"
+    )
 
 
 # -- recorded logs ----------------------------------------------------------------------------
+
 
 def test_every_synthetic_log_has_an_expectation():
     synthetic = {path.name for path in LOGS if path.name.startswith("synthetic-")}
@@ -69,8 +72,10 @@ def test_line_no_points_at_the_matching_line(name):
     lines = normalise(read(name)).split("\n")
     for finding in scan(read(name)):
         assert lines[finding.line_no - 1] in finding.excerpt.split("\n")
-        assert finding.excerpt.split("\n")[-1 if finding.kind == "reboot" else 0] == (
-            lines[finding.line_no - 1])
+        assert (
+            finding.excerpt.split("\n")[-1 if finding.kind == "reboot" else 0]
+            == (lines[finding.line_no - 1])
+        )
 
 
 def test_sysrq_panic_excerpt_is_the_whole_splat():
@@ -84,8 +89,10 @@ def test_sysrq_panic_excerpt_is_the_whole_splat():
 def test_warning_excerpt_ends_at_end_trace_and_keeps_timestamps():
     [finding] = scan(read("synthetic-warning.log"))
     excerpt = finding.excerpt.split("\n")
-    assert excerpt[0] == ("[    3.119705] WARNING: CPU: 1 PID: 131 at kernel/events/uprobes.c:492 "
-                          "uprobe_write_opcode+0x4c9/0x5e0")
+    assert excerpt[0] == (
+        "[    3.119705] WARNING: CPU: 1 PID: 131 at kernel/events/uprobes.c:492 "
+        "uprobe_write_opcode+0x4c9/0x5e0"
+    )
     assert excerpt[-1] == "[    3.138375] ---[ end trace 0000000000000000 ]---"
     assert "\r" not in finding.excerpt
 
@@ -125,66 +132,143 @@ RIP = "RIP: 0010:uprobe_notify_resume+0x5e/0x90"
 WORKQUEUE_LOCKUP = "BUG: workqueue lockup - pool cpus=1 node=0 flags=0x0 nice=0 stuck for 31s!"
 INLINE = [
     pytest.param(
-        splat("BUG: kernel NULL pointer dereference, address: 0000000000000000",
-              "#PF: supervisor read access in kernel mode",
-              "#PF: error_code(0x0000) - not-present page", "PGD 0 P4D 0 ",
-              "Oops: 0000 [#1] PREEMPT SMP NOPTI", "RIP: 0010:find_uprobe+0x1c/0x70"),
-        "null_deref", "BUG: kernel NULL pointer dereference, address: 0000000000000000",
-        id="null-deref-with-oops"),
+        splat(
+            "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+            "#PF: supervisor read access in kernel mode",
+            "#PF: error_code(0x0000) - not-present page",
+            "PGD 0 P4D 0 ",
+            "Oops: 0000 [#1] PREEMPT SMP NOPTI",
+            "RIP: 0010:find_uprobe+0x1c/0x70",
+        ),
+        "null_deref",
+        "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+        id="null-deref-with-oops",
+    ),
     pytest.param(
-        splat("BUG: unable to handle page fault for address: ffffc90000533000",
-              "#PF: supervisor write access in kernel mode", "Oops: 0002 [#1] PREEMPT SMP NOPTI",
-              "RIP: 0010:arch_uprobe_copy_ixol+0x2c/0x60"),
-        "page_fault", "BUG: unable to handle page fault in arch_uprobe_copy_ixol", id="page-fault"),
+        splat(
+            "BUG: unable to handle page fault for address: ffffc90000533000",
+            "#PF: supervisor write access in kernel mode",
+            "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+            "RIP: 0010:arch_uprobe_copy_ixol+0x2c/0x60",
+        ),
+        "page_fault",
+        "BUG: unable to handle page fault in arch_uprobe_copy_ixol",
+        id="page-fault",
+    ),
     pytest.param(
-        splat("kernel BUG at kernel/events/uprobes.c:1245!", "invalid opcode: 0000 [#1] SMP",
-              "RIP: 0010:__uprobe_register+0x2a1/0x2b0"),
-        "bug_at", "kernel BUG at kernel/events/uprobes.c:1245", id="kernel-bug-with-ud2"),
-    pytest.param(splat("invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", "CPU: 0 PID: 7", RIP),
-                 "invalid_opcode", "invalid opcode in uprobe_notify_resume", id="invalid-opcode"),
-    pytest.param(splat("int3: 0000 [#1] PREEMPT SMP NOPTI", RIP),
-                 "trap", "int3 in uprobe_notify_resume", id="int3"),
-    pytest.param(splat("rcu: INFO: rcu_preempt self-detected stall on CPU",
-                       "rcu: \t1-....: (2100 ticks this GP) idle=c7c/1/0x4000000000000000", RIP),
-                 "rcu_stall", "INFO: rcu_preempt detected stall in uprobe_notify_resume",
-                 id="rcu-self-detected"),
-    pytest.param(splat("rcu: INFO: rcu_sched detected stalls on CPUs/tasks:",
-                       "rcu: \t0-...!: (1 GPs behind) idle=4a2/0/0x1"),
-                 "rcu_stall", "INFO: rcu_sched detected stall", id="rcu-detected-no-rip"),
+        splat(
+            "kernel BUG at kernel/events/uprobes.c:1245!",
+            "invalid opcode: 0000 [#1] SMP",
+            "RIP: 0010:__uprobe_register+0x2a1/0x2b0",
+        ),
+        "bug_at",
+        "kernel BUG at kernel/events/uprobes.c:1245",
+        id="kernel-bug-with-ud2",
+    ),
     pytest.param(
-        splat("INFO: task uprobe_reg:120 blocked for more than 122 seconds.",
-              "      Not tainted 6.1.0-uprobe-test #1",
-              '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
-              "task:uprobe_reg      state:D stack:0     pid:120   ppid:1      flags:0x00004000",
-              "Call Trace:", " <TASK>", " __schedule+0x2ed/0x860", " schedule+0x5a/0xd0",
-              " schedule_preempt_disabled+0x11/0x20", " __mutex_lock.constprop.0+0x3a1/0x6b0",
-              " ? uprobe_mmap+0x1c/0x3a0", " register_for_each_vma+0x5c/0x3e0"),
-        "hung_task", "INFO: task hung in register_for_each_vma", id="hung-task"),
+        splat("invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", "CPU: 0 PID: 7", RIP),
+        "invalid_opcode",
+        "invalid opcode in uprobe_notify_resume",
+        id="invalid-opcode",
+    ),
     pytest.param(
-        splat("BUG: KASAN: slab-use-after-free in consumer_filter+0x2b/0x60",
-              "Read of size 8 at addr ffff888004a6e318 by task uprobe_race/104"),
-        "kasan", "KASAN: slab-use-after-free Read in consumer_filter", id="kasan"),
-    pytest.param(splat("UBSAN: shift-out-of-bounds in kernel/events/uprobes.c:1912:23",
-                       "shift exponent 64 is too large for 64-bit type 'long unsigned int'"),
-                 "ubsan", "UBSAN: shift-out-of-bounds in kernel/events/uprobes.c:1912:23",
-                 id="ubsan"),
-    pytest.param(splat("WARNING: possible circular locking dependency detected",
-                       "6.1.0-uprobe-test #1 Not tainted"),
-                 "warning_report", "WARNING: possible circular locking dependency detected",
-                 id="lockdep"),
-    pytest.param(splat("BUG: scheduling while atomic: uprobe_loop/118/0x00000002"),
-                 "sleep_in_atomic", "BUG: scheduling while atomic", id="scheduling-while-atomic"),
-    pytest.param(splat(WORKQUEUE_LOCKUP), "bug", WORKQUEUE_LOCKUP.replace("31s!", "Ns!"),
-                 id="generic-bug"),
-    pytest.param(splat("NMI watchdog: Watchdog detected hard LOCKUP on cpu 1", RIP),
-                 "hard_lockup", "hard LOCKUP in uprobe_notify_resume", id="hard-lockup"),
-    pytest.param(splat("Kernel panic - not syncing: VFS: Unable to mount root fs on "
-                       "unknown-block(0,0)"),
-                 "panic", "Kernel panic - not syncing: VFS: Unable to mount root fs on "
-                 "unknown-block(0,0)", id="panic"),
-    pytest.param(splat("Kernel panic - not syncing: Fatal exception in interrupt"),
-                 "panic_followup", "Kernel panic - not syncing: Fatal exception in interrupt",
-                 id="fatal-exception-alone"),
+        splat("int3: 0000 [#1] PREEMPT SMP NOPTI", RIP),
+        "trap",
+        "int3 in uprobe_notify_resume",
+        id="int3",
+    ),
+    pytest.param(
+        splat(
+            "rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "rcu: \t1-....: (2100 ticks this GP) idle=c7c/1/0x4000000000000000",
+            RIP,
+        ),
+        "rcu_stall",
+        "INFO: rcu_preempt detected stall in uprobe_notify_resume",
+        id="rcu-self-detected",
+    ),
+    pytest.param(
+        splat(
+            "rcu: INFO: rcu_sched detected stalls on CPUs/tasks:",
+            "rcu: \t0-...!: (1 GPs behind) idle=4a2/0/0x1",
+        ),
+        "rcu_stall",
+        "INFO: rcu_sched detected stall",
+        id="rcu-detected-no-rip",
+    ),
+    pytest.param(
+        splat(
+            "INFO: task uprobe_reg:120 blocked for more than 122 seconds.",
+            "      Not tainted 6.1.0-uprobe-test #1",
+            '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+            "task:uprobe_reg      state:D stack:0     pid:120   ppid:1      flags:0x00004000",
+            "Call Trace:",
+            " <TASK>",
+            " __schedule+0x2ed/0x860",
+            " schedule+0x5a/0xd0",
+            " schedule_preempt_disabled+0x11/0x20",
+            " __mutex_lock.constprop.0+0x3a1/0x6b0",
+            " ? uprobe_mmap+0x1c/0x3a0",
+            " register_for_each_vma+0x5c/0x3e0",
+        ),
+        "hung_task",
+        "INFO: task hung in register_for_each_vma",
+        id="hung-task",
+    ),
+    pytest.param(
+        splat(
+            "BUG: KASAN: slab-use-after-free in consumer_filter+0x2b/0x60",
+            "Read of size 8 at addr ffff888004a6e318 by task uprobe_race/104",
+        ),
+        "kasan",
+        "KASAN: slab-use-after-free Read in consumer_filter",
+        id="kasan",
+    ),
+    pytest.param(
+        splat(
+            "UBSAN: shift-out-of-bounds in kernel/events/uprobes.c:1912:23",
+            "shift exponent 64 is too large for 64-bit type 'long unsigned int'",
+        ),
+        "ubsan",
+        "UBSAN: shift-out-of-bounds in kernel/events/uprobes.c:1912:23",
+        id="ubsan",
+    ),
+    pytest.param(
+        splat(
+            "WARNING: possible circular locking dependency detected",
+            "6.1.0-uprobe-test #1 Not tainted",
+        ),
+        "warning_report",
+        "WARNING: possible circular locking dependency detected",
+        id="lockdep",
+    ),
+    pytest.param(
+        splat("BUG: scheduling while atomic: uprobe_loop/118/0x00000002"),
+        "sleep_in_atomic",
+        "BUG: scheduling while atomic",
+        id="scheduling-while-atomic",
+    ),
+    pytest.param(
+        splat(WORKQUEUE_LOCKUP), "bug", WORKQUEUE_LOCKUP.replace("31s!", "Ns!"), id="generic-bug"
+    ),
+    pytest.param(
+        splat("NMI watchdog: Watchdog detected hard LOCKUP on cpu 1", RIP),
+        "hard_lockup",
+        "hard LOCKUP in uprobe_notify_resume",
+        id="hard-lockup",
+    ),
+    pytest.param(
+        splat("Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"),
+        "panic",
+        "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+        id="panic",
+    ),
+    pytest.param(
+        splat("Kernel panic - not syncing: Fatal exception in interrupt"),
+        "panic_followup",
+        "Kernel panic - not syncing: Fatal exception in interrupt",
+        id="fatal-exception-alone",
+    ),
 ]
 
 
@@ -194,14 +278,16 @@ def test_each_pattern_gives_one_finding_with_a_stable_title(text, signature, tit
 
 
 def test_normalises_crlf_ansi_and_caller_id():
-    text = ("\x1b[1;31m[   12.345678][    T1] WARNING: CPU: 0 PID: 1 at a.c:1 foo+0x1/0x2"
-            "\x1b[0m\r\r\n")
+    text = (
+        "\x1b[1;31m[   12.345678][    T1] WARNING: CPU: 0 PID: 1 at a.c:1 foo+0x1/0x2\x1b[0m\r\r\n"
+    )
     [finding] = scan(text)
     assert finding.title == "WARNING in foo"
     assert finding.excerpt == "[   12.345678][    T1] WARNING: CPU: 0 PID: 1 at a.c:1 foo+0x1/0x2"
 
 
 # -- stable titles ----------------------------------------------------------------------------
+
 
 def perturb(text: str, seed: int) -> str:
     """The same log as another run prints it: other timestamps, addresses, PIDs, CPUs, offsets."""
@@ -219,8 +305,11 @@ def perturb(text: str, seed: int) -> str:
 
     text = re.sub(r"\[\s*(\d+\.\d+)\]", timestamp, text)
     text = re.sub(r"\b(?:0x)?[0-9a-f]{8,16}\b", address, text)
-    text = re.sub(r"\+0x[0-9a-f]+/0x[0-9a-f]+",
-                  lambda m: f"+0x{rng.randint(1, 0x3ff):x}/0x{rng.randint(0x400, 0x900):x}", text)
+    text = re.sub(
+        r"\+0x[0-9a-f]+/0x[0-9a-f]+",
+        lambda m: f"+0x{rng.randint(1, 0x3FF):x}/0x{rng.randint(0x400, 0x900):x}",
+        text,
+    )
     text = re.sub(r"(PID: |pid:|\[\w+:)\d+", lambda m: f"{m.group(1)}{rng.randint(2, 4000)}", text)
     text = re.sub(r"(CPU: |CPU#)\d+", lambda m: f"{m.group(1)}{rng.randint(0, 7)}", text)
     return re.sub(r"stuck for \d+s", lambda m: f"stuck for {rng.randint(22, 300)}s", text)
@@ -237,36 +326,55 @@ def test_titles_are_stable_across_runs(path):
 
 
 def test_same_warning_elsewhere_in_the_code_gets_another_title():
-    one = splat("WARNING: CPU: 1 PID: 55 at kernel/events/uprobes.c:492 "
-                "uprobe_write_opcode+0x4c9/0x5e0")
-    other = splat("WARNING: CPU: 3 PID: 812 at kernel/events/uprobes.c:943 "
-                  "register_for_each_vma+0x36b/0x3e0")
+    one = splat(
+        "WARNING: CPU: 1 PID: 55 at kernel/events/uprobes.c:492 uprobe_write_opcode+0x4c9/0x5e0"
+    )
+    other = splat(
+        "WARNING: CPU: 3 PID: 812 at kernel/events/uprobes.c:943 register_for_each_vma+0x36b/0x3e0"
+    )
     assert [f.title for f in scan(one + other)] == [
-        "WARNING in uprobe_write_opcode", "WARNING in register_for_each_vma"]
+        "WARNING in uprobe_write_opcode",
+        "WARNING in register_for_each_vma",
+    ]
 
 
-@pytest.mark.parametrize(("raw", "stable"), [
-    ("Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: "
-     "handle_swbp.isra.0+0x3f1/0x420",
-     "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: handle_swbp"),
-    ("BUG: Bad page map in process sh  pte:8000000003c1a025 pmd:03b9e067",
-     "BUG: Bad page map in process sh pte:ADDR pmd:ADDR"),
-    ("BUG: Bad rss-counter state mm:00000000a1b2c3d4 type:MM_ANONPAGES val:1 Comm:sh Pid:85",
-     "BUG: Bad rss-counter state mm:ADDR type:MM_ANONPAGES val:1 Comm:sh Pid:N"),
-    ("BUG: kernel NULL pointer dereference, address: 0000000000000010",
-     "BUG: kernel NULL pointer dereference, address: 0000000000000010"),
-])
+@pytest.mark.parametrize(
+    ("raw", "stable"),
+    [
+        (
+            "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: "
+            "handle_swbp.isra.0+0x3f1/0x420",
+            "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: "
+            "handle_swbp",
+        ),
+        (
+            "BUG: Bad page map in process sh  pte:8000000003c1a025 pmd:03b9e067",
+            "BUG: Bad page map in process sh pte:ADDR pmd:ADDR",
+        ),
+        (
+            "BUG: Bad rss-counter state mm:00000000a1b2c3d4 type:MM_ANONPAGES val:1 Comm:sh Pid:85",
+            "BUG: Bad rss-counter state mm:ADDR type:MM_ANONPAGES val:1 Comm:sh Pid:N",
+        ),
+        (
+            "BUG: kernel NULL pointer dereference, address: 0000000000000010",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000010",
+        ),
+    ],
+)
 def test_volatile_values_are_removed_but_small_offsets_kept(raw, stable):
     assert console.default_table().stable(raw) == stable
 
 
 # -- allow list and table checks -----------------------------------------------------------
 
+
 def test_allow_list_suppresses_only_the_matching_finding():
     table = with_allow_entry("^WARNING in uprobe_write_opcode$")
     assert scan(read("synthetic-warning.log"), table) == []
-    assert summary(scan(read("synthetic-sysrq-panic.log"), table)) == EXPECTED[
-        "synthetic-sysrq-panic.log"]
+    assert (
+        summary(scan(read("synthetic-sysrq-panic.log"), table))
+        == EXPECTED["synthetic-sysrq-panic.log"]
+    )
 
 
 def test_shipped_allow_entries_are_justified():
@@ -274,28 +382,45 @@ def test_shipped_allow_entries_are_justified():
         assert entry.reason and entry.link.startswith("https://")
 
 
-@pytest.mark.parametrize(("addition", "complaint"), [
-    ("[[allow]]\npattern = 'x'\nreason = 'because'\nlink = ''\n",
-     "[[allow]] 1: an allow entry needs a non-empty reason and link"),
-    ("[[allow]]\npattern = 'x'\nreason = 'because'\n", "[[allow]] 1: missing key 'link'"),
-    ("[[pattern]]\nname = 'bad'\nregex = '('\ntitle = 'x'\n",
-     "(name = 'bad'): regex: bad regex '('"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'in {func}'\n",
-     "(name = 'bad'): title 'in {func}' uses func"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ncontext = '(?P<f>y)'\ntitle = '{f}'\n",
-     "(name = 'bad'): a pattern with 'context' needs a 'fallback' title"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nkind = 'oops'\n",
-     "(name = 'bad'): kind must be one of crashed, reboot, not 'oops'"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_line = 3\n",
-     "(name = 'bad'): unknown key 'max_line'; known keys: name, regex, title"),
-    ("[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_lines = '3'\n",
-     "(name = 'bad'): max_lines: expected `int | null`, got `str`"),
-    ("[[volatile]]\nregex = 'x'\nreplace = 1\n", ": replace: expected `str`, got `int`"),
-])
+@pytest.mark.parametrize(
+    ("addition", "complaint"),
+    [
+        (
+            "[[allow]]\npattern = 'x'\nreason = 'because'\nlink = ''\n",
+            "[[allow]] 1: an allow entry needs a non-empty reason and link",
+        ),
+        ("[[allow]]\npattern = 'x'\nreason = 'because'\n", "[[allow]] 1: missing key 'link'"),
+        (
+            "[[pattern]]\nname = 'bad'\nregex = '('\ntitle = 'x'\n",
+            "(name = 'bad'): regex: bad regex '('",
+        ),
+        (
+            "[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'in {func}'\n",
+            "(name = 'bad'): title 'in {func}' uses func",
+        ),
+        (
+            "[[pattern]]\nname = 'bad'\nregex = 'x'\ncontext = '(?P<f>y)'\ntitle = '{f}'\n",
+            "(name = 'bad'): a pattern with 'context' needs a 'fallback' title",
+        ),
+        (
+            "[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nkind = 'oops'\n",
+            "(name = 'bad'): kind must be one of crashed, reboot, not 'oops'",
+        ),
+        (
+            "[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_line = 3\n",
+            "(name = 'bad'): unknown key 'max_line'; known keys: name, regex, title",
+        ),
+        (
+            "[[pattern]]\nname = 'bad'\nregex = 'x'\ntitle = 'x'\nmax_lines = '3'\n",
+            "(name = 'bad'): max_lines: expected `int | null`, got `str`",
+        ),
+        ("[[volatile]]\nregex = 'x'\nreplace = 1\n", ": replace: expected `str`, got `int`"),
+    ],
+)
 def test_table_mistakes_name_the_file_the_entry_and_the_key(tmp_path, addition, complaint):
     path = tmp_path / "patterns.toml"
     path.write_text(console.PATTERNS_FILE.read_text() + "\n" + addition)
-    entry = r"patterns.toml: (?=\[\[\w+\]\] \d+)"          # the message names the entry
+    entry = r"patterns.toml: (?=\[\[\w+\]\] \d+)"  # the message names the entry
     with pytest.raises(DataError, match=entry + ".*" + re.escape(complaint)):
         console.load_table(path)
     with pytest.raises(DataError, match="^console patterns: "):
@@ -304,11 +429,14 @@ def test_table_mistakes_name_the_file_the_entry_and_the_key(tmp_path, addition, 
 
 def test_end_of_splat_mistakes_name_the_item():
     with pytest.raises(DataError, match=r"^shipped: top level: end_of_splat: item 1: bad regex"):
-        parse_table(console.PATTERNS_FILE.read_text().replace(
-            "end_of_splat = [", "end_of_splat = ['[', "), source="shipped")
+        parse_table(
+            console.PATTERNS_FILE.read_text().replace("end_of_splat = [", "end_of_splat = ['[', "),
+            source="shipped",
+        )
 
 
 # -- attribution ------------------------------------------------------------------------------
+
 
 def test_window_attributes_a_splat_to_the_test_that_printed_it():
     text = read("synthetic-warning.log")
@@ -325,8 +453,11 @@ def test_window_attributes_a_splat_to_the_test_that_printed_it():
 
 def test_window_runs_to_the_end_when_the_guest_died_before_the_end_marker():
     text = read("synthetic-gpf.log")
-    part = window(text, "uprobe-harness: BEGIN test_unregister_race[smp2]",
-                  "uprobe-harness: END test_unregister_race[smp2]")
+    part = window(
+        text,
+        "uprobe-harness: BEGIN test_unregister_race[smp2]",
+        "uprobe-harness: END test_unregister_race[smp2]",
+    )
     assert part == window(text, "uprobe-harness: BEGIN test_unregister_race[smp2]", None)
     assert [f.title for f in scan(part)] == ["general protection fault in consumer_del"]
 
@@ -338,8 +469,15 @@ def test_window_needs_the_exact_begin_marker():
 
 
 def test_window_of_a_rerun_test_is_its_last_run():
-    text = splat("uprobe-harness: BEGIN t", "first run", "uprobe-harness: END t",
-                 "uprobe-harness: BEGIN t", "second run", "uprobe-harness: END t", "after")
+    text = splat(
+        "uprobe-harness: BEGIN t",
+        "first run",
+        "uprobe-harness: END t",
+        "uprobe-harness: BEGIN t",
+        "second run",
+        "uprobe-harness: END t",
+        "after",
+    )
     assert window(text, "uprobe-harness: BEGIN t", "uprobe-harness: END t").endswith("second run")
 
 
@@ -352,6 +490,7 @@ def test_boot_banner_inside_a_test_window_is_a_reboot():
 
 # -- incremental watching -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", LOGS, ids=lambda path: path.name)
 @pytest.mark.parametrize("seed", range(3))
 def test_watch_fed_in_random_chunks_equals_batch_scan(path, seed):
@@ -360,7 +499,7 @@ def test_watch_fed_in_random_chunks_equals_batch_scan(path, seed):
     watch, streamed, position = ConsoleWatch(), [], 0
     while position < len(text):
         size = rng.choice([1, 2, 3, 5, 17, 64, 300])
-        streamed += watch.feed(text[position:position + size])
+        streamed += watch.feed(text[position : position + size])
         position += size
         if rng.random() < 0.05:
             assert watch.findings == scan(watch.text)
@@ -388,6 +527,7 @@ def test_watch_findings_include_a_splat_still_being_printed():
 
 # -- command line -----------------------------------------------------------------------------
 
+
 def test_main_exit_codes_and_output(capsys):
     assert console.main([str(DATA / "synthetic-clean-boot.log")]) == 0
     assert "clean" in capsys.readouterr().out
@@ -414,5 +554,6 @@ def test_main_unreadable_log(tmp_path, capsys):
 def test_format_findings_without_excerpts():
     findings = scan(read("synthetic-gpf.log"))
     assert console.format_findings(findings, excerpts=False) == (
-        "1 finding(s):\nline 85: crashed [gpf] general protection fault in consumer_del")
+        "1 finding(s):\nline 85: crashed [gpf] general protection fault in consumer_del"
+    )
     assert console.format_findings([]) == "clean: no kernel splats found"

@@ -7,16 +7,18 @@ import time
 from harness.machine import console
 from harness.machine.console import ConsoleWatch
 
-SPLAT = ("[   12.000000] BUG: kernel NULL pointer dereference, address: 0000000000000000\n"
-         "[   12.000001] Oops: 0000 [#1] PREEMPT SMP NOPTI\n"
-         "[   12.000002] RIP: 0010:find_uprobe+0x1c/0x70\n"
-         "[   12.000003] ---[ end trace 0000000000000000 ]---\n")
+SPLAT = (
+    "[   12.000000] BUG: kernel NULL pointer dereference, address: 0000000000000000\n"
+    "[   12.000001] Oops: 0000 [#1] PREEMPT SMP NOPTI\n"
+    "[   12.000002] RIP: 0010:find_uprobe+0x1c/0x70\n"
+    "[   12.000003] ---[ end trace 0000000000000000 ]---\n"
+)
 
 
 def _feed(watch: ConsoleWatch, text: str, chunk: int = 65536) -> float:
     started = time.monotonic()
     for at in range(0, len(text), chunk):
-        watch.feed(text[at:at + chunk])
+        watch.feed(text[at : at + chunk])
     return time.monotonic() - started
 
 
@@ -54,5 +56,5 @@ def test_text_keeps_the_last_characters_and_offsets_stay_absolute():
     _feed(watch, SPLAT)
     window = watch.since(middle)
     assert window == SPLAT and watch.since(middle, middle + 10) == SPLAT[:10]
-    assert watch.since(start).endswith(SPLAT)          # as far as it is kept
+    assert watch.since(start).endswith(SPLAT)  # as far as it is kept
     assert watch.fed == middle + len(SPLAT)

@@ -20,6 +20,7 @@ def test_real_sysrq_panic_is_one_crash_with_trace():
 # Recorded with the LKDTM fragment (harness/configs/fragments/lkdtm.config), see
 # tests/data/console/README.md for the commands.
 
+
 def test_real_lkdtm_warning_is_one_warning_with_its_location():
     findings = console.scan_file(DATA / "real-6.1-lkdtm-warning.log")
     assert [(f.signature, f.title) for f in findings] == [("warning", "WARNING in lkdtm_WARNING")]

@@ -18,14 +18,26 @@ PACKAGE = "linux-source-9.9"
 
 
 def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", *args],
-                          input=stdin, capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--yes", *args],
+        input=stdin,
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def _make_key(home: Path, name: str) -> Path:
     home.mkdir(mode=0o700)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.invalid>",
-         "ed25519", "sign", "never")
+    _gpg(
+        home,
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        f"{name} <{name}@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    )
     keyring = home / "key.gpg"
     keyring.write_bytes(_gpg(home, "--export"))
     return keyring
@@ -48,10 +60,12 @@ def _make_deb(work: Path, version: str) -> Path:
     (root / "usr" / "src" / f"{PACKAGE}.tar.xz").write_bytes(_tarball_bytes(version))
     (root / "DEBIAN" / "control").write_text(
         f"Package: {PACKAGE}\nVersion: {version}\nArchitecture: all\n"
-        f"Maintainer: t <t@example.invalid>\nDescription: test kernel source\n")
+        f"Maintainer: t <t@example.invalid>\nDescription: test kernel source\n"
+    )
     deb = work / f"{PACKAGE}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "-Zxz", "--build", str(root), str(deb)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "-Zxz", "--build", str(root), str(deb)], check=True, capture_output=True
+    )
     return deb
 
 
@@ -63,23 +77,29 @@ def _publish(repo: Path, suite: str, debs: list[Path], signer: Path) -> None:
     for deb in debs:
         target = pool / deb.name
         target.write_bytes(deb.read_bytes())
-        control = subprocess.run(["dpkg-deb", "-f", str(target)], capture_output=True,
-                                 text=True, check=True).stdout.strip()
+        control = subprocess.run(
+            ["dpkg-deb", "-f", str(target)], capture_output=True, text=True, check=True
+        ).stdout.strip()
         data = target.read_bytes()
-        stanzas.append(f"{control}\nFilename: pool/{deb.name}\nSize: {len(data)}\n"
-                       f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
+        stanzas.append(
+            f"{control}\nFilename: pool/{deb.name}\nSize: {len(data)}\n"
+            f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
+        )
     dist = repo / "dists" / suite
     packages = dist / "main" / "binary-amd64" / "Packages"
     packages.parent.mkdir(parents=True, exist_ok=True)
     packages.write_text("\n".join(stanzas))
     body = packages.read_bytes()
-    release = (f"Origin: Test\nLabel: Test\nSuite: {suite}\nCodename: {suite}\n"
-               f"Date: Sun, 29 Nov 2026 00:00:00 UTC\nArchitectures: amd64 all\n"
-               f"Components: main\nSHA256:\n {hashlib.sha256(body).hexdigest()} {len(body)} "
-               f"main/binary-amd64/Packages\n")
+    release = (
+        f"Origin: Test\nLabel: Test\nSuite: {suite}\nCodename: {suite}\n"
+        f"Date: Sun, 29 Nov 2026 00:00:00 UTC\nArchitectures: amd64 all\n"
+        f"Components: main\nSHA256:\n {hashlib.sha256(body).hexdigest()} {len(body)} "
+        f"main/binary-amd64/Packages\n"
+    )
     (dist / "Release").write_text(release)
     (dist / "InRelease").write_bytes(
-        _gpg(signer, "--clearsign", "--output", "-", stdin=release.encode()))
+        _gpg(signer, "--clearsign", "--output", "-", stdin=release.encode())
+    )
 
 
 @pytest.fixture
@@ -94,9 +114,10 @@ def archive(tmp_path, isolated_cache):
     repo = tmp_path / "repo"
     _publish(repo, "testsuite", [_make_deb(tmp_path, "9.9~rc1-1")], trusted_home)
     yield repo, keyring, trusted_home, rogue_home
-    for home in (trusted_home, rogue_home):      # gpg starts an agent per homedir
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                       capture_output=True)
+    for home in (trusted_home, rogue_home):  # gpg starts an agent per homedir
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True
+        )
 
 
 def _pkg(repo: Path, keyring: Path, suite: str = "testsuite", package: str = PACKAGE):
@@ -112,7 +133,8 @@ def test_fetch_downloads_verifies_and_caches(archive, isolated_cache):
         assert f"{PACKAGE}/Makefile" in tar.getnames()
     # no staging directory or partial file left beside it
     assert sorted(p.name for p in fetched.tarball.parent.iterdir()) == sorted(
-        [fetched.tarball.name, fetched.tarball.name + ".version"])
+        [fetched.tarball.name, fetched.tarball.name + ".version"]
+    )
     # a second fetch within the refresh interval does not touch the archive
     (repo / "dists").rename(repo / "gone")
     assert debian_archive.fetch(_pkg(repo, keyring)) == fetched
@@ -150,7 +172,7 @@ def test_missing_package_is_one_clear_error(archive):
 
 def test_bad_signature_stops_before_any_download(archive, isolated_cache):
     repo, keyring, _, rogue_home = archive
-    _publish(repo, "testsuite", [], rogue_home)   # re-signed by a key the keyring lacks
+    _publish(repo, "testsuite", [], rogue_home)  # re-signed by a key the keyring lacks
     with pytest.raises(SourceError) as error:
         debian_archive.fetch(_pkg(repo, keyring))
     assert "signature of suite 'testsuite' could not be verified" in str(error.value)
@@ -171,14 +193,14 @@ def test_interrupted_extraction_is_never_reused(archive, isolated_cache, monkeyp
 
     def interrupted(deb, into, package):
         path = real(deb, into, package)
-        path.write_bytes(path.read_bytes()[:100])   # half written...
-        raise KeyboardInterrupt                     # ...and the harness is stopped
+        path.write_bytes(path.read_bytes()[:100])  # half written...
+        raise KeyboardInterrupt  # ...and the harness is stopped
 
     monkeypatch.setattr(debian_archive, "_tarball_from_deb", interrupted)
     with pytest.raises(KeyboardInterrupt):
         debian_archive.fetch(_pkg(repo, keyring))
     store = isolated_cache / "debian"
-    assert list(store.iterdir()) == []               # no tarball, no staging dir
+    assert list(store.iterdir()) == []  # no tarball, no staging dir
     monkeypatch.setattr(debian_archive, "_tarball_from_deb", real)
     fetched = debian_archive.fetch(_pkg(repo, keyring))
     assert b"rc1" in _makefile(fetched.tarball)
@@ -186,20 +208,32 @@ def test_interrupted_extraction_is_never_reused(archive, isolated_cache, monkeyp
 
 def test_the_system_apt_configuration_is_untouched(archive, isolated_cache):
     repo, keyring, *_ = archive
-    watched = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*"),
-               *Path("/var/lib/apt/lists").glob("*")]
+    watched = [
+        Path("/etc/apt/sources.list"),
+        *Path("/etc/apt/sources.list.d").glob("*"),
+        *Path("/var/lib/apt/lists").glob("*"),
+    ]
     before = {p: p.stat().st_mtime_ns for p in watched if p.exists()}
     debian_archive.fetch(_pkg(repo, keyring))
     assert {p: p.stat().st_mtime_ns for p in before if p.exists()} == before
     assert not list(Path("/var/lib/apt/lists").glob("*testsuite*"))
 
 
-def test_kernel_spec_with_a_suite_extracts_into_a_pristine_tree(archive, isolated_cache,
-                                                                monkeypatch):
+def test_kernel_spec_with_a_suite_extracts_into_a_pristine_tree(
+    archive, isolated_cache, monkeypatch
+):
     repo, keyring, *_ = archive
-    monkeypatch.setitem(sources.KNOWN.sources, "debian:9.9", sources.SourceEntry(
-        kind="debian", package=PACKAGE, suite="testsuite", keyring=str(keyring),
-        archive=f"file:{repo}"))
+    monkeypatch.setitem(
+        sources.KNOWN.sources,
+        "debian:9.9",
+        sources.SourceEntry(
+            kind="debian",
+            package=PACKAGE,
+            suite="testsuite",
+            keyring=str(keyring),
+            archive=f"file:{repo}",
+        ),
+    )
     source = sources.prepare(sources.parse_spec("debian:9.9"))
     assert source.label == "debian:9.9 (9.9~rc1-1)"
     assert (source.tree / "Makefile").read_text().startswith("VERSION = 9")

@@ -20,13 +20,17 @@ from harness.nightly import matrix as nightly_matrix
 from harness.probing import probes
 from harness.results import known_bugs, report
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 words = st.text(alphabet=string.ascii_letters + string.digits + "._-/:@ *?[]", max_size=24)
-scalars = st.one_of(words, st.integers(-3, 10**6), st.booleans(), st.floats(allow_nan=False,
-                                                                            width=32))
+scalars = st.one_of(
+    words, st.integers(-3, 10**6), st.booleans(), st.floats(allow_nan=False, width=32)
+)
 values = st.one_of(scalars, st.lists(scalars, max_size=4), st.lists(words, max_size=4))
 
 
@@ -42,8 +46,11 @@ def _toml_value(value) -> str:
 
 def _toml(document: dict) -> str:
     """Top-level key = value lines, then [table]s, then [[array]] tables."""
-    lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in document.items()
-             if not isinstance(v, (dict, tuple))]
+    lines = [
+        f"{json.dumps(k)} = {_toml_value(v)}"
+        for k, v in document.items()
+        if not isinstance(v, (dict, tuple))
+    ]
     for key, value in document.items():
         if isinstance(value, dict):
             lines.append(f"[{json.dumps(key)}]")
@@ -73,10 +80,12 @@ MATRIX_KEYS = ["name", "kernel", "series", "smp", "selection", "accel", "config_
 
 
 @SETTINGS
-@given(top=tables(["name"]), defaults=tables(["series", "smp", "selection", "accel"]),
-       selection=st.dictionaries(words, st.one_of(values, st.lists(words, max_size=5)),
-                                 max_size=3),
-       kernels=st.lists(tables(MATRIX_KEYS), max_size=3))
+@given(
+    top=tables(["name"]),
+    defaults=tables(["series", "smp", "selection", "accel"]),
+    selection=st.dictionaries(words, st.one_of(values, st.lists(words, max_size=5)), max_size=3),
+    kernels=st.lists(tables(MATRIX_KEYS), max_size=3),
+)
 def test_matrix_files(tmp_path_factory, top, defaults, selection, kernels):
     path = tmp_path_factory.mktemp("m") / "matrix.toml"
     document = {**top, "defaults": defaults, "selection": selection, "kernel": tuple(kernels)}
@@ -93,8 +102,10 @@ def test_matrix_files_as_any_text(tmp_path_factory, text):
 
 
 @SETTINGS
-@given(spec=tables(["summary", "kernel", "mechanism", "file", "breaks"]),
-       series_text=st.text(max_size=200))
+@given(
+    spec=tables(["summary", "kernel", "mechanism", "file", "breaks"]),
+    series_text=st.text(max_size=200),
+)
 def test_mutant_directories(tmp_path_factory, spec, series_text):
     directory = tmp_path_factory.mktemp("mutant")
     (directory / "mutant.toml").write_text(_toml(spec))
@@ -103,8 +114,11 @@ def test_mutant_directories(tmp_path_factory, spec, series_text):
 
 
 @SETTINGS
-@given(entries=st.lists(tables(["test", "kernels", "reason", "fixed_by", "fixed_upstream",
-                                "link"]), max_size=3))
+@given(
+    entries=st.lists(
+        tables(["test", "kernels", "reason", "fixed_by", "fixed_upstream", "link"]), max_size=3
+    )
+)
 def test_known_bugs_files(tmp_path_factory, entries):
     path = tmp_path_factory.mktemp("kb") / "known_bugs.toml"
     path.write_text(_toml({"bug": tuple(entries)}))
@@ -112,8 +126,11 @@ def test_known_bugs_files(tmp_path_factory, entries):
 
 
 @SETTINGS
-@given(series_text=st.text(max_size=200), patch=st.binary(max_size=400),
-       header=st.sampled_from([b"", b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"]))
+@given(
+    series_text=st.text(max_size=200),
+    patch=st.binary(max_size=400),
+    header=st.sampled_from([b"", b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"]),
+)
 def test_quilt_series(tmp_path_factory, series_text, patch, header):
     directory = tmp_path_factory.mktemp("s")
     (directory / "series").write_text(series_text)
@@ -135,11 +152,22 @@ def test_mbox_series(tmp_path_factory, body):
 
 
 @SETTINGS
-@given(lines=st.lists(st.one_of(
-    st.builds(lambda s, v: f"CONFIG_{s}={v}", st.text(string.ascii_uppercase + "_", max_size=8),
-              st.one_of(st.sampled_from(["y", "n", "m", '""']), words)),
-    st.builds(lambda s: f"# CONFIG_{s} is not set", st.text(string.ascii_uppercase, max_size=6)),
-    st.text(max_size=40)), max_size=8))
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.builds(
+                lambda s, v: f"CONFIG_{s}={v}",
+                st.text(string.ascii_uppercase + "_", max_size=8),
+                st.one_of(st.sampled_from(["y", "n", "m", '""']), words),
+            ),
+            st.builds(
+                lambda s: f"# CONFIG_{s} is not set", st.text(string.ascii_uppercase, max_size=6)
+            ),
+            st.text(max_size=40),
+        ),
+        max_size=8,
+    )
+)
 def test_config_fragments(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("frag") / "extra.config"
     path.write_text("\n".join(lines) + "\n")
@@ -147,6 +175,7 @@ def test_config_fragments(tmp_path_factory, lines):
 
 
 # -- what the guest and pytest write ------------------------------------------------------------
+
 
 @SETTINGS
 @given(text=st.text(max_size=2000))
@@ -163,19 +192,25 @@ def test_uprobe_profile_output(text):
 
 
 @SETTINGS
-@given(case=st.text(max_size=60), message=st.text(max_size=80),
-       kind=st.sampled_from(["failure", "error", "skipped", "system-out", "properties"]),
-       raw=st.booleans())
+@given(
+    case=st.text(max_size=60),
+    message=st.text(max_size=80),
+    kind=st.sampled_from(["failure", "error", "skipped", "system-out", "properties"]),
+    raw=st.booleans(),
+)
 def test_junit_files(tmp_path_factory, case, message, kind, raw):
     from xml.sax.saxutils import quoteattr
+
     path = tmp_path_factory.mktemp("junit") / "junit.xml"
     if raw:
         path.write_text(case + message)
     else:
-        path.write_text(f'<?xml version="1.0"?><testsuites><testsuite name="pytest">'
-                        f'<testcase classname={quoteattr(case)} name={quoteattr(message)} '
-                        f'time="x"><{kind} message={quoteattr(message)}/></testcase>'
-                        f'</testsuite></testsuites>')
+        path.write_text(
+            f'<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+            f"<testcase classname={quoteattr(case)} name={quoteattr(message)} "
+            f'time="x"><{kind} message={quoteattr(message)}/></testcase>'
+            f"</testsuite></testsuites>"
+        )
     _verdict_or_harness_error(lambda: report.read_junit(path))
 
 
@@ -185,4 +220,3 @@ def test_the_generator_reaches_the_validators(tmp_path):
     path.write_text(_toml({"name": "x", "kernel": ({"name": "a", "kernel": "debian:6.1"},)}))
     assert nightly_matrix.load_matrix(path).cells
     assert Path(path).read_text().startswith('"name" = "x"')
-

@@ -17,8 +17,11 @@ class FakeTracefs:
 
     def run(self, cmd, timeout=0, check=False):
         self.commands.append(cmd)
-        if "uprobe_events" in cmd and ">> " in cmd and any(
-                f":{offset}'" in cmd for offset in self.refused):
+        if (
+            "uprobe_events" in cmd
+            and ">> " in cmd
+            and any(f":{offset}'" in cmd for offset in self.refused)
+        ):
             return Result(1, "", "sh: write error: Invalid argument")
         return Result(0, "", "")
 

@@ -292,16 +292,26 @@ def test_missing_package_is_infra_error(cache, tmp_path):
     assert "busybox-static" in message and "apt-get install busybox-static" in message
 
 
-@pytest.mark.parametrize("text, complaint", [
-    ('[[binary]]\npackage = "p"\npath = "/bin/x"\nrename = "y"\n',
-     r"broken.toml: \[\[binary\]\] 1: unknown key 'rename'; known keys: package, path"),
-    ('[[file]]\ndest = "/etc/a"\ntext = "a"\n[[file]]\ndest = "/etc/b"\nmode = "755"\n',
-     r"broken.toml: \[\[file\]\] 2: mode: expected `int`, got `str`"),
-    ('[[file]]\ndest = "/etc/a"\n', r"broken.toml: \[\[file\]\] 1 \(dest = '/etc/a'\): give "
-                                    r"exactly one of 'text' or 'src'"),
-    ('ssh_port = 0\n', r"broken.toml: top level: ssh_port 0 is not a TCP port"),
-    ('hostname = "a b"\n', r"broken.toml: top level: hostname 'a b' is not a valid host name"),
-])
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        (
+            '[[binary]]\npackage = "p"\npath = "/bin/x"\nrename = "y"\n',
+            r"broken.toml: \[\[binary\]\] 1: unknown key 'rename'; known keys: package, path",
+        ),
+        (
+            '[[file]]\ndest = "/etc/a"\ntext = "a"\n[[file]]\ndest = "/etc/b"\nmode = "755"\n',
+            r"broken.toml: \[\[file\]\] 2: mode: expected `int`, got `str`",
+        ),
+        (
+            '[[file]]\ndest = "/etc/a"\n',
+            r"broken.toml: \[\[file\]\] 1 \(dest = '/etc/a'\): give "
+            r"exactly one of 'text' or 'src'",
+        ),
+        ("ssh_port = 0\n", r"broken.toml: top level: ssh_port 0 is not a TCP port"),
+        ('hostname = "a b"\n', r"broken.toml: top level: hostname 'a b' is not a valid host name"),
+    ],
+)
 def test_recipe_errors_name_the_file_the_entry_and_the_key(tmp_path, text, complaint):
     recipe = tmp_path / "broken.toml"
     recipe.write_text(text)

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.slow
 
 
 def harness_cli(*args, timeout=3600):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def test_same_inputs_hit_the_cache_quickly(default_kernel):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["cached"] is True and data["identity"] == default_kernel.identity
-    assert time.monotonic() - started < 10   # the figure itself is in the benchmark
+    assert time.monotonic() - started < 10  # the figure itself is in the benchmark
 
 
 def test_patch_that_does_not_apply_is_reported_and_discarded(default_kernel, tmp_path):
@@ -50,7 +55,8 @@ def test_patch_that_does_not_apply_is_reported_and_discarded(default_kernel, tmp
     bad.mkdir()
     (bad / "0001-broken.patch").write_text(
         "--- a/kernel/trace/trace_uprobe.c\n+++ b/kernel/trace/trace_uprobe.c\n"
-        "@@ -1,2 +1,2 @@\n-this line is not in the file\n+neither is this one\n context\n")
+        "@@ -1,2 +1,2 @@\n-this line is not in the file\n+neither is this one\n context\n"
+    )
     (bad / "series").write_text("0001-broken.patch\n")
     with pytest.raises(PatchError) as caught:
         kernel.build(kernel.BuildRequest(series=str(bad)))
@@ -61,9 +67,11 @@ def test_patch_that_does_not_apply_is_reported_and_discarded(default_kernel, tmp
     again = kernel.build(kernel.BuildRequest())
     assert again.identity == default_kernel.identity and again.cached
     from harness.build import sources
+
     tree = sources.cache_dir("sources") / "debian-6.1"
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True,
-                            text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True
+    ).stdout
     assert status == ""
 
 

@@ -28,11 +28,16 @@ def test_killing_the_harness_leaves_no_process_behind(tmp_path, entry, signum):
     argv = [sys.executable, "-m", "harness", *COMMANDS[entry]]
     if entry == "main":
         argv[4:4] = ["--results", str(tmp_path / "results")]
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     below: set[int] = set()
     try:
-        deadline = time.monotonic() + 1500          # a cold cache builds the kernel first
+        deadline = time.monotonic() + 1500  # a cold cache builds the kernel first
         while time.monotonic() < deadline and proc.poll() is None:
             below = children.descendants(proc.pid)
             if any("qemu-system" in children.command_line(pid) for pid in below):
@@ -44,17 +49,18 @@ def test_killing_the_harness_leaves_no_process_behind(tmp_path, entry, signum):
         below = children.descendants(proc.pid)
         os.kill(proc.pid, signum)
         proc.wait(timeout=60)
-        deadline = time.monotonic() + 45             # SIGTERM: pytest gets 30 s to stop
+        deadline = time.monotonic() + 45  # SIGTERM: pytest gets 30 s to stop
         while time.monotonic() < deadline and any(children.running(pid) for pid in below):
             time.sleep(0.2)
         left = {pid: children.command_line(pid) for pid in below if children.running(pid)}
-        assert not left, f"left behind after {signal.Signals(signum).name} of " \
-                         f"harness {entry}: {left}"
+        assert not left, (
+            f"left behind after {signal.Signals(signum).name} of harness {entry}: {left}"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in below:                            # adopted by init if left behind
+        for pid in below:  # adopted by init if left behind
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

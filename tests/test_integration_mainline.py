@@ -28,25 +28,52 @@ def test_mainline_builds_from_its_suite_with_the_base_config(mainline):
     assert mainline.release.startswith("7.3.0")
     assert mainline.label.startswith("debian:7.3 (7.3~")
     config = mainline.config.read_text()
-    for needed in ("CONFIG_UPROBE_EVENTS=y", "CONFIG_ACPI=y", "CONFIG_X86_MPPARSE=y",
-                   "CONFIG_USERFAULTFD=y", "CONFIG_KERNEL_LZ4=y", "CONFIG_SECCOMP_FILTER=y",
-                   "CONFIG_IA32_EMULATION=y",
-                   "CONFIG_SYSCALL_USER_DISPATCH=y"):  # the last from kernels.toml's fragment
+    for needed in (
+        "CONFIG_UPROBE_EVENTS=y",
+        "CONFIG_ACPI=y",
+        "CONFIG_X86_MPPARSE=y",
+        "CONFIG_USERFAULTFD=y",
+        "CONFIG_KERNEL_LZ4=y",
+        "CONFIG_SECCOMP_FILTER=y",
+        "CONFIG_IA32_EMULATION=y",
+        "CONFIG_SYSCALL_USER_DISPATCH=y",
+    ):  # the last from kernels.toml's fragment
         assert needed in config
 
 
 def test_main_job_runs_the_stack_family_on_mainline(mainline, tmp_path):
     results_dir = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "harness", "main", "--kernel", "debian:7.3",
-                          "--smp", "1", "--results", str(results_dir), "--", "-m", "stack"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "main",
+            "--kernel",
+            "debian:7.3",
+            "--smp",
+            "1",
+            "--results",
+            str(results_dir),
+            "--",
+            "-m",
+            "stack",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     results = report.read_junit(results_dir / "junit.xml")
     assert len(results) >= 20
     # with uprobes-7.3-fixes every stack case passes, the userfaultfd push/call ones included
     assert {r.outcome for r in results} == {"passed"}, [
-        (r.name, r.outcome) for r in results if r.outcome != "passed"]
+        (r.name, r.outcome) for r in results if r.outcome != "passed"
+    ]
     names = {r.name for r in results}
-    assert {"test_probed_stack_write_is_transparent[uffd-push]",
-            "test_probed_stack_write_is_transparent[uffd-call]"} <= names
+    assert {
+        "test_probed_stack_write_is_transparent[uffd-push]",
+        "test_probed_stack_write_is_transparent[uffd-call]",
+    } <= names
     assert all(r.properties.get("kernel", "").startswith("debian:7.3") for r in results)

@@ -15,9 +15,22 @@ pytestmark = pytest.mark.slow
 
 def test_every_mutant_is_caught_by_its_declared_families(tmp_path):
     results = tmp_path / "mutate"
-    run = subprocess.run([sys.executable, "-m", "harness", "mutate", "--scope", "declared",
-                          "--results", str(results)], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=3600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "mutate",
+            "--scope",
+            "declared",
+            "--results",
+            str(results),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     data = json.loads((results / "mutate.json").read_text())
     names = {m["name"] for m in data["mutants"]}

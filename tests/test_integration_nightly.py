@@ -38,8 +38,18 @@ series = [{{name = "series-under-test", series = "{series}"}}]
 def nightly(tmp_path, series, run_id, selection=("profile",), **popen):
     matrix = tmp_path / f"matrix-{run_id}.toml"
     matrix.write_text(MATRIX.format(series=series, selection=json.dumps(list(selection))))
-    cmd = [sys.executable, "-m", "harness", "nightly", "--matrix", str(matrix),
-           "--results-dir", str(tmp_path / "nightly"), "--run-id", run_id]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "nightly",
+        "--matrix",
+        str(matrix),
+        "--results-dir",
+        str(tmp_path / "nightly"),
+        "--run-id",
+        run_id,
+    ]
     if popen:
         return subprocess.Popen(cmd, cwd=REPO_ROOT, **popen)
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
@@ -64,23 +74,31 @@ def test_a_known_bad_series_is_a_new_failure_and_a_killed_run_is_not_history(tmp
     assert "new-failures" in (run_dir / "report.html").read_text()
 
     # a run killed after storing its first cell leaves a shard marked running
-    third = nightly(tmp_path, good, "n3", selection=("profile", "again"),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True)
+    third = nightly(
+        tmp_path,
+        good,
+        "n3",
+        selection=("profile", "again"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     db = sqlite3.connect(tmp_path / "nightly" / "results.db", timeout=60)
     deadline = time.monotonic() + 900
     stored = []
     while not stored and third.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-        stored = db.execute("SELECT res.outcome FROM results res WHERE res.run_id='n3' AND "
-                            "res.cell='k/series-under-test/smp4/profile'").fetchall()
+        stored = db.execute(
+            "SELECT res.outcome FROM results res WHERE res.run_id='n3' AND "
+            "res.cell='k/series-under-test/smp4/profile'"
+        ).fetchall()
     os.killpg(third.pid, signal.SIGKILL)
     third.wait()
     assert stored == [("passed",)], "the killed run's first cell (good series) was not stored"
     assert db.execute("SELECT status FROM shards WHERE run_id='n3'").fetchone() == ("running",)
     db.close()
 
-    fourth = nightly(tmp_path, bad, "n4")   # compared with n2 (bad), not n3: still failing
+    fourth = nightly(tmp_path, bad, "n4")  # compared with n2 (bad), not n3: still failing
     summary = (tmp_path / "nightly" / "runs" / "n4" / "summary.txt").read_text()
     assert fourth.returncode == 0, summary
     assert any("STILL FAILING" in line and TEST in line for line in summary.splitlines())

@@ -59,9 +59,13 @@ def test_boot_run_command_and_exit_status(built, img):
 
 
 def test_cli_boot_propagates_exit_status():
-    result = subprocess.run([sys.executable, "-m", "harness", "boot", "--", "sh", "-c",
-                             "exit 3"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", "boot", "--", "sh", "-c", "exit 3"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 3, result.stderr
 
 
@@ -90,9 +94,10 @@ def test_forced_panic_gives_verdict_and_no_leftover(built, img, tmp_path):
 def test_hung_guest_is_unresponsive_within_bound(built, img):
     with VM(built, img, MachineSpec(smp=1)) as vm:
         from qemu.qmp.legacy import QEMUMonitorProtocol
+
         qmp = QEMUMonitorProtocol(str(vm.qmp_socket))
         qmp.connect()
-        qmp.cmd("stop")                      # the guest freezes: no console, no SSH
+        qmp.cmd("stop")  # the guest freezes: no console, no SSH
         started = time.monotonic()
         assert not vm.responsive(silence_s=5)
         assert time.monotonic() - started < 30
@@ -135,8 +140,9 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_qemu_dies_with_the_harness(built, img, how):
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         qemu_pid = int(proc.stdout.readline())
         proc.send_signal(how)

@@ -13,7 +13,10 @@ def fragment(tmp_path, text, name="frag.config"):
 def test_parse_values_and_unset(tmp_path):
     f = fragment(tmp_path, '# comment\nCONFIG_A=y\nCONFIG_S="x y"\n# CONFIG_B is not set\n\n')
     assert [(o.symbol, o.value) for o in f.options] == [
-        ("CONFIG_A", "y"), ("CONFIG_S", '"x y"'), ("CONFIG_B", "n")]
+        ("CONFIG_A", "y"),
+        ("CONFIG_S", '"x y"'),
+        ("CONFIG_B", "n"),
+    ]
     assert f.options[2].origin.endswith("frag.config:4")
 
 
@@ -38,8 +41,15 @@ def test_relative_fragment_path_is_made_absolute(tmp_path, monkeypatch):
 
 def test_base_fragment_has_what_the_harness_needs():
     symbols = {o.symbol: o.value for o in kconfig.parse_fragment(kconfig.BASE_FRAGMENT).options}
-    for needed in ("CONFIG_UPROBES", "CONFIG_UPROBE_EVENTS", "CONFIG_SMP", "CONFIG_ACPI",
-                   "CONFIG_X86_MPPARSE", "CONFIG_VIRTIO_NET", "CONFIG_MAGIC_SYSRQ"):
+    for needed in (
+        "CONFIG_UPROBES",
+        "CONFIG_UPROBE_EVENTS",
+        "CONFIG_SMP",
+        "CONFIG_ACPI",
+        "CONFIG_X86_MPPARSE",
+        "CONFIG_VIRTIO_NET",
+        "CONFIG_MAGIC_SYSRQ",
+    ):
         assert symbols.get(needed) == "y", needed
 
 
@@ -59,8 +69,8 @@ def test_describe_missing_names_dependency_and_unknown_symbol(git_tree, tmp_path
 
 def test_dependencies_include_the_enclosing_if_blocks(git_tree):
     (git_tree / "Kconfig").write_text(
-        "if OUTER\nif MENU\nconfig FOO\n\tdepends on BAR\nendif\nendif\n"
-        "if OTHER\nendif\n")
+        "if OUTER\nif MENU\nconfig FOO\n\tdepends on BAR\nendif\nendif\nif OTHER\nendif\n"
+    )
     assert kconfig.kconfig_dependencies(git_tree, "CONFIG_FOO") == ["OUTER", "MENU", "BAR"]
 
 

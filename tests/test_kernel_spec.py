@@ -23,7 +23,8 @@ def test_per_source_config_fragments_are_data_and_exist():
             symbols = {o.symbol for o in kconfig.parse_fragment(path).options}
             assert symbols, f"{path} sets nothing"
     assert "CONFIG_SYSCALL_USER_DISPATCH" in {
-        o.symbol for o in kconfig.parse_fragment(mainline[0]).options}
+        o.symbol for o in kconfig.parse_fragment(mainline[0]).options
+    }
 
 
 def test_kernels_table_errors_name_the_file_the_entry_and_the_key(tmp_path):
@@ -31,12 +32,18 @@ def test_kernels_table_errors_name_the_file_the_entry_and_the_key(tmp_path):
     entry = '[sources."debian:9.9"]\nkind = "debian"\npackage = "p"\nsuite = "sid"\n'
     defaults = '[defaults]\nkernel = "debian:9.9"\n'
     path.write_text(entry + "suit = 'sid'\n" + defaults)
-    with pytest.raises(HarnessError, match=r'kernels.toml: \[sources."debian:9.9"\]: unknown key '
-                                           r"'suit'; known keys: kind, package"):
+    with pytest.raises(
+        HarnessError,
+        match=r'kernels.toml: \[sources."debian:9.9"\]: unknown key '
+        r"'suit'; known keys: kind, package",
+    ):
         sources.load_known(path)
     path.write_text(entry + "source_fragments = 'a.config'\n" + defaults)
-    with pytest.raises(HarnessError, match=r'kernels.toml: \[sources."debian:9.9"\]: '
-                                           r"source_fragments: expected `array`, got `str`"):
+    with pytest.raises(
+        HarnessError,
+        match=r'kernels.toml: \[sources."debian:9.9"\]: '
+        r"source_fragments: expected `array`, got `str`",
+    ):
         sources.load_known(path)
     path.write_text(entry + "tarball = '/x.tar.xz'\n" + defaults)
     with pytest.raises(HarnessError, match=r'\[sources."debian:9.9"\]: give exactly one of'):
@@ -79,25 +86,33 @@ def test_artefact_key_depends_on_every_input(tmp_path):
     assert base != kernel._artefact_key("src", patched, fragments, "gcc 12")
     assert base != kernel._artefact_key("src", series.NO_SERIES, fragments, "gcc 13")
     frag.write_text("CONFIG_A=n\n")
-    assert base != kernel._artefact_key("src", series.NO_SERIES,
-                                        [kconfig.parse_fragment(frag)], "gcc 12")
+    assert base != kernel._artefact_key(
+        "src", series.NO_SERIES, [kconfig.parse_fragment(frag)], "gcc 12"
+    )
 
 
 def test_git_source_never_touches_user_checkout(git_tree, isolated_cache):
     import subprocess
-    head_before = subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_tree,
-                                 capture_output=True, text=True).stdout
+
+    head_before = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=git_tree, capture_output=True, text=True
+    ).stdout
     (git_tree / "untracked.txt").write_text("user work in progress\n")
     source = sources.prepare(sources.parse_spec(f"{git_tree}@HEAD"))
     assert source.tree != git_tree and (source.tree / "kernel" / "counter.c").exists()
     (source.tree / "kernel" / "counter.c").write_text("modified in the cache\n")
     sources.prepare(sources.parse_spec(f"{git_tree}@HEAD"))
     assert "nhit++" in (source.tree / "kernel" / "counter.c").read_text(), "reset to pristine"
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=git_tree,
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=git_tree, capture_output=True, text=True
+    ).stdout
     assert status == "?? untracked.txt\n"
-    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_tree, capture_output=True,
-                          text=True).stdout == head_before
+    assert (
+        subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=git_tree, capture_output=True, text=True
+        ).stdout
+        == head_before
+    )
 
 
 def test_reset_survives_git_locks_left_by_a_killed_run(git_tree):
@@ -116,18 +131,20 @@ def test_pinned_spec_names_the_commit_and_the_absolute_path(tmp_path, monkeypatc
     """`main` hands pytest (which runs from the repository root, later) the kernel it built:
     a relative git tree at HEAD becomes its absolute path at the commit HEAD names now."""
     import subprocess
+
     tree = tmp_path / "linux"
     tree.mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tree)]
     subprocess.run(["git", "init", "-q", str(tree)], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "one"], check=True)
-    first = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    first = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     monkeypatch.chdir(tmp_path)
     pinned = sources.pinned_spec("linux@HEAD")
     assert pinned == f"{tree}@{first}"
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
-    assert sources.parse_spec(pinned).rev == first          # still the built commit
+    assert sources.parse_spec(pinned).rev == first  # still the built commit
     image = tmp_path / "bzImage"
     image.write_bytes(b"x")
     assert sources.pinned_spec("bzImage") == str(image)
@@ -136,13 +153,16 @@ def test_pinned_spec_names_the_commit_and_the_absolute_path(tmp_path, monkeypatc
 
 def test_one_git_tree_takes_one_lock_however_it_is_spelled(tmp_path, monkeypatch):
     import subprocess
+
     tree = tmp_path / "linux"
     tree.mkdir()
     subprocess.run(["git", "init", "-q", str(tree)], check=True)
     (tmp_path / "alias").symlink_to(tree)
     monkeypatch.chdir(tmp_path)
-    names = {kernel.source_lock_name(sources.parse_spec(text))
-             for text in ("linux@HEAD", "./linux", f"{tree}/@v1", "alias@HEAD")}
+    names = {
+        kernel.source_lock_name(sources.parse_spec(text))
+        for text in ("linux@HEAD", "./linux", f"{tree}/@v1", "alias@HEAD")
+    }
     assert len(names) == 1
     assert kernel.source_lock_name(sources.parse_spec("debian:6.1")) not in names
 
@@ -150,26 +170,46 @@ def test_one_git_tree_takes_one_lock_however_it_is_spelled(tmp_path, monkeypatch
 def test_a_tree_owned_by_another_user_gets_a_message_that_says_so(tmp_path, monkeypatch):
     import os
     import subprocess
+
     if os.geteuid() != 0:
         pytest.fail("runs as root (it chowns a tree to another user)")
-    monkeypatch.setenv("HOME", str(tmp_path))          # no global safe.directory
+    monkeypatch.setenv("HOME", str(tmp_path))  # no global safe.directory
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     tree = tmp_path / "linux"
     tree.mkdir()
     subprocess.run(["git", "init", "-q", str(tree)], check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tree),
-                    "commit", "-q", "--allow-empty", "-m", "one"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-C",
+            str(tree),
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "one",
+        ],
+        check=True,
+    )
     subprocess.run(["chown", "-R", "65534:65534", str(tree)], check=True)
     with pytest.raises(SourceError, match="safe.directory"):
         sources.pinned_spec(f"{tree}@HEAD")
 
 
-@pytest.mark.parametrize("patch, touches", [
-    (b"--- a/arch/x86/Kconfig\n+++ b/arch/x86/Kconfig\n", True),
-    (b"--- a/init/Kconfig.old\n+++ /dev/null\n", True),               # a deleted Kconfig
-    (b"--- a/kernel/configs/tiny.config\n+++ b/kernel/configs/tiny.config\n", True),
-    (b"--- a/scripts/kconfig/merge_config.sh\n+++ b/scripts/kconfig/merge_config.sh\n", True),
-    (b"diff --git a/x/Kconfig b/y/Kconfig\nrename from x/Kconfig\nrename to y/Kconfig\n", True),
-    (b"--- a/arch/x86/kernel/uprobes.c\n+++ b/arch/x86/kernel/uprobes.c\n", False)])
+@pytest.mark.parametrize(
+    "patch, touches",
+    [
+        (b"--- a/arch/x86/Kconfig\n+++ b/arch/x86/Kconfig\n", True),
+        (b"--- a/init/Kconfig.old\n+++ /dev/null\n", True),  # a deleted Kconfig
+        (b"--- a/kernel/configs/tiny.config\n+++ b/kernel/configs/tiny.config\n", True),
+        (b"--- a/scripts/kconfig/merge_config.sh\n+++ b/scripts/kconfig/merge_config.sh\n", True),
+        (b"diff --git a/x/Kconfig b/y/Kconfig\nrename from x/Kconfig\nrename to y/Kconfig\n", True),
+        (b"--- a/arch/x86/kernel/uprobes.c\n+++ b/arch/x86/kernel/uprobes.c\n", False),
+    ],
+)
 def test_what_counts_as_a_configuration_change(patch, touches):
     assert bool(kernel._KCONFIG_PATH.search(patch)) is touches

@@ -7,16 +7,17 @@ import pytest
 from harness.jobs import main as main_job
 from harness.jobs import scenario_run
 
-JUNIT = ('<?xml version="1.0"?><testsuites><testsuite name="pytest">'
-         '<testcase classname="testcases.test_stack" name="t" time="1">'
-         '<properties><property name="kernel_identity" value="{identity}"/>{props}'
-         '</properties>{body}</testcase></testsuite></testsuites>')
+JUNIT = (
+    '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+    '<testcase classname="testcases.test_stack" name="t" time="1">'
+    '<properties><property name="kernel_identity" value="{identity}"/>{props}'
+    "</properties>{body}</testcase></testsuite></testsuites>"
+)
 
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    built = SimpleNamespace(identity="K1", label="debian:6.1 (fake)", series="s",
-                            release="6.1.0")
+    built = SimpleNamespace(identity="K1", label="debian:6.1 (fake)", series="s", release="6.1.0")
     monkeypatch.setattr(main_job.kernel, "build", lambda request, progress=None: built)
     monkeypatch.setattr(main_job.sources, "pinned_spec", lambda text: text or "debian:6.1")
     seen = {}
@@ -24,14 +25,16 @@ def fake(monkeypatch, tmp_path):
     def play(status, identity="K1", body="", props=""):
         def run(cmd, junit, **kw):
             seen["cmd"] = cmd
-            junit.unlink(missing_ok=True)          # as the real one does
+            junit.unlink(missing_ok=True)  # as the real one does
             if status != "no-junit":
                 junit.write_text(JUNIT.format(identity=identity, body=body, props=props))
-            return scenario_run.Finished(0 if status == "no-junit" else status, 1.0, junit,
-                                         None)
+            return scenario_run.Finished(0 if status == "no-junit" else status, 1.0, junit, None)
+
         monkeypatch.setattr(main_job.scenario_run, "run", run)
-        return main_job.run(main_job.MainRequest(kernel=None, series=None,
-                                                 results=str(tmp_path / "r")))
+        return main_job.run(
+            main_job.MainRequest(kernel=None, series=None, results=str(tmp_path / "r"))
+        )
+
     return play, seen
 
 
@@ -42,8 +45,11 @@ def test_statuses(fake, tmp_path):
     assert play(1, body='<failure message="lost hits"/>').status is main_job.Status.FAILED
     assert play(5).status is main_job.Status.USAGE
     assert play("no-junit").status is main_job.Status.INFRA
-    infra = play(1, body='<error message="x"/>',
-                 props='<property name="exception" value="harness.errors.InfraError"/>')
+    infra = play(
+        1,
+        body='<error message="x"/>',
+        props='<property name="exception" value="harness.errors.InfraError"/>',
+    )
     assert infra.status is main_job.Status.INFRA
 
 
@@ -60,6 +66,7 @@ def test_guest_text_reaches_the_terminal_without_its_escape_sequences(capsys, mo
 
     def boom(args):
         raise BootError("guest console: \x1b]0;owned\x07\x1b[2Jlogin:\r\n")
+
     monkeypatch.setattr(cli, "cmd_main", boom)
     monkeypatch.setattr("sys.argv", ["harness", "main"])
     assert cli.main(["main"]) == cli.EXIT_FAIL

@@ -36,8 +36,9 @@ def _write_mutant(root, name, toml, series_lines=None):
     return directory
 
 
-GOOD_TOML = ('summary = "s"\nkernel = "debian:6.1"\nmechanism = "m"\nfile = "f.c"\n'
-             'breaks = ["stack"]\n')
+GOOD_TOML = (
+    'summary = "s"\nkernel = "debian:6.1"\nmechanism = "m"\nfile = "f.c"\nbreaks = ["stack"]\n'
+)
 
 
 def test_unknown_family_is_named(tmp_path):
@@ -46,12 +47,18 @@ def test_unknown_family_is_named(tmp_path):
         mutate.load_mutants(root=tmp_path)
 
 
-@pytest.mark.parametrize("old, new, complaint", [
-    ('mechanism = "m"\n', "", "missing key 'mechanism'"),
-    ('file = "f.c"\n', 'file = "f.c"\nfiles = ["g.c"]\n',
-     "unknown key 'files'; known keys: summary, kernel, mechanism, file, breaks"),
-    ('breaks = ["stack"]', 'breaks = "stack"', "breaks: expected `array`, got `str`"),
-])
+@pytest.mark.parametrize(
+    "old, new, complaint",
+    [
+        ('mechanism = "m"\n', "", "missing key 'mechanism'"),
+        (
+            'file = "f.c"\n',
+            'file = "f.c"\nfiles = ["g.c"]\n',
+            "unknown key 'files'; known keys: summary, kernel, mechanism, file, breaks",
+        ),
+        ('breaks = ["stack"]', 'breaks = "stack"', "breaks: expected `array`, got `str`"),
+    ],
+)
 def test_mutant_toml_errors_name_the_file_and_the_key(tmp_path, old, new, complaint):
     _write_mutant(tmp_path, "bad", GOOD_TOML.replace(old, new), [])
     with pytest.raises(HarnessError, match=r"bad/mutant.toml: top level: " + re.escape(complaint)):
@@ -79,11 +86,15 @@ def _result(module, outcome, name="t", message="boom"):
 
 
 def test_classify_counts_failures_crashes_and_errors_but_not_xfails_or_infra_errors():
-    tests = [_result("test_stack", "passed"), _result("test_stack", "xfail"),
-             _result("test_fp", "crashed", "c", "kernel BUG"), _result("test_riprel", "passed"),
-             _result("test_threads", "error", "e", "BootError: no SSH"),
-             _result("test_riprel", "error", "i", "InfraError: qemu missing"),
-             _result("test_riprel", "failed", "v", "ValueError: non-hexadecimal number")]
+    tests = [
+        _result("test_stack", "passed"),
+        _result("test_stack", "xfail"),
+        _result("test_fp", "crashed", "c", "kernel BUG"),
+        _result("test_riprel", "passed"),
+        _result("test_threads", "error", "e", "BootError: no SSH"),
+        _result("test_riprel", "error", "i", "InfraError: qemu missing"),
+        _result("test_riprel", "failed", "v", "ValueError: non-hexadecimal number"),
+    ]
     verdicts = mutate.classify(tests, mutate.FAMILIES)
     assert verdicts["stack"].ran and not verdicts["stack"].caught
     assert verdicts["fp"].caught and verdicts["fp"].failing == ["c: kernel BUG"]
@@ -92,28 +103,37 @@ def test_classify_counts_failures_crashes_and_errors_but_not_xfails_or_infra_err
 
 
 def test_a_guest_quoting_infraerror_is_still_a_catch():
-    quoted = report.TestResult("q", "testcases.test_stack", "failed", 0.1,
-                               "AssertionError: the program printed InfraError: boom",
-                               {"exception": "builtins.AssertionError"})
+    quoted = report.TestResult(
+        "q",
+        "testcases.test_stack",
+        "failed",
+        0.1,
+        "AssertionError: the program printed InfraError: boom",
+        {"exception": "builtins.AssertionError"},
+    )
     assert mutate.classify([quoted], mutate.FAMILIES)["stack"].caught
 
 
 def test_a_declared_family_that_passes_or_did_not_run_is_a_miss():
     result = mutate.MutantResult("m", "mech", ("stack", "fp"))
     result.families = mutate.classify([_result("test_stack", "failed")], ("stack", "fp"))
-    assert not result.ok and result.missed == []          # fp did not run at all
-    result.families = mutate.classify([_result("test_stack", "failed"),
-                                       _result("test_fp", "passed")], ("stack", "fp"))
+    assert not result.ok and result.missed == []  # fp did not run at all
+    result.families = mutate.classify(
+        [_result("test_stack", "failed"), _result("test_fp", "passed")], ("stack", "fp")
+    )
     assert not result.ok and result.missed == ["fp"]
-    result.families = mutate.classify([_result("test_stack", "failed"),
-                                       _result("test_fp", "failed")], ("stack", "fp"))
+    result.families = mutate.classify(
+        [_result("test_stack", "failed"), _result("test_fp", "failed")], ("stack", "fp")
+    )
     assert result.ok
 
 
 def test_table_marks_declared_families_and_lists_failing_titles():
     result = mutate.MutantResult("push-any-rex", "analysis", ("stack",), build_seconds=12.5)
-    result.families = mutate.classify([_result("test_stack", "failed", "test_x[grow]"),
-                                       _result("test_fp", "passed")], mutate.FAMILIES)
+    result.families = mutate.classify(
+        [_result("test_stack", "failed", "test_x[grow]"), _result("test_fp", "passed")],
+        mutate.FAMILIES,
+    )
     table = mutate.format_table([result])
     row = next(line for line in table.splitlines() if line.startswith("push-any-rex"))
     assert "CAUGHT*" in row and "missed" in row and "12.5" in row

@@ -123,8 +123,9 @@ def run(pytester):
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_crash_case=TESTS)
     junit = pytester.path / "junit.xml"
-    result = pytester.runpytest("-p", "harness.pytest_plugin", "-p", "no:randomly", "-v",
-                                f"--junitxml={junit}")
+    result = pytester.runpytest(
+        "-p", "harness.pytest_plugin", "-p", "no:randomly", "-v", f"--junitxml={junit}"
+    )
     return result, report.read_junit(junit)
 
 
@@ -141,20 +142,28 @@ def test_a_splat_in_the_window_fails_a_passing_test_as_crashed(run):
     oops = by_name["test_oops_during_the_call"][0]
     assert oops.outcome == "crashed"
     assert oops.properties.get("crash_title", "").startswith(
-        "kernel BUG: kernel NULL pointer dereference")
+        "kernel BUG: kernel NULL pointer dereference"
+    )
     result.stdout.fnmatch_lines(["*test_oops_during_the_call CRASHED*"])
 
 
 def test_tests_outside_the_window_pass_and_a_dead_or_silent_guest_is_a_crash(run):
     _, results = run
     by_name = _by_name(results)
-    for name in ("test_a_splat_before_the_test", "test_clean", "test_after_the_oops",
-                 "test_after_the_death", "test_after_the_silence"):
+    for name in (
+        "test_a_splat_before_the_test",
+        "test_clean",
+        "test_after_the_oops",
+        "test_after_the_death",
+        "test_after_the_silence",
+    ):
         verdicts = by_name[name]
         assert [v.outcome for v in verdicts] == ["passed"], verdicts
         assert "verdict" not in verdicts[0].properties
-    for name, title in (("test_vm_dies", "the VM died during the test"),
-                        ("test_guest_stops_answering", "guest unresponsive")):
+    for name, title in (
+        ("test_vm_dies", "the VM died during the test"),
+        ("test_guest_stops_answering", "guest unresponsive"),
+    ):
         verdicts = by_name[name]
         assert [v.outcome for v in verdicts] == ["crashed"], verdicts
         assert verdicts[0].properties.get("crash_title") == title

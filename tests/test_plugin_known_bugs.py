@@ -9,7 +9,7 @@ import pytest
 
 from harness.results import report
 
-ENTRY = "test_profile_counts_every_hit?smp4?"     # the entry's key: its first test pattern
+ENTRY = "test_profile_counts_every_hit?smp4?"  # the entry's key: its first test pattern
 
 pytest_plugins = ["pytester"]
 
@@ -38,8 +38,7 @@ def _run(pytester, release, passes):
     pytester.makeconftest(CONFTEST.format(release=release))
     pytester.makepyfile(test_known_bug_case=TESTS.format(passes=passes))
     junit = pytester.path / "junit.xml"
-    result = pytester.runpytest("-p", "harness.pytest_plugin", "--smp=4",
-                                f"--junitxml={junit}")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--smp=4", f"--junitxml={junit}")
     return result, {r.name: r for r in report.read_junit(junit)}
 
 

@@ -17,21 +17,33 @@ def _serve(path, greet: bool, seen: list):
     def run():
         conn, _ = server.accept()
         if greet:
-            conn.sendall(json.dumps({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2,
-                                                                 "major": 7}, "package": ""},
-                                             "capabilities": []}}).encode() + b"\r\n")
+            conn.sendall(
+                json.dumps(
+                    {
+                        "QMP": {
+                            "version": {
+                                "qemu": {"micro": 0, "minor": 2, "major": 7},
+                                "package": "",
+                            },
+                            "capabilities": [],
+                        }
+                    }
+                ).encode()
+                + b"\r\n"
+            )
             decoder, buffer = json.JSONDecoder(), ""
             while "quit" not in seen:
                 data = conn.recv(4096)
                 if not data:
                     break
                 buffer += data.decode()
-                while buffer.strip():          # the client sends no newline between messages
+                while buffer.strip():  # the client sends no newline between messages
                     request, end = decoder.raw_decode(buffer.lstrip())
                     buffer = buffer.lstrip()[end:]
                     seen.append(request["execute"])
-                    conn.sendall(json.dumps({"return": {}, "id": request.get("id")}).encode()
-                                 + b"\r\n")
+                    conn.sendall(
+                        json.dumps({"return": {}, "id": request.get("id")}).encode() + b"\r\n"
+                    )
         else:
             time.sleep(5)
         conn.close()

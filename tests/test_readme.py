@@ -12,7 +12,7 @@ def _layout_modules(readme: str) -> set[str]:
     modules: set[str] = set()
     package, in_harness = "", False
     for line in block.splitlines():
-        if re.match(r"^\S", line):                 # a top-level entry: harness/, patches/...
+        if re.match(r"^\S", line):  # a top-level entry: harness/, patches/...
             package = ""
             in_harness = line.startswith("harness/")
             continue
@@ -30,8 +30,11 @@ def _layout_modules(readme: str) -> set[str]:
 
 def test_the_layout_tree_matches_the_package():
     readme = (ROOT / "README.md").read_text()
-    actual = {str(p.relative_to(ROOT / "harness")) for p in (ROOT / "harness").rglob("*.py")
-              if p.name not in ("__init__.py", "__main__.py")}
+    actual = {
+        str(p.relative_to(ROOT / "harness"))
+        for p in (ROOT / "harness").rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
     named = _layout_modules(readme)
     assert not actual - named, f"modules the README's Layout does not name: {actual - named}"
     assert not named - actual, f"the README's Layout names what does not exist: {named - actual}"

@@ -24,8 +24,14 @@ def test_read_and_summarise(tmp_path):
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT)
     results = report.read_junit(path)
-    assert [r.outcome for r in results] == ["passed", "failed", "crashed", "xfail", "skipped",
-                                            "failed"]    # a refused probe is a failure
+    assert [r.outcome for r in results] == [
+        "passed",
+        "failed",
+        "crashed",
+        "xfail",
+        "skipped",
+        "failed",
+    ]  # a refused probe is a failure
     table = report.summary_by_family(results)
     assert table["fp"]["failed"] == 1 and table["fp"]["crashed"] == 1
     text = report.format_summary(results, "title")

@@ -31,20 +31,22 @@ def test_a_malicious_makefile_is_contained(tmp_path, monkeypatch):
     def accept():
         try:
             accepted.append(listener.accept())
-        except OSError:                     # closed at the end of the test
+        except OSError:  # closed at the end of the test
             pass
+
     threading.Thread(target=accept, daemon=True).start()
     secret = sandbox.HIDDEN[0] + "/uph-sandbox-secret"
     with open(secret, "w") as handle:
         handle.write("key material")
     try:
-        (tree / "Makefile").write_text(MAKEFILE.format(
-            outside=outside, port=listener.getsockname()[1], secret=secret))
+        (tree / "Makefile").write_text(
+            MAKEFILE.format(outside=outside, port=listener.getsockname()[1], secret=secret)
+        )
         monkeypatch.setenv("UPROBE_HARNESS_SANDBOX", "on")
         cmd = sandbox.wrap(["make", "-C", str(tree), f"OUT={out}"], [tree, out], cwd=tree)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert (out / "result").read_text() == "built\n"          # the build itself works
+        assert (out / "result").read_text() == "built\n"  # the build itself works
         assert not (outside / "escaped").exists()
         assert not (out / "network").exists() and not accepted
         assert not (out / "secret").exists() or (out / "secret").read_text() == ""
@@ -64,10 +66,18 @@ def test_no_capabilities_and_a_read_only_git_directory(tmp_path):
     (where git later runs unsandboxed) cannot be written."""
     tree = tmp_path / "tree"
     (tree / ".git").mkdir(parents=True)
-    cmd = sandbox.wrap(["sh", "-c", "grep CapEff /proc/self/status; "
-                        "mount -o remount,bind,rw / 2>/dev/null && echo REMOUNTED; "
-                        "echo x > .git/config 2>/dev/null && echo GIT_WRITTEN; "
-                        "echo y > built 2>/dev/null && echo TREE_WRITTEN"], [tree], cwd=tree)
+    cmd = sandbox.wrap(
+        [
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status; "
+            "mount -o remount,bind,rw / 2>/dev/null && echo REMOUNTED; "
+            "echo x > .git/config 2>/dev/null && echo GIT_WRITTEN; "
+            "echo y > built 2>/dev/null && echo TREE_WRITTEN",
+        ],
+        [tree],
+        cwd=tree,
+    )
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     assert "CapEff:\t0000000000000000" in out, out
     assert "REMOUNTED" not in out and "GIT_WRITTEN" not in out

@@ -33,8 +33,11 @@ def write_series(directory, patches, series_text=None):
 
 
 def test_quilt_series_comments_and_strip_level(tmp_path):
-    d = write_series(tmp_path / "s", {"a.patch": GOOD, "b.patch": GOOD},
-                     "# leading comment\na.patch -p1  # trailing comment\n\nb.patch -p0\n")
+    d = write_series(
+        tmp_path / "s",
+        {"a.patch": GOOD, "b.patch": GOOD},
+        "# leading comment\na.patch -p1  # trailing comment\n\nb.patch -p0\n",
+    )
     loaded = series.load_series(d)
     assert [p.name for p in loaded.patches] == ["a.patch", "b.patch"]
     assert [p.strip for p in loaded.patches] == [1, 0]
@@ -85,8 +88,10 @@ def test_shipped_series_parses():
 
 
 def test_mbox_split_skips_cover_letter(tmp_path):
-    cover = ("From git@z Thu Jan  1 00:00:00 1970\nFrom: A <a@example.org>\n"
-             "Subject: [PATCH 0/2] cover\n\nThe cover letter.\n\n")
+    cover = (
+        "From git@z Thu Jan  1 00:00:00 1970\nFrom: A <a@example.org>\n"
+        "Subject: [PATCH 0/2] cover\n\nThe cover letter.\n\n"
+    )
     member = "From git@z Thu Jan  1 00:00:00 1970\n" + GOOD + "\n"
     second = member.replace("[PATCH 1/1] count atomically", "[PATCH 2/2] again")
     mbox = tmp_path / "series.mbox"
@@ -109,14 +114,15 @@ def test_apply_good_patch(git_tree, tmp_path):
 
 
 def test_bad_patch_message_names_series_patch_and_hunk(git_tree, tmp_path):
-    s = series.load_series(write_series(tmp_path / "my-series",
-                                        {"good.patch": GOOD, "bad.patch": BAD},
-                                        "bad.patch\n"))
+    s = series.load_series(
+        write_series(tmp_path / "my-series", {"good.patch": GOOD, "bad.patch": BAD}, "bad.patch\n")
+    )
     with pytest.raises(PatchError) as caught:
         series.apply_series(s, git_tree, "tiny tree")
     message = str(caught.value)
     assert "'my-series'" in message and "'bad.patch'" in message
     assert "kernel/counter.c:1" in message and "tiny tree" in message
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=git_tree,
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=git_tree, capture_output=True, text=True
+    ).stdout
     assert status == "", "a failed git apply must leave no partial change"

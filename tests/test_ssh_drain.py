@@ -40,8 +40,7 @@ def test_the_deadline_holds_while_the_guest_keeps_writing():
 
 
 def test_output_beyond_the_limit_is_dropped_and_counted():
-    out, err = ssh._drain(EndlessChannel(exits_after=40), time.monotonic() + 30,
-                          limit=100_000)
+    out, err = ssh._drain(EndlessChannel(exits_after=40), time.monotonic() + 30, limit=100_000)
     assert out.startswith(b"x" * 100_000) and err == b""
     dropped = 40 * 65536 - 100_000
     assert out[100_000:] == f"\n[uprobe-harness: {dropped} more bytes dropped]\n".encode()

@@ -28,8 +28,16 @@ def test_corpus_is_large_and_covers_every_class(corpus):
 def test_forms_with_meaningful_prefixes_and_modrm_forms(corpus):
     names = {f.name for f in corpus.forms}
     # add r/m, reg in its register, SIB and RIP-relative forms, plain and with REX.W/B/X
-    for name in ("onebyte-01d1", "onebyte-01540b10", "onebyte-0115-rip", "onebyte-4801d1",
-                 "onebyte-4101540b10", "onebyte-4201540b10", "sse-f20f58d1", "sse-660f58d1"):
+    for name in (
+        "onebyte-01d1",
+        "onebyte-01540b10",
+        "onebyte-0115-rip",
+        "onebyte-4801d1",
+        "onebyte-4101540b10",
+        "onebyte-4201540b10",
+        "sse-f20f58d1",
+        "sse-660f58d1",
+    ):
         assert name in names, name
     texts = {f.text for f in corpus.forms}
     assert "hlt" not in texts and not any(t.startswith("rdtsc") for t in texts)
@@ -39,15 +47,26 @@ def test_prefix_combinations_where_they_mean_something(corpus):
     by_name = {f.name: f for f in corpus.forms}
     # REX W+B and R+B in register, SIB and RIP-relative form; fs/gs on RIP-relative operands;
     # two legacy prefixes; the address-size prefix
-    for name in ("prefixed-4901d1", "prefixed-4501540b10", "prefixed-4c0115-rip",
-                 "prefixed-640115-rip", "prefixed-650115-rip", "prefixed-66f20f5815-rip",
-                 "prefixed-670115-rip", "prefixed-f0480115-rip"):
+    for name in (
+        "prefixed-4901d1",
+        "prefixed-4501540b10",
+        "prefixed-4c0115-rip",
+        "prefixed-640115-rip",
+        "prefixed-650115-rip",
+        "prefixed-66f20f5815-rip",
+        "prefixed-670115-rip",
+        "prefixed-f0480115-rip",
+    ):
         assert name in by_name, name
     assert by_name["prefixed-640115-rip"].text == "add dword ptr fs:[rip], edx"
     # a segment, address-size or lock prefix means nothing on a register form: not generated
-    assert not any(f.name.startswith(("prefixed-64", "prefixed-f0", "prefixed-67"))
-                   and f.name.endswith(("d1", "d1-rip")) and not f.rip
-                   and f.head[-1:] == b"\xd1" for f in corpus.forms)
+    assert not any(
+        f.name.startswith(("prefixed-64", "prefixed-f0", "prefixed-67"))
+        and f.name.endswith(("d1", "d1-rip"))
+        and not f.rip
+        and f.head[-1:] == b"\xd1"
+        for f in corpus.forms
+    )
     # REX.X only with the SIB form
     assert all(f.name.endswith("0b10") for f in corpus.forms if f.name.startswith("prefixed-4a"))
 
@@ -72,7 +91,7 @@ def test_branch_forms_get_landing_pads():
     assert ".byte .Ltaken_{id} - (. + 1)" in jz.asm and "not %r15" in jz.asm
     ret = sweep_corpus.to_case(by_name["branch-c3"])
     assert ret.pre == "pushq $.Ltaken_{id}"
-    call_reg = sweep_corpus.to_case(by_name["branch-41ffd1"])    # call *%r9
+    call_reg = sweep_corpus.to_case(by_name["branch-41ffd1"])  # call *%r9
     assert call_reg.pre == "lea .Ltaken_{id}(%rip), %r9"
 
 
@@ -81,10 +100,11 @@ def test_linked_program_decodes_back_and_runs_natively(corpus, tmp_path):
     prints its state, signals included (the driver recovers from them)."""
     sample = []
     for klass in sweep_corpus.CLASSES:
-        if klass != sweep_corpus.COMPAT:      # a 32-bit program of its own (below)
+        if klass != sweep_corpus.COMPAT:  # a 32-bit program of its own (below)
             sample += [f for f in corpus.forms if f.klass == klass][::40]
-    flags = set(open("/proc/cpuinfo").read().split("\nflags")[1].split(":", 1)[1]
-                .split("\n")[0].split())
+    flags = set(
+        open("/proc/cpuinfo").read().split("\nflags")[1].split(":", 1)[1].split("\n")[0].split()
+    )
     sample = [f for f in sample if all(n in flags for n in f.needs)]
     program = insn.build_program([sweep_corpus.to_case(f) for f in sample], "sweep-sample")
     assert sweep_corpus.verify_program(program, sample) == []
@@ -93,14 +113,15 @@ def test_linked_program_decodes_back_and_runs_natively(corpus, tmp_path):
     states = insn.parse_output(result.stdout)
     assert set(states) == {f.name for f in sample}
     signals = {s.fields["sig"].split(".")[0] for s in states.values()}
-    assert "0" in signals and "11" in signals          # runs and faults both recorded
+    assert "0" in signals and "11" in signals  # runs and faults both recorded
 
 
 def test_verify_program_notices_a_wrong_encoding(corpus):
     form = next(f for f in corpus.forms if f.name == "onebyte-01d1")
     program = insn.build_program([sweep_corpus.to_case(form)], "sweep-one")
-    liar = sweep_corpus.Form(form.name, form.klass, bytes.fromhex("4801d1"), False, b"",
-                             "add rcx, rdx")
+    liar = sweep_corpus.Form(
+        form.name, form.klass, bytes.fromhex("4801d1"), False, b"", "add rcx, rdx"
+    )
     problems = sweep_corpus.verify_program(program, [liar])
     assert problems and "expected 3" in problems[0]
 
@@ -133,7 +154,7 @@ def test_compat_forms_are_32_bit_code_with_absolute_operands(corpus):
     assert {"compat-27", "compat-60", "compat-61", "compat-40", "compat-d5"} <= set(by_name)
     assert by_name["compat-d5"].text == "aad 0x11"
     assert by_name["compat-40"].text == "inc eax"
-    absolute = by_name["compat-0315-abs"]           # add edx, dword ptr [abs32]
+    absolute = by_name["compat-0315-abs"]  # add edx, dword ptr [abs32]
     case = sweep_corpus.to_case(absolute)
     assert absolute.rip and ".long scratch+0x100" in case.asm and "(." not in case.asm
     jz = sweep_corpus.to_case(by_name["compat-74"])
@@ -144,8 +165,9 @@ def test_compat_forms_are_32_bit_code_with_absolute_operands(corpus):
 
 def test_compat_program_is_a_32_bit_task_that_decodes_back_and_runs(corpus):
     sample = [f for f in corpus.forms if f.klass == sweep_corpus.COMPAT][::25]
-    program = insn.build_program([sweep_corpus.to_case(f) for f in sample], "compat-sample",
-                                 bits=32)
+    program = insn.build_program(
+        [sweep_corpus.to_case(f) for f in sample], "compat-sample", bits=32
+    )
     assert program.binary.read_bytes()[4] == 1, "not an ELFCLASS32 binary"
     assert sweep_corpus.verify_program(program, sample) == []
     result = subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=60)
@@ -155,21 +177,30 @@ def test_compat_program_is_a_32_bit_task_that_decodes_back_and_runs(corpus):
     # eight GPRs in the low halves; r8-r15 stay zero in a 32-bit task
     for state in states.values():
         gpr = bytes.fromhex(state.fields["gpr"])
-        assert gpr[7 * 8:15 * 8] == bytes(64)
-        assert all(gpr[8 * r + 4:8 * r + 8] == bytes(4) for r in range(7))
+        assert gpr[7 * 8 : 15 * 8] == bytes(64)
+        assert all(gpr[8 * r + 4 : 8 * r + 8] == bytes(4) for r in range(7))
 
 
-@pytest.mark.parametrize("old, new, complaint", [
-    ('prefixes = ["", "66", "f3"]', 'prefixes = ["", "66", "f3"]\nbytes = []',
-     r"\[compat\]: unknown key 'bytes'; known keys: onebyte_skip, prefixes"),
-    ("reg_field = 2", 'reg_field = "rdx"', r"\[modrm\]: reg_field: expected `int`, got `str`"),
-    ('"0f38" = ["00-ff"]', '"0f38" = ["00-ff", 3]',
-     r"\[avx.maps\]: 0f38: item 2: expected `str`, got `int`"),
-    ('"0f38" = ["00-ff"]', '"0f38" = ["00-fg"]', r"\[avx.maps\]: 0f38: item 1: '00-fg' is not"),
-    ('x87 = ["", "48"]', 'x87 = ["", "4"]', r"\[prefixes\]: x87: item 2: '4' is not hex bytes"),
-    ("r9 = ", "x9 = ", r"\[gprs\]: no register x9"),
-    ("[cpu]", "[cpus]", r"top level: unknown key 'cpus'; known keys: maps, prefixes"),
-])
+@pytest.mark.parametrize(
+    "old, new, complaint",
+    [
+        (
+            'prefixes = ["", "66", "f3"]',
+            'prefixes = ["", "66", "f3"]\nbytes = []',
+            r"\[compat\]: unknown key 'bytes'; known keys: onebyte_skip, prefixes",
+        ),
+        ("reg_field = 2", 'reg_field = "rdx"', r"\[modrm\]: reg_field: expected `int`, got `str`"),
+        (
+            '"0f38" = ["00-ff"]',
+            '"0f38" = ["00-ff", 3]',
+            r"\[avx.maps\]: 0f38: item 2: expected `str`, got `int`",
+        ),
+        ('"0f38" = ["00-ff"]', '"0f38" = ["00-fg"]', r"\[avx.maps\]: 0f38: item 1: '00-fg' is not"),
+        ('x87 = ["", "48"]', 'x87 = ["", "4"]', r"\[prefixes\]: x87: item 2: '4' is not hex bytes"),
+        ("r9 = ", "x9 = ", r"\[gprs\]: no register x9"),
+        ("[cpu]", "[cpus]", r"top level: unknown key 'cpus'; known keys: maps, prefixes"),
+    ],
+)
 def test_config_errors_name_the_file_the_section_and_the_key(tmp_path, old, new, complaint):
     path = tmp_path / "sweep.toml"
     text = sweep_corpus.CONFIG.read_text()

@@ -20,38 +20,49 @@ def _form(name, klass="onebyte", text="nop"):
 
 
 def _result(name, outcome, detail="", klass="onebyte"):
-    return sweep.FormResult(_form(name, klass),
-                            transparency.CaseVerdict(name, outcome, detail))
+    return sweep.FormResult(_form(name, klass), transparency.CaseVerdict(name, outcome, detail))
 
 
 def test_known_bug_patterns_explain_sweep_differences_only_where_they_match():
-    results = [_result("onebyte-9c", "differs", "stk[121..121] differs"),
-               _result("onebyte-f3a4", "hits", "probe hit 5 times, expected 1"),
-               _result("onebyte-01d1", "differs", "rax: 1 != 2"),
-               _result("onebyte-9d", "identical")]
+    results = [
+        _result("onebyte-9c", "differs", "stk[121..121] differs"),
+        _result("onebyte-f3a4", "hits", "probe hit 5 times, expected 1"),
+        _result("onebyte-01d1", "differs", "rax: 1 != 2"),
+        _result("onebyte-9d", "identical"),
+    ]
     sweep.attach_known_bugs(results, FakeKernel())
     by_name = {r.form.name: r for r in results}
     assert "pushf" in by_name["onebyte-9c"].known_bug
     assert "iteration" in by_name["onebyte-f3a4"].known_bug
     assert by_name["onebyte-01d1"].known_bug == ""
-    assert by_name["onebyte-9d"].known_bug == ""         # identical: nothing to explain
+    assert by_name["onebyte-9d"].known_bug == ""  # identical: nothing to explain
 
 
 def _report(results):
     from collections import Counter
-    return sweep.SweepReport("debian:6.1", results, len(results), 100,
-                             Counter({"undefined in 64-bit mode (capstone)": 90}), 12.0, 1)
+
+    return sweep.SweepReport(
+        "debian:6.1",
+        results,
+        len(results),
+        100,
+        Counter({"undefined in 64-bit mode (capstone)": 90}),
+        12.0,
+        1,
+    )
 
 
 def test_report_counts_per_class_and_lists_unexpected_differences():
-    results = [_result("onebyte-01d1", "differs", "rax: 1 != 2"),
-               _result("onebyte-00d1", "identical"),
-               _result("sse-0f58d1", "emulator", "host disagrees", klass="sse"),
-               _result("x87-d9e8", "refused", "enable: 524", klass="x87")]
+    results = [
+        _result("onebyte-01d1", "differs", "rax: 1 != 2"),
+        _result("onebyte-00d1", "identical"),
+        _result("sse-0f58d1", "emulator", "host disagrees", klass="sse"),
+        _result("x87-d9e8", "refused", "enable: 524", klass="x87"),
+    ]
     report = _report(results)
     assert [r.form.name for r in report.unexpected()] == ["onebyte-01d1"]
     assert report.known() == {}
-    assert report.unexpected("sse") == []             # emulator verdicts are not differences
+    assert report.unexpected("sse") == []  # emulator verdicts are not differences
     text = sweep.format_report(report)
     assert "onebyte" in text and "emulator" in text and "refused: enable: 524 x1" in text
     assert "1 difference(s), 1 not in the known-bugs table" in text
@@ -69,9 +80,13 @@ def test_json_has_every_verdict_and_the_form_of_differences(tmp_path):
 
 
 def test_known_differences_are_counted_per_bug_and_class():
-    results = [_result("onebyte-9c", "differs", "stk"), _result("onebyte-f3a4", "hits", "5"),
-               _result("onebyte-f3a5", "hits", "5"), _result("onebyte-01d1", "differs", "rax"),
-               _result("onebyte-f3a6", "identical")]
+    results = [
+        _result("onebyte-9c", "differs", "stk"),
+        _result("onebyte-f3a4", "hits", "5"),
+        _result("onebyte-f3a5", "hits", "5"),
+        _result("onebyte-01d1", "differs", "rax"),
+        _result("onebyte-f3a6", "identical"),
+    ]
     for result, bug in zip(results, ["pushf TF", "rep", "rep", "", ""], strict=True):
         result.known_bug = bug
     report = _report(results)
@@ -82,13 +97,16 @@ def test_known_differences_are_counted_per_bug_and_class():
 
 def test_an_applying_entry_whose_forms_all_ran_identical_is_stale():
     # pushf (onebyte-*9c) is a known bug on a kernel without the fix: identical = stale
-    results = [_result("onebyte-9c", "identical"), _result("onebyte-489c", "identical"),
-               _result("onebyte-01d1", "identical")]
+    results = [
+        _result("onebyte-9c", "identical"),
+        _result("onebyte-489c", "identical"),
+        _result("onebyte-01d1", "identical"),
+    ]
     states: dict = {}
     stale = sweep.attach_known_bugs(results, FakeKernel(), states)
     assert list(stale) == ["onebyte"]
     assert "pushf" in stale["onebyte"][0] and "2 matching forms ran" in stale["onebyte"][0]
-    assert states == {"onebyte": {"sweep:onebyte-*9c": "absent"}}   # for the nightly
+    assert states == {"onebyte": {"sweep:onebyte-*9c": "absent"}}  # for the nightly
 
 
 def test_an_entry_that_shows_or_does_not_apply_is_not_stale():
@@ -97,8 +115,9 @@ def test_an_entry_that_shows_or_does_not_apply_is_not_stale():
     assert sweep.attach_known_bugs(shows, FakeKernel(), states) == {}
     assert states == {"onebyte": {"sweep:onebyte-*9c": "showed"}}
 
-    class FixedUpstream(FakeKernel):          # 41 90 is fixed upstream since 7.2
+    class FixedUpstream(FakeKernel):  # 41 90 is fixed upstream since 7.2
         spec, label, release = "debian:7.3", "debian:7.3", "7.3.0-rc7"
+
     identical = [_result("branch-4190", "identical", klass="branch")]
     assert sweep.attach_known_bugs(identical, FixedUpstream()) == {}
     assert "branch" in sweep.attach_known_bugs(identical, FakeKernel())

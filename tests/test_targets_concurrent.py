@@ -13,8 +13,9 @@ def test_concurrent_compiles_of_one_target(isolated_cache):
     def compile_it():
         try:
             built.append(targets.compile_target("stack"))
-        except Exception as error:          # reported below
+        except Exception as error:  # reported below
             errors.append(error)
+
     threads = [threading.Thread(target=compile_it) for _ in range(4)]
     for thread in threads:
         thread.start()

@@ -16,11 +16,17 @@ def test_shipped_machine_loads():
 
 def test_machine_errors_name_the_file_and_the_key(tmp_path):
     path = tmp_path / "qemu_x86_64.toml"
-    path.write_text(SHIPPED + 'smp = 2\n')
-    with pytest.raises(data.DataError, match=r"qemu_x86_64.toml: top level: unknown key 'smp'; "
-                                             r"known keys: binary, machine"):
+    path.write_text(SHIPPED + "smp = 2\n")
+    with pytest.raises(
+        data.DataError,
+        match=r"qemu_x86_64.toml: top level: unknown key 'smp'; "
+        r"known keys: binary, machine",
+    ):
         data.load(path, vm.Machine)
     path.write_text(SHIPPED.replace("memory_mb = 512", 'memory_mb = "512M"'))
-    with pytest.raises(data.DataError, match=r"qemu_x86_64.toml: top level: memory_mb: "
-                                             r"expected `int`, got `str`"):
+    with pytest.raises(
+        data.DataError,
+        match=r"qemu_x86_64.toml: top level: memory_mb: "
+        r"expected `int`, got `str`",
+    ):
         data.load(path, vm.Machine)

@@ -15,7 +15,7 @@ def _dead_pid() -> int:
 def test_stale_dirs_of_dead_processes_are_removed(tmp_path):
     dead = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{_dead_pid()}-abc"
     alive = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{os.getpid()}-def"
-    unnamed = tmp_path / f"{vm.SOCKET_DIR_PREFIX}x1y2-ghi"     # not ours to judge
+    unnamed = tmp_path / f"{vm.SOCKET_DIR_PREFIX}x1y2-ghi"  # not ours to judge
     other = tmp_path / "unrelated-123-dir"
     for directory in (dead, alive, unnamed, other):
         directory.mkdir()
@@ -50,16 +50,23 @@ def test_liveness_is_the_owner_lock_not_the_pid(tmp_path, monkeypatch):
     here but whose owner lock is free is stale; one whose lock is held is alive, whatever
     its pid says."""
     monkeypatch.setattr(vm.tempfile, "gettempdir", lambda: str(tmp_path))
-    mine = vm.short_socket_dir()                                   # locked by this process
-    reused = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{os.getpid()}-other"    # another namespace
+    mine = vm.short_socket_dir()  # locked by this process
+    reused = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{os.getpid()}-other"  # another namespace
     reused.mkdir()
     (reused / vm.OWNER_LOCK).write_text("")
     held = tmp_path / f"{vm.SOCKET_DIR_PREFIX}{_dead_pid()}-held"
     held.mkdir()
-    holder = subprocess.Popen([
-        "python3", "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'wb'); "
-        "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
-        str(held / vm.OWNER_LOCK)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'wb'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+            str(held / vm.OWNER_LOCK),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert vm.remove_stale_socket_dirs(tmp_path) == [reused]

@@ -26,22 +26,30 @@ BIN = Path(sys.executable).parent
 
 
 def check_schema(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema",
-                           "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def zizmor(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "zizmor"), "--offline", "--no-progress", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(BIN / "zizmor"), "--offline", "--no-progress", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_workflow_matches_the_github_workflow_schema(tmp_path):
     result = check_schema(WORKFLOW)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = tmp_path / "nightly.yml"
-    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest",
-                                                   "runs_on: ubuntu-latest", 1))
+    broken.write_text(
+        WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs_on: ubuntu-latest", 1)
+    )
     result = check_schema(broken)
     assert result.returncode != 0 and "runs_on" in result.stdout + result.stderr
 
@@ -50,9 +58,12 @@ def test_zizmor_finds_nothing_and_would_find_an_injection(tmp_path):
     result = zizmor(WORKFLOW)
     assert result.returncode == 0, result.stdout + result.stderr
     injected = tmp_path / "nightly.yml"
-    injected.write_text(WORKFLOW.read_text().replace(
-        'echo "run $NIGHTLY_RUN_ID: matrix $NIGHTLY_MATRIX',
-        'echo "run ${{ github.event.inputs.matrix }}: matrix $NIGHTLY_MATRIX'))
+    injected.write_text(
+        WORKFLOW.read_text().replace(
+            'echo "run $NIGHTLY_RUN_ID: matrix $NIGHTLY_MATRIX',
+            'echo "run ${{ github.event.inputs.matrix }}: matrix $NIGHTLY_MATRIX',
+        )
+    )
     assert injected.read_text() != WORKFLOW.read_text()
     result = zizmor(injected)
     assert result.returncode != 0 and "template-injection" in result.stdout + result.stderr
@@ -88,11 +99,20 @@ def _workspace(tmp_path: Path) -> Path:
     stamp = REPO_ROOT / ".venv" / ".installed"
     project = REPO_ROOT / "pyproject.toml"
     if not stamp.is_file() or stamp.stat().st_mtime < project.stat().st_mtime:
-        pytest.fail("the repository's .venv is older than pyproject.toml: run `./run tests` "
-                    "(it reinstalls) before this test")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                            "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+        pytest.fail(
+            "the repository's .venv is older than pyproject.toml: run `./run tests` "
+            "(it reinstalls) before this test"
+        )
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     workspace = tmp_path / "workspace"
     for name in filter(None, files):
         source = REPO_ROOT / name
@@ -125,8 +145,9 @@ def _values(run_id: str) -> dict:
 
 def _night(checkout: Path, store: Path, run_id: str) -> dict[str, workflow_local.JobResult]:
     """One scheduled run: plan, every shard, merge, each job in a fresh workspace."""
-    runner = workflow_local.LocalRunner(workflow_local.load(WORKFLOW), checkout,
-                                        _values(run_id), store)
+    runner = workflow_local.LocalRunner(
+        workflow_local.load(WORKFLOW), checkout, _values(run_id), store
+    )
     plan = runner.run_job("plan")
     assert plan.status == "success", [s.output for s in plan.steps]
     jobs = {"plan": plan}
@@ -137,9 +158,12 @@ def _night(checkout: Path, store: Path, run_id: str) -> dict[str, workflow_local
 
 
 def _failures(jobs) -> str:
-    return "\n\n".join(f"{job.name}/{step.name}: exit {step.exit_code}\n{step.output[-4000:]}"
-                       for job in jobs.values() for step in job.steps
-                       if step.status == "failure")
+    return "\n\n".join(
+        f"{job.name}/{step.name}: exit {step.exit_code}\n{step.output[-4000:]}"
+        for job in jobs.values()
+        for step in job.steps
+        if step.status == "failure"
+    )
 
 
 @pytest.mark.slow
@@ -148,26 +172,38 @@ def test_the_workflow_steps_run_a_small_matrix_in_two_shards_twice(tmp_path):
     first = _night(checkout, store, "101")
     assert all(job.status == "success" for job in first.values()), _failures(first)
     assert [job for job in first if job.startswith("shard")] == ["shard1", "shard2"]
-    assert first["merge"].step("Submit to KernelCI (when the KCIDB_CREDENTIALS secret is "
-                               "set)").status == "skipped"
+    assert (
+        first["merge"].step("Submit to KernelCI (when the KCIDB_CREDENTIALS secret is set)").status
+        == "skipped"
+    )
     history = store / "caches" / "nightly-history-101"
     db = sqlite3.connect(history / "results.db")
-    assert db.execute("SELECT shard, status FROM shards WHERE run_id='gh-101' ORDER BY shard"
-                      ).fetchall() == [(1, "complete"), (2, "complete")]
-    outcomes = dict(db.execute("SELECT cell || ' ' || test, outcome FROM results WHERE "
-                               "run_id='gh-101'").fetchall())
+    assert db.execute(
+        "SELECT shard, status FROM shards WHERE run_id='gh-101' ORDER BY shard"
+    ).fetchall() == [(1, "complete"), (2, "complete")]
+    outcomes = dict(
+        db.execute(
+            "SELECT cell || ' ' || test, outcome FROM results WHERE run_id='gh-101'"
+        ).fetchall()
+    )
     db.close()
     assert outcomes == {
         "k61/default/smp4/profile threads::test_profile_counts_every_hit[smp4]": "passed",
-        "k61/default/smp4/traced threads::test_every_hit_traced[smp4-mov-64]": "passed"}
+        "k61/default/smp4/traced threads::test_every_hit_traced[smp4-mov-64]": "passed",
+    }
     report = store / "artifacts" / "nightly-report"
     assert sorted(p.name for p in report.iterdir()) == [
-        "junit.xml", "kcidb.json", "report.html", "summary.txt"]
+        "junit.xml",
+        "kcidb.json",
+        "report.html",
+        "summary.txt",
+    ]
     assert "2/2 shard(s) complete" in (report / "summary.txt").read_text()
     assert "2/2 shard(s) complete" in (store / "step-summary.md").read_text()
     for cell in ("k61-default-smp4-profile", "k61-default-smp4-traced"):
-        assert any((history / "runs" / "gh-101").glob(f"*{cell.split('-')[-1]}*/junit.xml")), \
+        assert any((history / "runs" / "gh-101").glob(f"*{cell.split('-')[-1]}*/junit.xml")), (
             "the merged history holds each cell's directory"
+        )
 
     # the next night starts from the history the first one saved, in every job
     second = _night(checkout, store, "102")
@@ -180,7 +216,9 @@ def test_the_workflow_steps_run_a_small_matrix_in_two_shards_twice(tmp_path):
     assert "0 new failure" in summary, summary
     db = sqlite3.connect(store / "caches" / "nightly-history-102" / "results.db")
     assert [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY started")] == [
-        "gh-101", "gh-102"]
+        "gh-101",
+        "gh-102",
+    ]
     # both nights had identical inputs: each test's flake window holds two runs
     assert db.execute("SELECT COUNT(DISTINCT input_digest) FROM cells").fetchone() == (2,)
     db.close()

@@ -30,7 +30,7 @@ def load(path: Path) -> dict:
 @dataclass
 class StepResult:
     name: str
-    status: str                 # success, failure, skipped
+    status: str  # success, failure, skipped
     exit_code: int = 0
     output: str = ""
 
@@ -53,8 +53,14 @@ class LocalRunner:
     """`values`: {expression text: value} for everything but `env.*`, `matrix.*`,
     `needs.<job>.outputs.*` and `steps.<id>.outputs.*`, which come from the run itself."""
 
-    def __init__(self, workflow: dict, checkout: Path, values: dict[str, str], store: Path,
-                 timeout: float = 3600):
+    def __init__(
+        self,
+        workflow: dict,
+        checkout: Path,
+        values: dict[str, str],
+        store: Path,
+        timeout: float = 3600,
+    ):
         self.workflow, self.checkout, self.values = workflow, checkout, values
         self.store = store
         self.caches, self.artifacts = store / "caches", store / "artifacts"
@@ -80,13 +86,15 @@ class LocalRunner:
                 return self.needs[parts[1]].outputs[parts[3]]
             if head == "steps" and len(parts) == 4 and parts[2] == "outputs":
                 return steps.get(parts[1], {}).get(parts[3], "")
-            raise KeyError(f"the workflow uses ${{{{ {expr} }}}}, which the test gives no "
-                           f"value for")
+            raise KeyError(
+                f"the workflow uses ${{{{ {expr} }}}}, which the test gives no value for"
+            )
+
         return EXPRESSION.sub(one, str(text))
 
     def condition(self, text, failed: bool) -> bool:
         if text is None:
-            return not failed               # success()
+            return not failed  # success()
         expr = EXPRESSION.fullmatch(str(text).strip())
         expr = expr.group(1) if expr else str(text).strip()
         if expr not in self.values:
@@ -95,8 +103,9 @@ class LocalRunner:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def run_job(self, job_id: str, matrix: dict | None = None,
-                extra_env: dict[str, str] | None = None) -> JobResult:
+    def run_job(
+        self, job_id: str, matrix: dict | None = None, extra_env: dict[str, str] | None = None
+    ) -> JobResult:
         job = self.workflow["jobs"][job_id]
         matrix = matrix or {}
         result = JobResult(job_id)
@@ -124,8 +133,10 @@ class LocalRunner:
                 if step.get("id"):
                     steps[step["id"]] = outputs
             else:
-                with_ = {k: self.evaluate(v, step_env, matrix, steps)
-                         for k, v in step.get("with", {}).items()}
+                with_ = {
+                    k: self.evaluate(v, step_env, matrix, steps)
+                    for k, v in step.get("with", {}).items()
+                }
                 outcome = self._uses(step["uses"].split("@")[0], with_, name)
             result.steps.append(outcome)
             failed = failed or outcome.status == "failure"
@@ -136,34 +147,50 @@ class LocalRunner:
 
     def _run(self, step: dict, env: dict[str, str], name: str, number: int):
         if EXPRESSION.search(step["run"]):
-            raise AssertionError(f"step {name!r}: an expression inside `run:` (pass it through "
-                                 f"`env:`)")
+            raise AssertionError(
+                f"step {name!r}: an expression inside `run:` (pass it through `env:`)"
+            )
         temp = self.workspace.parent / "runner-temp"
         temp.mkdir(exist_ok=True)
         script, output = temp / f"step{number}.sh", temp / f"output{number}"
         script.write_text(step["run"])
         output.write_text("")
-        env = {**env, "GITHUB_OUTPUT": str(output), "RUNNER_TEMP": str(temp),
-               "GITHUB_STEP_SUMMARY": str(self.summary),
-               "GITHUB_WORKSPACE": str(self.workspace)}
-        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-                              cwd=self.workspace, env=env, capture_output=True, text=True,
-                              timeout=self.timeout)
-        outputs = dict(line.split("=", 1) for line in output.read_text().splitlines()
-                       if "=" in line)
+        env = {
+            **env,
+            "GITHUB_OUTPUT": str(output),
+            "RUNNER_TEMP": str(temp),
+            "GITHUB_STEP_SUMMARY": str(self.summary),
+            "GITHUB_WORKSPACE": str(self.workspace),
+        }
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+            cwd=self.workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+        )
+        outputs = dict(
+            line.split("=", 1) for line in output.read_text().splitlines() if "=" in line
+        )
         status = "success" if done.returncode == 0 else "failure"
         return StepResult(name, status, done.returncode, done.stdout + done.stderr), outputs
 
     def _uses(self, action: str, with_: dict[str, str], name: str) -> StepResult:
-        paths = [self.workspace / p.strip() for p in with_.get("path", "").splitlines()
-                 if p.strip()]
+        paths = [
+            self.workspace / p.strip() for p in with_.get("path", "").splitlines() if p.strip()
+        ]
         if action in ("actions/checkout", "actions/cache"):
             return StepResult(name, "success", output="stand-in: nothing to do here")
         if action == "actions/cache/restore":
-            keys = [with_["key"]] + [k.strip() for k in with_.get("restore-keys", "")
-                                     .splitlines() if k.strip()]
-            saved = sorted(self.caches.glob("*"), key=lambda p: p.stat().st_mtime,
-                           reverse=True) if self.caches.is_dir() else []
+            keys = [with_["key"]] + [
+                k.strip() for k in with_.get("restore-keys", "").splitlines() if k.strip()
+            ]
+            saved = (
+                sorted(self.caches.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+                if self.caches.is_dir()
+                else []
+            )
             for key in keys:
                 hit = next((p for p in saved if p.name == key or p.name.startswith(key)), None)
                 if hit is not None:
@@ -172,7 +199,7 @@ class LocalRunner:
             return StepResult(name, "success", output="cache miss")
         if action == "actions/cache/save":
             target = self.caches / with_["key"]
-            if not target.exists():          # a cache key is written once
+            if not target.exists():  # a cache key is written once
                 shutil.copytree(paths[0], target)
             return StepResult(name, "success", output=f"saved {target.name}")
         if action == "actions/upload-artifact":

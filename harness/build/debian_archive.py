@@ -33,22 +33,26 @@ LISTS_MAX_AGE_S = 6 * 3600  # the suite's index is refreshed when older than thi
 @dataclass(frozen=True)
 class SuitePackage:
     """A Debian source-tarball package from a suite the system does not carry."""
-    package: str              # linux-source-7.3
-    suite: str                # experimental
+
+    package: str  # linux-source-7.3
+    suite: str  # experimental
     keyring: Path = DEFAULT_KEYRING
-    archive: str = ""         # empty: the Debian archive the system's apt uses
+    archive: str = ""  # empty: the Debian archive the system's apt uses
 
 
 @dataclass(frozen=True)
 class FetchedTarball:
     tarball: Path
-    version: str              # the package version: 7.3~rc7-1~exp1
+    version: str  # the package version: 7.3~rc7-1~exp1
 
 
 def system_archive() -> str:
     """The URI of the Debian archive the system's apt is configured with."""
-    result = subprocess.run(["apt-get", "indextargets", "Origin: Debian", "Label: Debian"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["apt-get", "indextargets", "Origin: Debian", "Label: Debian"],
+        capture_output=True,
+        text=True,
+    )
     for line in result.stdout.splitlines():
         if line.startswith("Repo-URI:"):
             return line.split(":", 1)[1].strip()
@@ -71,15 +75,24 @@ class PrivateApt:
     def options(self) -> list[str]:
         root = self.root
         return [
-            "-o", f"Dir::Etc::sourcelist={root / 'sources.list'}",
-            "-o", f"Dir::Etc::sourceparts={root / 'sources.list.d'}",
-            "-o", f"Dir::Etc::preferences={root / 'preferences'}",
-            "-o", f"Dir::Etc::preferencesparts={root / 'preferences.d'}",
-            "-o", f"Dir::State::Lists={self.lists}",
-            "-o", f"Dir::State::status={root / 'status'}",
-            "-o", f"Dir::Cache={root / 'cache'}",
-            "-o", "Acquire::Languages=none",
-            "-o", "Acquire::Retries=2",
+            "-o",
+            f"Dir::Etc::sourcelist={root / 'sources.list'}",
+            "-o",
+            f"Dir::Etc::sourceparts={root / 'sources.list.d'}",
+            "-o",
+            f"Dir::Etc::preferences={root / 'preferences'}",
+            "-o",
+            f"Dir::Etc::preferencesparts={root / 'preferences.d'}",
+            "-o",
+            f"Dir::State::Lists={self.lists}",
+            "-o",
+            f"Dir::State::status={root / 'status'}",
+            "-o",
+            f"Dir::Cache={root / 'cache'}",
+            "-o",
+            "Acquire::Languages=none",
+            "-o",
+            "Acquire::Retries=2",
             # apt's download sandbox user (_apt) cannot enter root's cache directory
             *(["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []),
         ]
@@ -108,9 +121,13 @@ class PrivateApt:
         return time.time() - stamp.stat().st_mtime if stamp.is_file() else float("inf")
 
     def run(self, tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([tool, *self.options(), *args], capture_output=True, text=True,
-                              cwd=cwd, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive",
-                                            "LC_ALL": "C"})
+        return subprocess.run(
+            [tool, *self.options(), *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
+        )
 
     def update(self) -> None:
         result = self.run("apt-get", "update", "-q")
@@ -123,17 +140,20 @@ class PrivateApt:
     def _describe_update_failure(self, detail: str) -> str:
         pkg = self.pkg
         lowered = detail.lower()
-        if any(s in lowered for s in ("no_pubkey", "signature", "not signed", "badsig",
-                                      "expkeysig", "gpg error")):
-            what = (f"the signature of suite '{pkg.suite}' could not be verified with "
-                    f"{pkg.keyring}")
+        if any(
+            s in lowered
+            for s in ("no_pubkey", "signature", "not signed", "badsig", "expkeysig", "gpg error")
+        ):
+            what = f"the signature of suite '{pkg.suite}' could not be verified with {pkg.keyring}"
         elif "release file" in lowered or "404" in lowered:
             what = f"Debian's archive has no suite '{pkg.suite}'"
         else:
             what = f"apt-get update of suite '{pkg.suite}' failed"
-        return (f"Cannot fetch {pkg.package}: {what}. Nothing was downloaded or extracted. "
-                f"The harness's private apt configuration is {self.root} (the system's apt "
-                f"sources are not used or changed). apt said: {detail}")
+        return (
+            f"Cannot fetch {pkg.package}: {what}. Nothing was downloaded or extracted. "
+            f"The harness's private apt configuration is {self.root} (the system's apt "
+            f"sources are not used or changed). apt said: {detail}"
+        )
 
     def candidate(self) -> str:
         result = self.run("apt-cache", "show", "--no-all-versions", self.pkg.package)
@@ -147,8 +167,7 @@ class PrivateApt:
         )
 
     def download(self, version: str, into: Path) -> Path:
-        result = self.run("apt-get", "download", "-q", f"{self.pkg.package}={version}",
-                          cwd=into)
+        result = self.run("apt-get", "download", "-q", f"{self.pkg.package}={version}", cwd=into)
         debs = sorted(into.glob("*.deb"))
         if result.returncode != 0 or not debs:
             raise SourceError(
@@ -175,8 +194,10 @@ def fetch(pkg: SuitePackage, progress=None, apt: PrivateApt | None = None) -> Fe
         if cached is None:
             raise
         if progress:
-            progress(f"the index of '{pkg.suite}' could not be refreshed; using the cached "
-                     f"{pkg.package} {cached.version}")
+            progress(
+                f"the index of '{pkg.suite}' could not be refreshed; using the cached "
+                f"{pkg.package} {cached.version}"
+            )
         return cached
     version = apt.candidate()
     target = store / f"{pkg.package}_{_safe(version)}.tar.xz"
@@ -197,8 +218,7 @@ def fetch(pkg: SuitePackage, progress=None, apt: PrivateApt | None = None) -> Fe
 
 def _tarball_from_deb(deb: Path, into: Path, package: str) -> Path:
     into.mkdir()
-    result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True,
-                            text=True)
+    result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True, text=True)
     found = sorted((into / "usr" / "src").glob("linux-source-*.tar.*"))
     if result.returncode != 0 or not found:
         raise SourceError(
@@ -226,8 +246,15 @@ def _update_problem(output: str) -> str | None:
     """apt-get update exits 0 on some failures (a suite that is not signed may only warn)."""
     for line in output.splitlines():
         if line.startswith(("W:", "E:")) and any(
-                s in line for s in ("GPG error", "NO_PUBKEY", "not signed", "Failed to fetch",
-                                    "does not have a Release file")):
+            s in line
+            for s in (
+                "GPG error",
+                "NO_PUBKEY",
+                "not signed",
+                "Failed to fetch",
+                "does not have a Release file",
+            )
+        ):
             return line
     return None
 

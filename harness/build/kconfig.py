@@ -24,9 +24,9 @@ _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 @dataclass(frozen=True)
 class Option:
-    symbol: str          # CONFIG_FOO
-    value: str           # 'y', 'm', '"text"', '64', or 'n' for "is not set"
-    origin: str          # "file:line"
+    symbol: str  # CONFIG_FOO
+    value: str  # 'y', 'm', '"text"', '64', or 'n' for "is not set"
+    origin: str  # "file:line"
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Fragment:
 
 
 def parse_fragment(path: Path) -> Fragment:
-    path = Path(path).absolute()    # merge_config.sh runs in the source tree, not here
+    path = Path(path).absolute()  # merge_config.sh runs in the source tree, not here
     if not path.is_file():
         raise ConfigError(f"Config fragment {path} does not exist.")
     options = []
@@ -101,18 +101,21 @@ def kconfig_dependencies(source: Path, symbol: str) -> list[str]:
     name = symbol.removeprefix("CONFIG_")
     result = subprocess.run(
         ["git", "grep", "-n", "-E", f"^\\s*(menu)?config {name}\\s*$", "--", "*Kconfig*"],
-        cwd=source, capture_output=True, text=True,
+        cwd=source,
+        capture_output=True,
+        text=True,
     )
     deps: list[str] = []
     for hit in result.stdout.splitlines():
         file_name, line_no, _ = hit.split(":", 2)
         text = (source / file_name).read_text(errors="replace").splitlines()
-        deps += _enclosing_ifs(text[:int(line_no) - 1])
-        lines = text[int(line_no):]
+        deps += _enclosing_ifs(text[: int(line_no) - 1])
+        lines = text[int(line_no) :]
         for line in lines:
             stripped = line.strip()
-            if re.match(r"^(config|menuconfig|endmenu|menu|choice|endchoice|if|endif|source)\b",
-                        stripped):
+            if re.match(
+                r"^(config|menuconfig|endmenu|menu|choice|endchoice|if|endif|source)\b", stripped
+            ):
                 break
             if stripped.startswith("depends on"):
                 deps.append(stripped.removeprefix("depends on").strip())
@@ -123,7 +126,7 @@ def _enclosing_ifs(lines_before: list[str]) -> list[str]:
     """Conditions of the `if X ... endif` blocks still open at the end of lines_before (a
     symbol inside `if RUNTIME_TESTING_MENU` depends on it although it says nothing)."""
     stack: list[str] = []
-    for line in lines_before:      # at column 0 only: indented lines may be help text
+    for line in lines_before:  # at column 0 only: indented lines may be help text
         if re.match(r"^if\s", line):
             stack.append(line[2:].split("#")[0].strip())
         elif re.match(r"^endif\b", line) and stack:
@@ -135,8 +138,10 @@ def describe_missing(source: Path, missing: list[Option], config: dict[str, str]
     parts = []
     for option in missing:
         actual = config.get(option.symbol, "n")
-        text = (f"{option.symbol}={option.value} (requested at {option.origin}) "
-                f"ended up as {option.symbol}={actual}")
+        text = (
+            f"{option.symbol}={option.value} (requested at {option.origin}) "
+            f"ended up as {option.symbol}={actual}"
+        )
         deps = kconfig_dependencies(source, option.symbol)
         if deps:
             text += f"; Kconfig says it depends on: {' && '.join(deps)}"
@@ -155,8 +160,14 @@ def _symbol_exists(source: Path, symbol: str) -> bool:
     return result.returncode == 0
 
 
-def make_config(source: Path, build_dir: Path, fragments: list[Fragment], make_args: list[str],
-                log, readable: Sequence[Path] = ()) -> dict[str, str]:
+def make_config(
+    source: Path,
+    build_dir: Path,
+    fragments: list[Fragment],
+    make_args: list[str],
+    log,
+    readable: Sequence[Path] = (),
+) -> dict[str, str]:
     """tinyconfig + fragments (merge_config.sh) + olddefconfig in build_dir, then verify.
 
     The .config keeps its old mtime when its content did not change, so an unchanged
@@ -168,15 +179,27 @@ def make_config(source: Path, build_dir: Path, fragments: list[Fragment], make_a
     def run(cmd: list[str]) -> None:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        boxed = sandbox.wrap(cmd, sandbox.build_paths(source, build_dir),
-                             [*readable, *(f.path for f in fragments)], cwd=source)
+        boxed = sandbox.wrap(
+            cmd,
+            sandbox.build_paths(source, build_dir),
+            [*readable, *(f.path for f in fragments)],
+            cwd=source,
+        )
         result = subprocess.run(boxed, cwd=source, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             raise ConfigError(f"Config step failed: {' '.join(cmd)} (see {log.name}).")
 
     run(["make", *make_args, "tinyconfig"])
-    run(["scripts/kconfig/merge_config.sh", "-m", "-O", str(build_dir), str(config_file),
-         *[str(f.path) for f in fragments]])
+    run(
+        [
+            "scripts/kconfig/merge_config.sh",
+            "-m",
+            "-O",
+            str(build_dir),
+            str(config_file),
+            *[str(f.path) for f in fragments],
+        ]
+    )
     run(["make", *make_args, "olddefconfig"])
 
     config = read_config(config_file)
@@ -187,8 +210,8 @@ def make_config(source: Path, build_dir: Path, fragments: list[Fragment], make_a
             + describe_missing(source, missing, config)
             + ". Fix the fragment or enable the dependencies."
         )
-    if previous is not None and previous_stat is not None \
-            and previous == config_file.read_bytes():
+    if previous is not None and previous_stat is not None and previous == config_file.read_bytes():
         import os
+
         os.utime(config_file, ns=(previous_stat.st_atime_ns, previous_stat.st_mtime_ns))
     return config

@@ -35,25 +35,29 @@ ARTEFACTS = {  # name in cache -> path in the build directory
     "System.map": "System.map",
     "vmlinux": "vmlinux",
 }
-REPRODUCIBLE_ENV = {"KBUILD_BUILD_TIMESTAMP": "@0", "KBUILD_BUILD_VERSION": "1",
-                    "KBUILD_BUILD_USER": "uprobe-harness",
-                    "KBUILD_BUILD_HOST": "uprobe-harness"}
+REPRODUCIBLE_ENV = {
+    "KBUILD_BUILD_TIMESTAMP": "@0",
+    "KBUILD_BUILD_VERSION": "1",
+    "KBUILD_BUILD_USER": "uprobe-harness",
+    "KBUILD_BUILD_HOST": "uprobe-harness",
+}
 _COMPILE_LINE = re.compile(rb"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|OBJCOPY|GEN|UPD|CPP|VDSO\w*)\s")
 
 
 @dataclass(frozen=True)
 class BuildRequest:
-    kernel: str = ""                           # spec text; "" = default
-    series: str | None = None                  # None = the source's default series
-    fragments: tuple[str, ...] = ()            # user fragments, merged after the base one
-    jobs: int = 0                              # 0 = nproc
+    kernel: str = ""  # spec text; "" = default
+    series: str | None = None  # None = the source's default series
+    fragments: tuple[str, ...] = ()  # user fragments, merged after the base one
+    jobs: int = 0  # 0 = nproc
 
 
 @dataclass(frozen=True)
 class Kernel:
     """A bootable kernel and what produced it."""
+
     bzimage: Path
-    identity: str                              # content hash of the inputs (or of the image)
+    identity: str  # content hash of the inputs (or of the image)
     spec: str
     label: str
     series: str = ""
@@ -83,8 +87,16 @@ def _make_args(build_dir: Path, jobs: int) -> list[str]:
 
 
 def reproducer(request: BuildRequest, series_name: str) -> str:
-    cmd = ["python", "-m", "harness", "build", "--kernel", request.kernel or "debian:6.1",
-           "--series", series_name or "none"]
+    cmd = [
+        "python",
+        "-m",
+        "harness",
+        "build",
+        "--kernel",
+        request.kernel or "debian:6.1",
+        "--series",
+        series_name or "none",
+    ]
     for fragment in request.fragments:
         cmd += ["--config-fragment", fragment]
     return shlex.join(cmd)
@@ -103,8 +115,9 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
     if spec.kind == "prebuilt":
         return prebuilt(spec)
 
-    series = series_mod.load_series(spec.default_series if request.series is None
-                                    else request.series)
+    series = series_mod.load_series(
+        spec.default_series if request.series is None else request.series
+    )
     fragments = [kconfig.parse_fragment(kconfig.BASE_FRAGMENT)]
     fragments += [kconfig.parse_fragment(f) for f in spec.source_fragments]
     fragments += [kconfig.parse_fragment(Path(f)) for f in request.fragments]
@@ -136,19 +149,30 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
             _run_make(source, make_args, log, log_path, progress, build_dir)
             built = time.monotonic()
         release = (build_dir / "include/config/kernel.release").read_text().strip()
-        durations = {"prepare_s": round(prepared - started, 2),
-                     "patch_s": round(patched - prepared, 2),
-                     "config_s": round(configured - patched, 2),
-                     "make_s": round(built - configured, 2)}
+        durations = {
+            "prepare_s": round(prepared - started, 2),
+            "patch_s": round(patched - prepared, 2),
+            "config_s": round(configured - patched, 2),
+            "make_s": round(built - configured, 2),
+        }
         metadata = {
-            "spec": spec.text, "label": source.label, "source_identity": source.identity,
-            "source_commit": source.commit, "series": series.name, "series_digest": series.digest,
+            "spec": spec.text,
+            "label": source.label,
+            "source_identity": source.identity,
+            "source_commit": source.commit,
+            "series": series.name,
+            "series_digest": series.digest,
             "patches": [p.name for p in series.patches],
             "fragments": [str(f.path) for f in fragments],
             "fragments_digest": kconfig.fragments_digest(fragments),
-            "compiler": compiler, "make_args": make_args, "release": release,
-            "build_dir": str(build_dir), "log": str(log_path), "durations": durations,
-            "reproducer": reproducer(request, series.name), "identity": key,
+            "compiler": compiler,
+            "make_args": make_args,
+            "release": release,
+            "build_dir": str(build_dir),
+            "log": str(log_path),
+            "durations": durations,
+            "reproducer": reproducer(request, series.name),
+            "identity": key,
             "objects_built": progress.count,
         }
         _store(store, build_dir, metadata)
@@ -157,9 +181,11 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
 
 # a patch that touches what the configuration is made from: Kconfig files (added, changed,
 # deleted, renamed), Makefiles, config fragments such as tiny.config, scripts/kconfig/
-_KCONFIG_PATH = re.compile(rb"^(?:\+\+\+ |--- |rename from |rename to |copy to )"
-                           rb"\S*(?:Kconfig|Makefile|\.config\b|scripts/kconfig/)\S*",
-                           re.MULTILINE)
+_KCONFIG_PATH = re.compile(
+    rb"^(?:\+\+\+ |--- |rename from |rename to |copy to )"
+    rb"\S*(?:Kconfig|Makefile|\.config\b|scripts/kconfig/)\S*",
+    re.MULTILINE,
+)
 
 
 def _configure(source, series, fragments, build_dir: Path, make_args, log, progress) -> None:
@@ -172,20 +198,25 @@ def _configure(source, series, fragments, build_dir: Path, make_args, log, progr
             h.update(patch.text)
     stamp_file = build_dir / ".uprobe-harness-config"
     stamp = h.hexdigest()
-    if (build_dir / ".config").exists() and stamp_file.exists() \
-            and stamp_file.read_text() == stamp:
+    if (build_dir / ".config").exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return
     progress.note(f"configuring {source.label} in {build_dir}")
     stamp_file.unlink(missing_ok=True)
-    kconfig.make_config(source.tree, build_dir, fragments, make_args, log,
-                        readable=_readable(source))
+    kconfig.make_config(
+        source.tree, build_dir, fragments, make_args, log, readable=_readable(source)
+    )
     stamp_file.write_text(stamp)
 
 
 def _artefact_key(source_identity: str, series, fragments, compiler: str) -> str:
     h = hashlib.sha256()
-    for part in (source_identity, series.digest, kconfig.fragments_digest(fragments), compiler,
-                 json.dumps(REPRODUCIBLE_ENV, sort_keys=True)):
+    for part in (
+        source_identity,
+        series.digest,
+        kconfig.fragments_digest(fragments),
+        compiler,
+        json.dumps(REPRODUCIBLE_ENV, sort_keys=True),
+    ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -204,10 +235,17 @@ def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_
     progress.start("building", expected)
     env = {**os.environ, **REPRODUCIBLE_ENV}
     # dies with us (children); its own session, so that an interruption stops all its jobs
-    boxed = sandbox.wrap(cmd, sandbox.build_paths(source.tree, build_dir), _readable(source),
-                         cwd=source.tree)
-    proc = children.popen(boxed, cwd=source.tree, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    boxed = sandbox.wrap(
+        cmd, sandbox.build_paths(source.tree, build_dir), _readable(source), cwd=source.tree
+    )
+    proc = children.popen(
+        boxed,
+        cwd=source.tree,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     tail: list[bytes] = []
     try:
         with children.sigterm_interrupts():
@@ -227,8 +265,9 @@ def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_
     log.flush()
     if rc != 0:
         last = b"".join(tail).decode(errors="replace")
-        raise BuildError(f"make failed for {source.label} (exit {rc}). Full log: {log_path}. "
-                         f"Last lines:\n{last}")
+        raise BuildError(
+            f"make failed for {source.label} (exit {rc}). Full log: {log_path}. Last lines:\n{last}"
+        )
     (build_dir / ".uprobe-harness-objects").write_text(str(progress.count))
 
 
@@ -259,11 +298,20 @@ def _store(store: Path, build_dir: Path, metadata: dict) -> None:
 def _load(store: Path, cached: bool) -> Kernel:
     meta = json.loads((store / "metadata.json").read_text())
     optional = {name: (store / name if (store / name).exists() else None) for name in ARTEFACTS}
-    return Kernel(bzimage=store / "bzImage", identity=meta["identity"], spec=meta["spec"],
-                  label=meta["label"], series=meta["series"], config=optional["config"],
-                  system_map=optional["System.map"], vmlinux=optional["vmlinux"],
-                  release=meta["release"], metadata=store / "metadata.json", cached=cached,
-                  durations=meta["durations"])
+    return Kernel(
+        bzimage=store / "bzImage",
+        identity=meta["identity"],
+        spec=meta["spec"],
+        label=meta["label"],
+        series=meta["series"],
+        config=optional["config"],
+        system_map=optional["System.map"],
+        vmlinux=optional["vmlinux"],
+        release=meta["release"],
+        metadata=store / "metadata.json",
+        cached=cached,
+        durations=meta["durations"],
+    )
 
 
 def prebuilt(spec: sources.KernelSpec) -> Kernel:
@@ -271,14 +319,23 @@ def prebuilt(spec: sources.KernelSpec) -> Kernel:
     assert image is not None, spec
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     config = None
-    for candidate in (image.parent / ".config", image.with_name(image.name.replace(
-            "vmlinuz", "config"))):
+    for candidate in (
+        image.parent / ".config",
+        image.with_name(image.name.replace("vmlinuz", "config")),
+    ):
         if candidate != image and candidate.is_file():
             config = candidate
             break
     release = image.name.removeprefix("vmlinuz-") if image.name.startswith("vmlinuz-") else ""
-    return Kernel(bzimage=image, identity=digest, spec=spec.text, label=str(image),
-                  config=config, release=release, cached=True)
+    return Kernel(
+        bzimage=image,
+        identity=digest,
+        spec=spec.text,
+        label=str(image),
+        config=config,
+        release=release,
+        cached=True,
+    )
 
 
 def main_json(kernel: Kernel) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness.errors import InfraError
 
-HIDDEN = ("/root", "/home")       # tmpfs over these; the writable paths are bound back
+HIDDEN = ("/root", "/home")  # tmpfs over these; the writable paths are bound back
 
 
 def enabled() -> bool:
@@ -36,13 +36,15 @@ def enabled() -> bool:
 def ccache_dir() -> Path | None:
     if not shutil.which("ccache"):
         return None
-    found = subprocess.run(["ccache", "-k", "cache_dir"], capture_output=True,
-                           text=True).stdout.strip()
+    found = subprocess.run(
+        ["ccache", "-k", "cache_dir"], capture_output=True, text=True
+    ).stdout.strip()
     return Path(found) if found else None
 
 
-def wrap(cmd: list[str], writable: Sequence[Path], readable: Sequence[Path] = (),
-         cwd: Path | None = None) -> list[str]:
+def wrap(
+    cmd: list[str], writable: Sequence[Path], readable: Sequence[Path] = (), cwd: Path | None = None
+) -> list[str]:
     """`cmd` as a sandboxed command line (or unchanged when the sandbox is off). `readable`
     are paths under the hidden home directories that the step must still read (config
     fragments of a checkout there, a git tree's own repository for its shared objects)."""
@@ -50,12 +52,13 @@ def wrap(cmd: list[str], writable: Sequence[Path], readable: Sequence[Path] = ()
         return list(cmd)
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise InfraError("The kernel build runs in a bubblewrap sandbox, and `bwrap` is not "
-                         "installed: apt-get install -y bubblewrap (or set "
-                         "UPROBE_HARNESS_SANDBOX=off to build unsandboxed; see the README's "
-                         "trust model).")
-    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp"]
+        raise InfraError(
+            "The kernel build runs in a bubblewrap sandbox, and `bwrap` is not "
+            "installed: apt-get install -y bubblewrap (or set "
+            "UPROBE_HARNESS_SANDBOX=off to build unsandboxed; see the README's "
+            "trust model)."
+        )
+    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for hidden in HIDDEN:
         if Path(hidden).is_dir():
             args += ["--tmpfs", hidden]
@@ -65,14 +68,22 @@ def wrap(cmd: list[str], writable: Sequence[Path], readable: Sequence[Path] = ()
     for path in writable:
         path.mkdir(parents=True, exist_ok=True)
         args += ["--bind", str(path), str(path)]
-    for path in writable:           # a tree's .git: git runs there later, unsandboxed
+    for path in writable:  # a tree's .git: git runs there later, unsandboxed
         if (Path(path) / ".git").exists():
             args += ["--ro-bind", str(Path(path) / ".git"), str(Path(path) / ".git")]
     cache = ccache_dir()
-    if cache is not None:       # its configured place, whatever hides the user's ccache.conf
+    if cache is not None:  # its configured place, whatever hides the user's ccache.conf
         args += ["--setenv", "CCACHE_DIR", str(cache)]
-    args += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-             "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+    args += [
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+    ]
     if cwd is not None:
         args += ["--chdir", str(cwd)]
     return [*args, "--", *cmd]

@@ -21,15 +21,15 @@ from harness.paths import PATCHES_DIR
 
 @dataclass(frozen=True)
 class Patch:
-    name: str            # file name, or "mbox[N]: subject" for mbox members
-    origin: str          # where it came from: "patches/x/series:3" or "x.mbox#2"
-    text: bytes          # the patch as git apply reads it
+    name: str  # file name, or "mbox[N]: subject" for mbox members
+    origin: str  # where it came from: "patches/x/series:3" or "x.mbox#2"
+    text: bytes  # the patch as git apply reads it
     strip: int = 1
 
 
 @dataclass(frozen=True)
 class Series:
-    name: str            # "uprobes-6.1-fixes", or the mbox file name; "" for none
+    name: str  # "uprobes-6.1-fixes", or the mbox file name; "" for none
     patches: tuple[Patch, ...]
 
     @property
@@ -72,8 +72,9 @@ def load_series(spec: str | Path | None) -> Series:
         if path.name == "series":
             return parse_quilt(path)
         return parse_mbox(path)
-    known = sorted(p.name for p in PATCHES_DIR.iterdir() if p.is_dir()) \
-        if PATCHES_DIR.is_dir() else []
+    known = (
+        sorted(p.name for p in PATCHES_DIR.iterdir() if p.is_dir()) if PATCHES_DIR.is_dir() else []
+    )
     raise PatchError(
         f"Patch series '{spec}' was not found: it is neither a path nor a directory under "
         f"{PATCHES_DIR}. Known series: {', '.join(known) or 'none'}. Use --series none to "
@@ -96,8 +97,10 @@ def parse_quilt(series_file: Path) -> Series:
     try:
         lines = series_file.read_text().splitlines()
     except UnicodeDecodeError as error:
-        raise PatchError(f"{series_file} is not a text file ({error}); a quilt series file "
-                         f"lists one patch file name per line.") from None
+        raise PatchError(
+            f"{series_file} is not a text file ({error}); a quilt series file "
+            f"lists one patch file name per line."
+        ) from None
     for line_no, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -176,11 +179,16 @@ def apply_series(series: Series, tree: Path, source_label: str) -> None:
     for patch in series.patches:
         result = subprocess.run(
             ["git", "apply", f"-p{patch.strip}", "--whitespace=nowarn", "-"],
-            cwd=tree, input=patch.text, capture_output=True,
+            cwd=tree,
+            input=patch.text,
+            capture_output=True,
         )
         if result.returncode != 0:
-            raise PatchError(_apply_failure_message(series, patch, source_label,
-                                                    result.stderr.decode(errors="replace")))
+            raise PatchError(
+                _apply_failure_message(
+                    series, patch, source_label, result.stderr.decode(errors="replace")
+                )
+            )
 
 
 def _apply_failure_message(series: Series, patch: Patch, source_label: str, stderr: str) -> str:

@@ -25,18 +25,19 @@ from harness.paths import CONFIGS_DIR, cache_dir
 
 class SourceEntry(data.Spec):
     """A named kernel source (harness/configs/kernels.toml [sources."NAME"])."""
-    kind: str                       # "debian"
-    package: str                    # the Debian source package
-    tarball: str = ""               # installed with the system's apt: its tarball path
-    suite: str = ""                 # or fetched from this suite of Debian's archive
+
+    kind: str  # "debian"
+    package: str  # the Debian source package
+    tarball: str = ""  # installed with the system's apt: its tarball path
+    suite: str = ""  # or fetched from this suite of Debian's archive
     keyring: str = str(debian_archive.DEFAULT_KEYRING)
-    archive: str = ""               # "": the Debian archive the system's apt uses
+    archive: str = ""  # "": the Debian archive the system's apt uses
     default_series: str = ""
     source_fragments: list[str] = []
 
 
 class SourceDefaults(data.Spec):
-    kernel: str                     # the source used when the user names none
+    kernel: str  # the source used when the user names none
 
 
 class KnownSources(data.Spec):
@@ -50,30 +51,49 @@ def load_known(path: Path = CONFIGS_DIR / "kernels.toml") -> KnownSources:
     for name, entry in known.sources.items():
         where = data.entry_name(raw, "$.sources" + data.key_step(name))
         if entry.kind != "debian":
-            raise data.error(path, where, f"kind = {entry.kind!r}: the only kind is \"debian\"")
+            raise data.error(path, where, f'kind = {entry.kind!r}: the only kind is "debian"')
         if bool(entry.tarball) == bool(entry.suite):
-            raise data.error(path, where, "give exactly one of 'tarball' (installed with the "
-                                          "system's apt) or 'suite' (fetched from Debian)")
+            raise data.error(
+                path,
+                where,
+                "give exactly one of 'tarball' (installed with the "
+                "system's apt) or 'suite' (fetched from Debian)",
+            )
     if known.defaults.kernel not in known.sources:
-        raise data.error(path, "[defaults]", f"kernel = {known.defaults.kernel!r} is not one "
-                                             f"of the [sources]")
+        raise data.error(
+            path, "[defaults]", f"kernel = {known.defaults.kernel!r} is not one of the [sources]"
+        )
     return known
 
 
-KNOWN = load_known()         # harness/configs/kernels.toml
-GIT_IDENTITY = ["-c", "user.name=uprobe-harness", "-c", "user.email=uprobe-harness@localhost",
-                "-c", "commit.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
-                # a tree a build wrote to must not run code through git
-                "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null"]
+KNOWN = load_known()  # harness/configs/kernels.toml
+GIT_IDENTITY = [
+    "-c",
+    "user.name=uprobe-harness",
+    "-c",
+    "user.email=uprobe-harness@localhost",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+    # a tree a build wrote to must not run code through git
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+]
 
 
 @dataclass(frozen=True)
 class KernelSpec:
     """What the user asked for, parsed."""
-    text: str                 # as given: "debian:6.1", "/src/linux@v6.12", "/boot/vmlinuz"
-    kind: str                 # "debian" | "git" | "prebuilt"
+
+    text: str  # as given: "debian:6.1", "/src/linux@v6.12", "/boot/vmlinuz"
+    kind: str  # "debian" | "git" | "prebuilt"
     path: Path | None = None  # git tree or bzImage
-    rev: str = "HEAD"         # git commit-ish
+    rev: str = "HEAD"  # git commit-ish
 
     @property
     def default_series(self) -> str:
@@ -86,19 +106,21 @@ class KernelSpec:
         `source_fragments`, names under harness/configs/fragments/): options that exist
         only in some kernels, such as 7.3's CONFIG_SYSCALL_USER_DISPATCH."""
         entry = KNOWN.sources.get(self.text)
-        return tuple(CONFIGS_DIR / "fragments" / name
-                     for name in (entry.source_fragments if entry else ()))
+        return tuple(
+            CONFIGS_DIR / "fragments" / name for name in (entry.source_fragments if entry else ())
+        )
 
 
 @dataclass(frozen=True)
 class Source:
     """A pristine source checked out in the cache's work tree."""
+
     spec: KernelSpec
-    tree: Path                # the cache work tree (git)
-    commit: str               # pristine commit in that tree
-    identity: str             # stable identity of the pristine source
-    label: str                # human name: "debian:6.1 (6.1.192-2)"
-    family: str               # work trees of one family share a build directory
+    tree: Path  # the cache work tree (git)
+    commit: str  # pristine commit in that tree
+    identity: str  # stable identity of the pristine source
+    label: str  # human name: "debian:6.1 (6.1.192-2)"
+    family: str  # work trees of one family share a build directory
 
 
 def parse_spec(text: str | None) -> KernelSpec:
@@ -114,8 +136,10 @@ def parse_spec(text: str | None) -> KernelSpec:
     path = Path(path_text).expanduser().resolve()
     if path.is_dir():
         if not (path / ".git").exists():
-            raise SourceError(f"Kernel tree {path} is not a git repository; the harness builds "
-                              f"git trees at a commit-ish (PATH@REV) so builds are reproducible.")
+            raise SourceError(
+                f"Kernel tree {path} is not a git repository; the harness builds "
+                f"git trees at a commit-ish (PATH@REV) so builds are reproducible."
+            )
         return KernelSpec(text, "git", path, rev or "HEAD")
     if path.is_file():
         if rev:
@@ -153,8 +177,9 @@ def locked(name: str):
 
 
 def git(tree: Path, *args: str, check: bool = True, capture: bool = True) -> str:
-    result = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=tree, capture_output=capture,
-                            text=True)
+    result = subprocess.run(
+        ["git", *GIT_IDENTITY, *args], cwd=tree, capture_output=capture, text=True
+    )
     if check and result.returncode != 0:
         raise SourceError(f"git {' '.join(args)} failed in {tree}: {result.stderr.strip()}")
     return result.stdout.strip() if capture else ""
@@ -165,28 +190,44 @@ def debian_tarball(spec: KernelSpec, progress=None) -> tuple[Path, str, str]:
     apt when the entry names a tarball path, fetched from its suite otherwise."""
     entry = KNOWN.sources[spec.text]
     if entry.suite:
-        fetched = debian_archive.fetch(debian_archive.SuitePackage(
-            entry.package, entry.suite, Path(entry.keyring), entry.archive), progress)
+        fetched = debian_archive.fetch(
+            debian_archive.SuitePackage(
+                entry.package, entry.suite, Path(entry.keyring), entry.archive
+            ),
+            progress,
+        )
         tarball, version = fetched.tarball, fetched.version
     else:
         tarball = Path(entry.tarball)
         if not tarball.is_file():
             install_debian_source(entry.package)
-        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", entry.package],
-                                 capture_output=True, text=True).stdout.strip() or "unknown"
+        version = (
+            subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", entry.package], capture_output=True, text=True
+            ).stdout.strip()
+            or "unknown"
+        )
     return tarball, version, f"{entry.package}={version}:{tarball.stat().st_size}"
 
 
 def install_debian_source(package: str) -> None:
     if os.geteuid() != 0:
-        raise SourceError(f"Debian package {package} is not installed and the harness is not "
-                          f"root. Run: sudo apt-get install -y {package}")
+        raise SourceError(
+            f"Debian package {package} is not installed and the harness is not "
+            f"root. Run: sudo apt-get install -y {package}"
+        )
     for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", package]):
-        result = subprocess.run(cmd, capture_output=True, text=True,
-                                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         if result.returncode != 0:
-            raise SourceError(f"Could not install Debian package {package} ({' '.join(cmd)}): "
-                              f"{result.stderr.strip()[-500:]}")
+            raise SourceError(
+                f"Could not install Debian package {package} ({' '.join(cmd)}): "
+                f"{result.stderr.strip()[-500:]}"
+            )
 
 
 def prepare(spec: KernelSpec, progress=None) -> Source:
@@ -216,14 +257,14 @@ def _extract_debian(tarball: Path, tree: Path, identity: str, progress) -> None:
         progress(f"extracting {tarball.name} (once per Debian source version)")
     staging = Path(tempfile.mkdtemp(prefix=tree.name + ".", dir=tree.parent))
     try:
-        subprocess.run(["tar", "-xf", str(tarball), "-C", str(staging), "--strip-components=1"],
-                       check=True)
+        subprocess.run(
+            ["tar", "-xf", str(tarball), "-C", str(staging), "--strip-components=1"], check=True
+        )
         if progress:
             progress("recording the pristine tree in git")
         git(staging, "init", "-q")
         git(staging, "add", "-A", "-f", ".")
-        git(staging, "commit", "-q", "-m", f"pristine {identity}",
-            "--date=1970-01-01T00:00:00Z")
+        git(staging, "commit", "-q", "-m", f"pristine {identity}", "--date=1970-01-01T00:00:00Z")
         (staging / ".git" / "uprobe-harness-identity").write_text(identity)
         if tree.exists():
             shutil.rmtree(tree)
@@ -234,16 +275,22 @@ def _extract_debian(tarball: Path, tree: Path, identity: str, progress) -> None:
 
 
 def _resolve_commit(path: Path, rev: str) -> str:
-    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                            cwd=path, capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=path,
+        capture_output=True,
+        text=True,
+    )
     commit = result.stdout.strip()
     if commit:
         return commit
     if "dubious ownership" in result.stderr:
-        raise SourceError(f"git refuses to read {path}: it is owned by another user than the "
-                          f"one running the harness (git's safe.directory check). Run the "
-                          f"harness as the tree's owner, or mark the tree safe: git config "
-                          f"--global --add safe.directory {path}")
+        raise SourceError(
+            f"git refuses to read {path}: it is owned by another user than the "
+            f"one running the harness (git's safe.directory check). Run the "
+            f"harness as the tree's owner, or mark the tree safe: git config "
+            f"--global --add safe.directory {path}"
+        )
     raise SourceError(f"'{rev}' is not a commit in {path}.")
 
 
@@ -254,13 +301,21 @@ def _prepare_git(spec: KernelSpec) -> Source:
     name = "git-" + hashlib.sha256(str(user_repo).encode()).hexdigest()[:12]
     tree = cache_dir("sources") / name
     if not (tree / ".git").exists():
-        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", str(user_repo),
-                        str(tree)], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "clone", "-q", "--shared", "--no-checkout", str(user_repo), str(tree)],
+            check=True,
+            capture_output=True,
+        )
     _reset(tree, commit)
-    describe = subprocess.run(["git", "describe", "--always", "--tags", commit], cwd=user_repo,
-                              capture_output=True, text=True).stdout.strip()
-    return Source(spec, tree, commit, f"git:{commit}", f"{user_repo}@{describe or commit[:12]}",
-                  name)
+    describe = subprocess.run(
+        ["git", "describe", "--always", "--tags", commit],
+        cwd=user_repo,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return Source(
+        spec, tree, commit, f"git:{commit}", f"{user_repo}@{describe or commit[:12]}", name
+    )
 
 
 def _reset(tree: Path, commit: str) -> None:

@@ -50,8 +50,11 @@ log = logging.getLogger(__name__)
 EXIT_FOUND, EXIT_ABORT, EXIT_ENDPOINT, EXIT_INCONCLUSIVE = 0, 3, 4, 5
 STEP_GOOD, STEP_BAD, STEP_SKIP, STEP_ABORT = 0, 1, 125, 128
 FAILING = tuple(o.value for o in FAILING_OUTCOMES)
-SKIP_ERRORS = {BuildError: "build failed", PatchError: "patch series does not apply",
-               ConfigError: "config fragment does not apply"}
+SKIP_ERRORS = {
+    BuildError: "build failed",
+    PatchError: "patch series does not apply",
+    ConfigError: "config fragment does not apply",
+}
 _FOUND = re.compile(r"^([0-9a-f]{40}) is the first (\w+) commit$", re.M)
 _SHA_LINE = re.compile(r"^[0-9a-f]{40}$", re.M)
 
@@ -60,15 +63,16 @@ class AbortBisect(HarnessError):
     """A problem that makes every step meaningless (no scenario selected, pytest misused)."""
 
 
-Failure = tuple[str, str]          # (test node id, crash title or "")
+Failure = tuple[str, str]  # (test node id, crash title or "")
 
 
 @dataclass(frozen=True)
 class Run:
     """One pytest run of the selection on one kernel."""
-    kind: str                                  # "pass" | "fail" | "untestable"
+
+    kind: str  # "pass" | "fail" | "untestable"
     failures: frozenset[Failure] = frozenset()
-    detail: str = ""                           # why untestable, or the failing output excerpt
+    detail: str = ""  # why untestable, or the failing output excerpt
     seconds: float = 0.0
 
 
@@ -83,14 +87,14 @@ class Built:
 class StepResult:
     commit: str
     subject: str
-    verdict: str                               # "good" | "bad" | "skip"
+    verdict: str  # "good" | "bad" | "skip"
     reason: str
     build_seconds: float = 0.0
     test_seconds: float = 0.0
     runs: tuple[Run, ...] = ()
     flaky: bool = False
     image_sha256: str = ""
-    role: str = "step"                         # "bad endpoint" | "good endpoint" | "step"
+    role: str = "step"  # "bad endpoint" | "good endpoint" | "step"
 
     @property
     def excerpt(self) -> str:
@@ -99,7 +103,7 @@ class StepResult:
 
 @dataclass(frozen=True)
 class BisectOutcome:
-    status: str                                # "found" | "inconclusive" | "endpoint" | "aborted"
+    status: str  # "found" | "inconclusive" | "endpoint" | "aborted"
     find_fix: bool
     message: str = ""
     culprit: str = ""
@@ -139,35 +143,49 @@ class Runner(Protocol):
 
 # -- verdicts (pure) ---------------------------------------------------------------------------
 
+
 def failures_of(results: list[report.TestResult]) -> frozenset[Failure]:
-    return frozenset((f"{r.module}::{r.name}",
-                      r.message.splitlines()[0] if r.outcome == "crashed" and r.message else "")
-                     for r in results if r.outcome in FAILING)
+    return frozenset(
+        (
+            f"{r.module}::{r.name}",
+            r.message.splitlines()[0] if r.outcome == "crashed" and r.message else "",
+        )
+        for r in results
+        if r.outcome in FAILING
+    )
 
 
 def _excerpt(results: list[report.TestResult], lines: int = 20) -> str:
-    parts = [f"{r.outcome.upper()} {r.module}::{r.name}\n" + "\n".join(
-        r.message.splitlines()[:lines]) for r in results if r.outcome in FAILING + ("error",)]
+    parts = [
+        f"{r.outcome.upper()} {r.module}::{r.name}\n" + "\n".join(r.message.splitlines()[:lines])
+        for r in results
+        if r.outcome in FAILING + ("error",)
+    ]
     return "\n".join(parts[:3])
 
 
-def classify_run(results: list[report.TestResult] | None, status: int,
-                 seconds: float = 0.0) -> Run:
+def classify_run(results: list[report.TestResult] | None, status: int, seconds: float = 0.0) -> Run:
     """One pytest run -> Run. Raises InfraError/AbortBisect when no step can be judged."""
     errors = [r for r in results or [] if r.outcome == "error"]
-    infra = [r for r in results or [] if r.outcome in ("error", "failed")
-             and r.exception == "InfraError"]
+    infra = [
+        r for r in results or [] if r.outcome in ("error", "failed") and r.exception == "InfraError"
+    ]
     if infra:
         raise InfraError(f"{infra[0].module}::{infra[0].name}: {infra[0].message}")
     if status == 3:
-        return Run("untestable", detail="the kernel fixture gave up (pytest exit 3)",
-                   seconds=seconds)
+        return Run(
+            "untestable", detail="the kernel fixture gave up (pytest exit 3)", seconds=seconds
+        )
     if results is None:
         raise InfraError(f"pytest wrote no JUnit file (exit {status})")
     if status in (2, 4, 5):
-        raise AbortBisect({2: "pytest was interrupted or could not collect the scenarios",
-                           4: "pytest usage error: check the selection after --",
-                           5: "the selection matches no scenario"}[status])
+        raise AbortBisect(
+            {
+                2: "pytest was interrupted or could not collect the scenarios",
+                4: "pytest usage error: check the selection after --",
+                5: "the selection matches no scenario",
+            }[status]
+        )
     failures = failures_of(results)
     if failures:
         return Run("fail", failures, _excerpt(results), seconds)
@@ -176,8 +194,9 @@ def classify_run(results: list[report.TestResult] | None, status: int,
         why = "setup error" if booted else "did not boot"
         return Run("untestable", detail=f"{why}: {_excerpt(errors, 5)}", seconds=seconds)
     if status != 0:
-        return Run("untestable", detail=f"pytest exit {status} without a failing test",
-                   seconds=seconds)
+        return Run(
+            "untestable", detail=f"pytest exit {status} without a failing test", seconds=seconds
+        )
     return Run("pass", seconds=seconds)
 
 
@@ -187,7 +206,7 @@ def skip_reason(error: BaseException) -> str | None:
 
 
 def run_kind(run: Run, reference: frozenset[Failure] | None) -> str:
-    """"pass", "untestable", "match" (the original failure) or "different"."""
+    """ "pass", "untestable", "match" (the original failure) or "different"."""
     if run.kind != "fail":
         return run.kind
     return "match" if reference is None or run.failures <= reference else "different"
@@ -202,12 +221,16 @@ def vote(runs: list[Run], reference: frozenset[Failure] | None) -> tuple[str, st
     if "match" in kinds:
         return "bad", "original failure" + count, flaky
     if kinds and all(k == "pass" for k in kinds):
-        return "good", "passed" + (f" {len(kinds)}/{len(kinds)} runs" if len(kinds) > 1 else ""), \
-            flaky
+        return (
+            "good",
+            "passed" + (f" {len(kinds)}/{len(kinds)} runs" if len(kinds) > 1 else ""),
+            flaky,
+        )
     if "different" in kinds:
         run = runs[kinds.index("different")]
-        tests = ", ".join(sorted(f"{n} ({t})" if t else n for n, t in run.failures - (
-            reference or frozenset())))
+        tests = ", ".join(
+            sorted(f"{n} ({t})" if t else n for n, t in run.failures - (reference or frozenset()))
+        )
         return "skip", f"different failure: {tests}", flaky
     return "skip", next((r.detail.splitlines()[0] for r in runs if r.detail), "untestable"), flaky
 
@@ -239,14 +262,25 @@ def parse_bisect_output(text: str) -> tuple[str, str, tuple[str, ...]]:
 
 
 def exit_code(outcome: BisectOutcome) -> int:
-    return {"found": EXIT_FOUND, "aborted": EXIT_ABORT, "endpoint": EXIT_ENDPOINT,
-            "inconclusive": EXIT_INCONCLUSIVE}[outcome.status]
+    return {
+        "found": EXIT_FOUND,
+        "aborted": EXIT_ABORT,
+        "endpoint": EXIT_ENDPOINT,
+        "inconclusive": EXIT_INCONCLUSIVE,
+    }[outcome.status]
 
 
 # -- one step ----------------------------------------------------------------------------------
 
-def evaluate(runner: Runner, sha: str, subject: str, reference: frozenset[Failure] | None,
-             repeat: int = 1, early_stop: bool = True) -> StepResult:
+
+def evaluate(
+    runner: Runner,
+    sha: str,
+    subject: str,
+    reference: frozenset[Failure] | None,
+    repeat: int = 1,
+    early_stop: bool = True,
+) -> StepResult:
     """Build and test one commit. Raises for errors that must abort the bisect."""
     started = time.monotonic()
     try:
@@ -255,8 +289,13 @@ def evaluate(runner: Runner, sha: str, subject: str, reference: frozenset[Failur
         why = skip_reason(error)
         if why is None:
             raise
-        return StepResult(sha, subject, "skip", f"{why}: {str(error).splitlines()[0][:120]}",
-                          build_seconds=time.monotonic() - started)
+        return StepResult(
+            sha,
+            subject,
+            "skip",
+            f"{why}: {str(error).splitlines()[0][:120]}",
+            build_seconds=time.monotonic() - started,
+        )
     build_seconds = time.monotonic() - started
     runs: list[Run] = []
     for index in range(max(1, repeat)):
@@ -264,16 +303,30 @@ def evaluate(runner: Runner, sha: str, subject: str, reference: frozenset[Failur
         if early_stop and run_kind(runs[-1], reference) == "match":
             break
     verdict, reason, flaky = vote(runs, reference)
-    return StepResult(sha, subject, verdict, reason, build_seconds,
-                      time.monotonic() - started - build_seconds, tuple(runs), flaky,
-                      built.image_sha256)
+    return StepResult(
+        sha,
+        subject,
+        verdict,
+        reason,
+        build_seconds,
+        time.monotonic() - started - build_seconds,
+        tuple(runs),
+        flaky,
+        built.image_sha256,
+    )
 
 
 # -- git ---------------------------------------------------------------------------------------
 
+
 def _git(tree: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["git", *args], cwd=tree, capture_output=True, text=True,
-                            env={**os.environ, "LC_ALL": "C", "LANGUAGE": "C"})
+    result = subprocess.run(
+        ["git", *args],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C", "LANGUAGE": "C"},
+    )
     if check and result.returncode != 0:
         raise SourceError(f"git {' '.join(args)} failed in {tree}: {result.stderr.strip()}")
     return result
@@ -311,6 +364,7 @@ def private_clone(repo: Path):
 
 # -- the driver --------------------------------------------------------------------------------
 
+
 def _note(message: str) -> None:
     log.info(f"bisect: {message}")
 
@@ -331,8 +385,9 @@ class _Bisection:
     def step(self, sha: str, role: str = "step", early_stop: bool = True) -> StepResult:
         subject = subject_of(self.clone, sha)
         _note(f"testing {sha[:12]} {subject} ({role})")
-        result = evaluate(self.runner, sha, subject, self.reference, self.request.options.repeat,
-                          early_stop)
+        result = evaluate(
+            self.runner, sha, subject, self.reference, self.request.options.repeat, early_stop
+        )
         result = replace(result, role=role)
         self.steps.append(result)
         _note(f"{sha[:12]}: {result.verdict} ({result.reason})")
@@ -348,8 +403,7 @@ class _Bisection:
         self.reference = frozenset().union(*(r.failures for r in failing.runs))
         passing = self.step(good, "good endpoint", early_stop=False)
         if passing.verdict != "good":
-            how = "also shows the original failure" if passing.verdict == "bad" else \
-                passing.reason
+            how = "also shows the original failure" if passing.verdict == "bad" else passing.reason
             return self.outcome("endpoint", f"--good {good[:12]} does not pass: {how}")
         return None
 
@@ -369,20 +423,29 @@ class _Bisection:
             verdict = self.step(sha).verdict
             state, culprit, candidates = self.mark(git_term(verdict, self.find_fix), sha)
         if state == "inconclusive":
-            return self.outcome("inconclusive", "only skipped commits left: the culprit is one "
-                                "of the candidates", candidates=candidates)
+            return self.outcome(
+                "inconclusive",
+                "only skipped commits left: the culprit is one of the candidates",
+                candidates=candidates,
+            )
         return self.conclude(culprit)
 
     def conclude(self, culprit: str) -> BisectOutcome:
         by_commit = {s.commit: s for s in self.steps}
-        parent = _git(self.clone, "rev-parse", "--verify", "--quiet", f"{culprit}^",
-                      check=False).stdout.strip()
-        sources = [by_commit.get(culprit), by_commit.get(parent)] + \
-            [s for s in self.steps if s.role == "bad endpoint"]
+        parent = _git(
+            self.clone, "rev-parse", "--verify", "--quiet", f"{culprit}^", check=False
+        ).stdout.strip()
+        sources = [by_commit.get(culprit), by_commit.get(parent)] + [
+            s for s in self.steps if s.role == "bad endpoint"
+        ]
         excerpt = next((s.excerpt for s in sources if s and s.excerpt), "")
-        return self.outcome("found", culprit=culprit, subject=subject_of(self.clone, culprit),
-                            excerpt=excerpt, same_image_as_parent=self.same_image(
-                                by_commit, culprit, parent))
+        return self.outcome(
+            "found",
+            culprit=culprit,
+            subject=subject_of(self.clone, culprit),
+            excerpt=excerpt,
+            same_image_as_parent=self.same_image(by_commit, culprit, parent),
+        )
 
     def same_image(self, by_commit: dict, culprit: str, parent: str) -> bool | None:
         """Is the culprit's bzImage identical to its parent's? None = cannot tell."""
@@ -435,16 +498,24 @@ def _check_order(repo: Path, old: str, new: str, find_fix: bool) -> None:
     if old == new:
         raise HarnessError("--good and --bad name the same commit.")
     if _git(repo, "merge-base", "--is-ancestor", new, old, check=False).returncode == 0:
-        hint = ("with --find-fix, --bad is the older commit (the scenario fails there) and "
-                "--good the newer one (it passes)" if find_fix else
-                "--good must be older than --bad; to find a fix, add --find-fix")
+        hint = (
+            "with --find-fix, --bad is the older commit (the scenario fails there) and "
+            "--good the newer one (it passes)"
+            if find_fix
+            else "--good must be older than --bad; to find a fix, add --find-fix"
+        )
         raise HarnessError(f"the endpoints are in the wrong order: {hint}.")
 
 
 # -- bisect-step: one verdict for `git bisect run` ---------------------------------------------
 
-def run_step(options: ScenarioOptions, runner: Runner, find_fix: bool = False,
-             reference_junit: Path | None = None) -> tuple[StepResult, int]:
+
+def run_step(
+    options: ScenarioOptions,
+    runner: Runner,
+    find_fix: bool = False,
+    reference_junit: Path | None = None,
+) -> tuple[StepResult, int]:
     sha = resolve(options.repo, "HEAD")
     if _git(options.repo, "status", "--porcelain", "--untracked-files=no").stdout.strip():
         _note(f"{options.repo} has uncommitted changes: they are NOT built (HEAD {sha[:12]} is)")
@@ -455,10 +526,17 @@ def run_step(options: ScenarioOptions, runner: Runner, find_fix: bool = False,
 
 # -- the real runner ---------------------------------------------------------------------------
 
+
 def pytest_command(options: ScenarioOptions, kernel_spec: str, junit: Path) -> list[str]:
-    return scenario_run.pytest_command(kernel_spec, junit, series=options.series,
-                                       fragments=options.fragments, smp=options.smp,
-                                       accel=options.accel, extra=tuple(options.selection))
+    return scenario_run.pytest_command(
+        kernel_spec,
+        junit,
+        series=options.series,
+        fragments=options.fragments,
+        smp=options.smp,
+        accel=options.accel,
+        extra=tuple(options.selection),
+    )
 
 
 def kernel_digest(built) -> str:
@@ -477,24 +555,31 @@ def kernel_digest(built) -> str:
 @dataclass
 class HarnessRunner:
     """Builds with harness.build.kernel and runs the selection with pytest from the repo root."""
+
     options: ScenarioOptions
     steps_dir: Path
 
     def build(self, sha: str) -> Built:
         from harness.build.kernel import BuildRequest, build
         from harness.progress import Progress
+
         spec = f"{self.options.repo}@{sha}"
-        built = build(BuildRequest(kernel=spec, series=self.options.series,
-                                   fragments=self.options.fragments, jobs=self.options.jobs),
-                      Progress.auto())
+        built = build(
+            BuildRequest(
+                kernel=spec,
+                series=self.options.series,
+                fragments=self.options.fragments,
+                jobs=self.options.jobs,
+            ),
+            Progress.auto(),
+        )
         return Built(sha, kernel_digest(built), spec)
 
     def test(self, built: Built, index: int) -> Run:
         self.steps_dir.mkdir(parents=True, exist_ok=True)
         stem = self.steps_dir / f"{built.commit[:12]}-run{index + 1}"
         junit, log = stem.with_suffix(".xml"), stem.with_suffix(".log")
-        finished = scenario_run.run(pytest_command(self.options, built.spec, junit), junit,
-                                    log=log)
+        finished = scenario_run.run(pytest_command(self.options, built.spec, junit), junit, log=log)
         _note(f"run {index + 1}: pytest exit {finished.status}, output {log}")
         results = report.read_junit(junit) if finished.has_results else None
         return classify_run(results, finished.status, finished.seconds)
@@ -504,8 +589,12 @@ def absolute_options(repo: str, series: str | None, fragments: list[str], **kw) 
     """Paths resolved against the caller's directory (pytest runs from the repo root)."""
     if series is not None and Path(series).exists():
         series = str(Path(series).resolve())
-    return ScenarioOptions(repo=Path(repo).resolve(), series=series,
-                           fragments=tuple(str(Path(f).resolve()) for f in fragments), **kw)
+    return ScenarioOptions(
+        repo=Path(repo).resolve(),
+        series=series,
+        fragments=tuple(str(Path(f).resolve()) for f in fragments),
+        **kw,
+    )
 
 
 def default_results_dir(prefix: str = "bisect") -> Path:
@@ -515,14 +604,19 @@ def default_results_dir(prefix: str = "bisect") -> Path:
 
 # -- output ------------------------------------------------------------------------------------
 
+
 def format_steps(steps: tuple[StepResult, ...] | list[StepResult]) -> str:
-    lines = [f"{'#':>2}  {'commit':<12}  {'subject':<40}  {'build s':>8}  {'test s':>8}  "
-             f"{'verdict':<7}  note"]
+    lines = [
+        f"{'#':>2}  {'commit':<12}  {'subject':<40}  {'build s':>8}  {'test s':>8}  "
+        f"{'verdict':<7}  note"
+    ]
     for number, s in enumerate(steps, 1):
         role = f"--{s.role.split()[0]} endpoint: " if s.role.endswith("endpoint") else ""
-        lines.append(f"{number:>2}  {s.commit[:12]:<12}  {s.subject[:40]:<40}  "
-                     f"{s.build_seconds:>8.1f}  {s.test_seconds:>8.1f}  {s.verdict:<7}  "
-                     f"{role}{'FLAKY ' if s.flaky else ''}{s.reason[:100]}")
+        lines.append(
+            f"{number:>2}  {s.commit[:12]:<12}  {s.subject[:40]:<40}  "
+            f"{s.build_seconds:>8.1f}  {s.test_seconds:>8.1f}  {s.verdict:<7}  "
+            f"{role}{'FLAKY ' if s.flaky else ''}{s.reason[:100]}"
+        )
     return "\n".join(lines)
 
 
@@ -532,8 +626,10 @@ def format_outcome(outcome: BisectOutcome) -> str:
     if outcome.status == "found":
         lines.append(f"{what}: {outcome.culprit} {outcome.subject}")
         if outcome.same_image_as_parent:
-            lines.append("WARNING: the culprit commit does not change the built kernel (its "
-                         "bzImage is byte-identical to its parent's)")
+            lines.append(
+                "WARNING: the culprit commit does not change the built kernel (its "
+                "bzImage is byte-identical to its parent's)"
+            )
         if outcome.excerpt:
             lines += ["failing test output:", _indent(outcome.excerpt)]
     elif outcome.status == "inconclusive":

@@ -40,11 +40,12 @@ class MutantError(HarnessError):
 
 class _MutantFile(data.Spec):
     """mutant.toml: what a known-bad series breaks."""
+
     summary: str
-    kernel: str                    # the kernel spec whose default series it extends
+    kernel: str  # the kernel spec whose default series it extends
     mechanism: str
-    file: str                      # the kernel file the injected bug is in
-    breaks: list[str]              # families that must catch it
+    file: str  # the kernel file the injected bug is in
+    breaks: list[str]  # families that must catch it
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class Mutant:
 class FamilyVerdict:
     ran: bool = False
     caught: bool = False
-    failing: list[str] = field(default_factory=list)   # "test name: first message line"
-    harness_errors: list[str] = field(default_factory=list)   # not counted as catches
+    failing: list[str] = field(default_factory=list)  # "test name: first message line"
+    harness_errors: list[str] = field(default_factory=list)  # not counted as catches
 
 
 @dataclass
@@ -80,30 +81,49 @@ class MutantResult:
     @property
     def missed(self) -> list[str]:
         """Declared families that ran and did not catch the mutant."""
-        return [f for f in self.breaks if self.families.get(f, FamilyVerdict()).ran
-                and not self.families[f].caught]
+        return [
+            f
+            for f in self.breaks
+            if self.families.get(f, FamilyVerdict()).ran and not self.families[f].caught
+        ]
 
     @property
     def ok(self) -> bool:
-        return not self.error and not self.missed and all(
-            self.families.get(f, FamilyVerdict()).ran for f in self.breaks)
+        return (
+            not self.error
+            and not self.missed
+            and all(self.families.get(f, FamilyVerdict()).ran for f in self.breaks)
+        )
 
 
 def load_mutant(directory: Path) -> Mutant:
     spec_file = directory / "mutant.toml"
     if not spec_file.is_file():
-        raise MutantError(f"{directory}: no mutant.toml. A known-bad series declares what it "
-                          f"breaks in mutant.toml (summary, kernel, mechanism, file, breaks).")
+        raise MutantError(
+            f"{directory}: no mutant.toml. A known-bad series declares what it "
+            f"breaks in mutant.toml (summary, kernel, mechanism, file, breaks)."
+        )
     spec = data.load(spec_file, _MutantFile)
     unknown = [f for f in spec.breaks if f not in FAMILIES]
     if not spec.breaks or unknown:
-        raise data.error(spec_file, "top level", f"breaks: must name at least one family out "
-                                                 f"of {', '.join(FAMILIES)}; unknown: "
-                                                 f"{', '.join(unknown) or 'none'}.")
+        raise data.error(
+            spec_file,
+            "top level",
+            f"breaks: must name at least one family out "
+            f"of {', '.join(FAMILIES)}; unknown: "
+            f"{', '.join(unknown) or 'none'}.",
+        )
     if not (directory / "series").is_file():
         raise MutantError(f"{directory}: no quilt 'series' file listing the patches.")
-    mutant = Mutant(directory.name, directory, spec.summary, spec.kernel, spec.mechanism,
-                    spec.file, tuple(spec.breaks))
+    mutant = Mutant(
+        directory.name,
+        directory,
+        spec.summary,
+        spec.kernel,
+        spec.mechanism,
+        spec.file,
+        tuple(spec.breaks),
+    )
     _check_on_default_series(mutant)
     return mutant
 
@@ -112,17 +132,18 @@ def _check_on_default_series(mutant: Mutant) -> None:
     """A mutant is the kernel's default series plus the injected bug: its series must start
     with exactly the default series' patches (else it tests a different kernel)."""
     from harness.build import series, sources
+
     default_name = sources.parse_spec(mutant.kernel).default_series
     default = series.load_series(default_name)
     own = series.load_series(mutant.directory)
-    prefix = tuple(p.text for p in own.patches[:len(default.patches)])
-    if prefix != tuple(p.text for p in default.patches) or \
-            len(own.patches) <= len(default.patches):
+    prefix = tuple(p.text for p in own.patches[: len(default.patches)])
+    if prefix != tuple(p.text for p in default.patches) or len(own.patches) <= len(default.patches):
         raise MutantError(
             f"{mutant.directory / 'series'}: a known-bad series must list the default series "
             f"of {mutant.kernel} ({default_name}: {len(default.patches)} patches, in order) "
             f"and then at least one patch of its own; this one does not (stale after a "
-            f"change to {default_name}?).")
+            f"change to {default_name}?)."
+        )
 
 
 def load_mutants(names: tuple[str, ...] = (), root: Path = KNOWN_BAD_DIR) -> list[Mutant]:
@@ -131,14 +152,17 @@ def load_mutants(names: tuple[str, ...] = (), root: Path = KNOWN_BAD_DIR) -> lis
         by_name = {p.name: p for p in available}
         missing = [n for n in names if n not in by_name]
         if missing:
-            raise MutantError(f"unknown mutant(s) {', '.join(missing)}; {root} has "
-                              f"{', '.join(by_name) or 'none'}.")
+            raise MutantError(
+                f"unknown mutant(s) {', '.join(missing)}; {root} has "
+                f"{', '.join(by_name) or 'none'}."
+            )
         available = [by_name[n] for n in names]
     return [load_mutant(p) for p in available]
 
 
-def classify(results: list[report.TestResult], families: tuple[str, ...]) \
-        -> dict[str, FamilyVerdict]:
+def classify(
+    results: list[report.TestResult], families: tuple[str, ...]
+) -> dict[str, FamilyVerdict]:
     verdicts = {f: FamilyVerdict() for f in families}
     for result in results:
         verdict = verdicts.get(result.family)
@@ -147,7 +171,7 @@ def classify(results: list[report.TestResult], families: tuple[str, ...]) \
         verdict.ran = True
         if _harness_failure(result):
             verdict.harness_errors.append(f"{result.name}: {result.message[:160]}")
-            continue                  # the harness failed, not the kernel: no catch
+            continue  # the harness failed, not the kernel: no catch
         if result.outcome in CAUGHT_OUTCOMES:
             verdict.caught = True
             first = result.message.splitlines()[0] if result.message else result.outcome
@@ -156,9 +180,20 @@ def classify(results: list[report.TestResult], families: tuple[str, ...]) \
 
 
 # exceptions that mean the harness itself broke (a bug or the infrastructure), not the kernel
-_HARNESS_EXCEPTIONS = frozenset({"InfraError", "ValueError", "KeyError",
-                                 "TypeError", "AttributeError", "IndexError", "NameError",
-                                 "ZeroDivisionError", "UnboundLocalError", "ImportError"})
+_HARNESS_EXCEPTIONS = frozenset(
+    {
+        "InfraError",
+        "ValueError",
+        "KeyError",
+        "TypeError",
+        "AttributeError",
+        "IndexError",
+        "NameError",
+        "ZeroDivisionError",
+        "UnboundLocalError",
+        "ImportError",
+    }
+)
 
 
 def _harness_failure(result: report.TestResult) -> bool:
@@ -175,45 +210,63 @@ class RunOptions:
     results_dir: Path
     smp: str = "1,4"
     accel: str = "auto"
-    scope: str = "all"               # "all" families, or only the "declared" ones
+    scope: str = "all"  # "all" families, or only the "declared" ones
     jobs: int = 0
 
 
-def run_suite(kernel: str, series: str | None, families: tuple[str, ...] | None, junit: Path,
-              options: RunOptions) -> tuple[list[report.TestResult], float]:
+def run_suite(
+    kernel: str,
+    series: str | None,
+    families: tuple[str, ...] | None,
+    junit: Path,
+    options: RunOptions,
+) -> tuple[list[report.TestResult], float]:
     """Run the families' scenarios (None: the whole scenario suite, the instruction sweep
     included) in a pytest subprocess; return results and wall time."""
-    cmd = scenario_run.pytest_command(kernel, junit, series=series, smp=options.smp,
-                                      accel=options.accel,
-                                      extra=(selection(families) if families else ()) + ("-q",))
+    cmd = scenario_run.pytest_command(
+        kernel,
+        junit,
+        series=series,
+        smp=options.smp,
+        accel=options.accel,
+        extra=(selection(families) if families else ()) + ("-q",),
+    )
     log_path = junit.with_suffix(".log")
     finished = scenario_run.run(cmd, junit, log=log_path)
     if not finished.has_results:
-        raise HarnessError(f"pytest wrote no results for {junit.parent.name} (exit "
-                           f"{finished.status}); see {log_path}.")
+        raise HarnessError(
+            f"pytest wrote no results for {junit.parent.name} (exit "
+            f"{finished.status}); see {log_path}."
+        )
     return report.read_junit(junit), finished.seconds
 
 
 def run_mutant(mutant: Mutant, options: RunOptions) -> MutantResult:
     from harness.build import kernel
+
     result = MutantResult(mutant.name, mutant.mechanism, mutant.breaks)
     families = FAMILIES if options.scope == "all" else mutant.breaks
     start = time.monotonic()
     try:
-        built = kernel.build(kernel.BuildRequest(kernel=mutant.kernel,
-                                                 series=str(mutant.directory),
-                                                 jobs=options.jobs))
+        built = kernel.build(
+            kernel.BuildRequest(
+                kernel=mutant.kernel, series=str(mutant.directory), jobs=options.jobs
+            )
+        )
     except HarnessError as error:
         result.error = f"build failed: {error}"
         return result
     result.build_seconds = time.monotonic() - start
     result.build_cached = built.cached
-    log.info(f"mutant {mutant.name}: built in {result.build_seconds:.1f}s"
-             f"{' (cached)' if built.cached else ''}; running {', '.join(families)}")
+    log.info(
+        f"mutant {mutant.name}: built in {result.build_seconds:.1f}s"
+        f"{' (cached)' if built.cached else ''}; running {', '.join(families)}"
+    )
     junit = options.results_dir / mutant.name / "junit.xml"
     try:
-        tests, result.test_seconds = run_suite(mutant.kernel, str(mutant.directory), families,
-                                               junit, options)
+        tests, result.test_seconds = run_suite(
+            mutant.kernel, str(mutant.directory), families, junit, options
+        )
     except HarnessError as error:
         result.error = str(error)
         return result
@@ -225,7 +278,7 @@ def run_mutant(mutant: Mutant, options: RunOptions) -> MutantResult:
 class Baseline:
     runs: int = 0
     tests_per_run: list[int] = field(default_factory=list)
-    unexpected: list[list[str]] = field(default_factory=list)   # per run: failing tests
+    unexpected: list[list[str]] = field(default_factory=list)  # per run: failing tests
     seconds: list[float] = field(default_factory=list)
 
     @property
@@ -245,32 +298,46 @@ def run_baseline(kernel: str, runs: int, options: RunOptions) -> Baseline:
     for index in range(1, runs + 1):
         junit = options.results_dir / "baseline" / f"run{index}" / "junit.xml"
         tests, seconds = run_suite(kernel, None, None, junit, options)
-        failing = [f"{t.name}: {(t.message.splitlines() or [t.outcome])[0][:160]}"
-                   for t in tests if t.outcome in CAUGHT_OUTCOMES]
+        failing = [
+            f"{t.name}: {(t.message.splitlines() or [t.outcome])[0][:160]}"
+            for t in tests
+            if t.outcome in CAUGHT_OUTCOMES
+        ]
         baseline.runs += 1
         baseline.tests_per_run.append(len(tests))
         baseline.unexpected.append(failing)
         baseline.seconds.append(seconds)
-        log.info(f"baseline run {index}/{runs}: {len(tests)} tests, {len(failing)} "
-                 f"unexpected failure(s), {seconds:.0f}s")
+        log.info(
+            f"baseline run {index}/{runs}: {len(tests)} tests, {len(failing)} "
+            f"unexpected failure(s), {seconds:.0f}s"
+        )
     return baseline
 
 
 def format_table(results: list[MutantResult]) -> str:
     """mutant x family: CAUGHT / missed / '-' (not run); '*' marks declared families."""
     width = max([28] + [len(r.name) + 2 for r in results])
-    head = (f"{'mutant':<{width}}{'build s':>8}{'test s':>8}  "
-            + "".join(f"{f:<10}" for f in FAMILIES))
+    head = f"{'mutant':<{width}}{'build s':>8}{'test s':>8}  " + "".join(
+        f"{f:<10}" for f in FAMILIES
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         cells = []
         for family in FAMILIES:
             verdict = r.families.get(family)
-            text = "-" if verdict is None or not verdict.ran else \
-                "CAUGHT" if verdict.caught else "missed"
+            text = (
+                "-"
+                if verdict is None or not verdict.ran
+                else "CAUGHT"
+                if verdict.caught
+                else "missed"
+            )
             cells.append(f"{text + ('*' if family in r.breaks else ''):<10}")
-        lines.append(f"{r.name:<{width}}{r.build_seconds:>8.1f}{r.test_seconds:>8.0f}  "
-                     + "".join(cells) + (f"  ERROR: {r.error[:80]}" if r.error else ""))
+        lines.append(
+            f"{r.name:<{width}}{r.build_seconds:>8.1f}{r.test_seconds:>8.0f}  "
+            + "".join(cells)
+            + (f"  ERROR: {r.error[:80]}" if r.error else "")
+        )
     lines.append("* = declared in mutant.toml; every declared family must catch its mutant")
     for r in results:
         for family in FAMILIES:
@@ -278,42 +345,54 @@ def format_table(results: list[MutantResult]) -> str:
             if verdict and verdict.caught:
                 shown = verdict.failing[:3]
                 more = len(verdict.failing) - len(shown)
-                lines.append(f"  {r.name} / {family}: {len(verdict.failing)} failing: "
-                             + "; ".join(s.split(':', 1)[0] for s in shown)
-                             + (f" (+{more} more)" if more > 0 else ""))
+                lines.append(
+                    f"  {r.name} / {family}: {len(verdict.failing)} failing: "
+                    + "; ".join(s.split(":", 1)[0] for s in shown)
+                    + (f" (+{more} more)" if more > 0 else "")
+                )
     return "\n".join(lines)
 
 
 def format_markdown(results: list[MutantResult]) -> str:
-    lines = ["| mutant | mechanism | build s | " + " | ".join(FAMILIES) + " |",
-             "|---|---|---:|" + "---|" * len(FAMILIES)]
+    lines = [
+        "| mutant | mechanism | build s | " + " | ".join(FAMILIES) + " |",
+        "|---|---|---:|" + "---|" * len(FAMILIES),
+    ]
     for r in results:
         cells = []
         for family in FAMILIES:
             verdict = r.families.get(family)
-            text = "–" if verdict is None or not verdict.ran else \
-                f"caught ({len(verdict.failing)})" if verdict.caught else "missed"
+            text = (
+                "–"
+                if verdict is None or not verdict.ran
+                else f"caught ({len(verdict.failing)})"
+                if verdict.caught
+                else "missed"
+            )
             cells.append(f"**{text}**" if family in r.breaks else text)
-        lines.append(f"| `{r.name}` | {r.mechanism} | {r.build_seconds:.1f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| `{r.name}` | {r.mechanism} | {r.build_seconds:.1f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
 def write_json(results: list[MutantResult], baseline: Baseline | None, path: Path) -> None:
-    payload = {"mutants": [asdict(r) | {"ok": r.ok, "missed": r.missed} for r in results],
-            "baseline": asdict(baseline) | {"flake_rate": baseline.flake_rate}
-            if baseline else None}
+    payload = {
+        "mutants": [asdict(r) | {"ok": r.ok, "missed": r.missed} for r in results],
+        "baseline": asdict(baseline) | {"flake_rate": baseline.flake_rate} if baseline else None,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 # -- the job -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class MutateRequest:
-    mutants: tuple[str, ...] = ()              # names under patches/known-bad/ (all)
-    results_dir: Path | None = None            # default results/mutate-TIMESTAMP
-    options: RunOptions | None = None          # results_dir filled in by run()
+    mutants: tuple[str, ...] = ()  # names under patches/known-bad/ (all)
+    results_dir: Path | None = None  # default results/mutate-TIMESTAMP
+    options: RunOptions | None = None  # results_dir filled in by run()
     baseline_runs: int = 0
 
 
@@ -333,11 +412,15 @@ class MutateOutcome:
         return not self.failed and (self.baseline is None or self.baseline.clean)
 
     def problems(self) -> list[str]:
-        lines = [f"mutant {r.name}: " + (r.error or f"not caught by "
-                 f"{', '.join(r.missed) or 'a declared family (not run)'}") for r in self.failed]
+        lines = [
+            f"mutant {r.name}: "
+            + (r.error or f"not caught by {', '.join(r.missed) or 'a declared family (not run)'}")
+            for r in self.failed
+        ]
         if self.baseline and not self.baseline.clean:
-            lines.append("the baseline kernel has unexpected failures: the mutation table "
-                         "cannot be trusted")
+            lines.append(
+                "the baseline kernel has unexpected failures: the mutation table cannot be trusted"
+            )
         return lines
 
 
@@ -365,10 +448,12 @@ def format_outcome(outcome: MutateOutcome) -> str:
     lines = [format_table(outcome.results)]
     baseline = outcome.baseline
     if baseline:
-        lines.append(f"baseline: {baseline.runs} run(s) of "
-                     f"{max(baseline.tests_per_run, default=0)} tests, "
-                     f"{sum(map(len, baseline.unexpected))} unexpected failure(s), flake rate "
-                     f"{baseline.flake_rate:.2%}")
+        lines.append(
+            f"baseline: {baseline.runs} run(s) of "
+            f"{max(baseline.tests_per_run, default=0)} tests, "
+            f"{sum(map(len, baseline.unexpected))} unexpected failure(s), flake rate "
+            f"{baseline.flake_rate:.2%}"
+        )
         for index, failing in enumerate(baseline.unexpected, start=1):
             lines.extend(f"  baseline run {index}: {line}" for line in failing)
     lines.append(f"total {outcome.seconds / 60:.1f} min; results {outcome.results_dir}")

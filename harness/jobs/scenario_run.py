@@ -18,13 +18,31 @@ from harness import children
 from harness.paths import REPO_ROOT
 
 
-def pytest_command(kernel: str, junit: Path, *, series: str | None = None,
-                   fragments: tuple[str, ...] = (), smp: str = "1,4", accel: str = "auto",
-                   extra: tuple[str, ...] = ()) -> list[str]:
+def pytest_command(
+    kernel: str,
+    junit: Path,
+    *,
+    series: str | None = None,
+    fragments: tuple[str, ...] = (),
+    smp: str = "1,4",
+    accel: str = "auto",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
     """Run from the repository root (the rootdir with conftest.py and pytest.ini)."""
-    cmd = [sys.executable, "-m", "pytest", "testcases", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-o", "junit_family=xunit1", f"--kernel={kernel}",
-           f"--smp={smp}", f"--accel={accel}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "testcases",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "-o",
+        "junit_family=xunit1",
+        f"--kernel={kernel}",
+        f"--smp={smp}",
+        f"--accel={accel}",
+    ]
     if series is not None:
         cmd.append(f"--series={series}")
     cmd += [f"--config-fragment={fragment}" for fragment in fragments]
@@ -36,6 +54,7 @@ class Finished:
     """A pytest run that ended: its exit status (0 passed, 1 failures, 2 interrupted, 3
     internal error, 4 usage, 5 no tests; negative: killed by that signal), wall time, and
     where its JUnit file (if pytest wrote one) and its output went."""
+
     status: int
     seconds: float
     junit: Path
@@ -46,8 +65,7 @@ class Finished:
         return self.junit.is_file()
 
 
-def run(cmd: list[str], junit: Path, *, log: Path | None = None,
-        cwd: Path = REPO_ROOT) -> Finished:
+def run(cmd: list[str], junit: Path, *, log: Path | None = None, cwd: Path = REPO_ROOT) -> Finished:
     """Run `cmd` (a pytest_command writing `junit`) to its end. Output goes to `log`, or to
     our own stdout/stderr without one. A stale `junit` from an earlier run is removed first."""
     junit.parent.mkdir(parents=True, exist_ok=True)
@@ -55,9 +73,13 @@ def run(cmd: list[str], junit: Path, *, log: Path | None = None,
     started = time.monotonic()
     out = open(log, "wb") if log else None
     try:
-        child = children.popen(cmd, cwd=cwd, stdout=out,
-                               stderr=subprocess.STDOUT if out else None,
-                               start_new_session=True)
+        child = children.popen(
+            cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         with children.sigterm_interrupts():
             try:
                 status = child.wait()

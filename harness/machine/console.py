@@ -25,12 +25,13 @@ from harness.paths import CONFIGS_DIR
 
 PATTERNS_FILE = CONFIGS_DIR / "console_patterns.toml"
 KINDS = ("crashed", "reboot")
-MAX_TEXT = 32 << 20     # characters of the raw console kept in memory (the log file has all)
-MAX_LINE = 64 << 10     # a line is cut there (the kernel prints at most 1,024 per line)
-KEEP_LINES = 20_000     # complete lines kept for splat excerpts (a splat is <= max_lines)
+MAX_TEXT = 32 << 20  # characters of the raw console kept in memory (the log file has all)
+MAX_LINE = 64 << 10  # a line is cut there (the kernel prints at most 1,024 per line)
+KEEP_LINES = 20_000  # complete lines kept for splat excerpts (a splat is <= max_lines)
 
 _ANSI_ESCAPE = re.compile(  # CSI ("ESC [ 2 J"), OSC ("ESC ] ... BEL"), others ("ESC c", "ESC ( B")
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]")
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]"
+)
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # includes \r; keeps \t
 _LOG_PREFIX = re.compile(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?(?:\[\s*[TC]\d+\]\s?)?")
 
@@ -47,6 +48,7 @@ class ConsoleFinding:
 
 
 # -- the pattern table -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -113,7 +115,7 @@ class _PatternEntry(data.Spec):
     absorb_within: int | None = None
     kind: str = "crashed"
     lines_before: int = 0
-    max_lines: int | None = None         # default: the table's excerpt_lines
+    max_lines: int | None = None  # default: the table's excerpt_lines
 
 
 class _VolatileEntry(data.Spec):
@@ -156,34 +158,49 @@ def _table(raw: dict, source: str) -> PatternTable:
         return data.entry_name(raw, f"$.{section}[{index}]")
 
     return PatternTable(
-        patterns=tuple(_parse_pattern(entry, spec.excerpt_lines, source, where("pattern", n))
-                       for n, entry in enumerate(spec.pattern)),
-        end_of_splat=tuple(_compile(regex, source, "top level", f"end_of_splat: item {n + 1}")
-                           for n, regex in enumerate(spec.end_of_splat)),
-        volatile=tuple((_compile(entry.regex, source, where("volatile", n), "regex"),
-                        entry.replace) for n, entry in enumerate(spec.volatile)),
-        allow=tuple(_parse_allow(entry, source, where("allow", n))
-                    for n, entry in enumerate(spec.allow)),
+        patterns=tuple(
+            _parse_pattern(entry, spec.excerpt_lines, source, where("pattern", n))
+            for n, entry in enumerate(spec.pattern)
+        ),
+        end_of_splat=tuple(
+            _compile(regex, source, "top level", f"end_of_splat: item {n + 1}")
+            for n, regex in enumerate(spec.end_of_splat)
+        ),
+        volatile=tuple(
+            (_compile(entry.regex, source, where("volatile", n), "regex"), entry.replace)
+            for n, entry in enumerate(spec.volatile)
+        ),
+        allow=tuple(
+            _parse_allow(entry, source, where("allow", n)) for n, entry in enumerate(spec.allow)
+        ),
     )
 
 
-def _parse_pattern(entry: _PatternEntry, excerpt_lines: int, source: str,
-                   where: str) -> Pattern:
+def _parse_pattern(entry: _PatternEntry, excerpt_lines: int, source: str, where: str) -> Pattern:
     regex = _compile(entry.regex, source, where, "regex")
-    context = (_compile(entry.context, source, where, "context")
-               if entry.context is not None else None)
+    context = (
+        _compile(entry.context, source, where, "context") if entry.context is not None else None
+    )
     if context is not None and entry.fallback is None:
         raise data.error(source, where, "a pattern with 'context' needs a 'fallback' title")
     fallback = entry.title if entry.fallback is None else entry.fallback
     _check_title_fields(entry.title, regex, context, source, where)
     _check_title_fields(fallback, regex, None, source, where)
     if entry.kind not in KINDS:
-        raise data.error(source, where, f"kind must be one of {', '.join(KINDS)}, not "
-                                        f"{entry.kind!r}")
-    return Pattern(name=entry.name, regex=regex, title=entry.title, fallback=fallback,
-                   context=context, absorb_within=entry.absorb_within, kind=entry.kind,
-                   lines_before=entry.lines_before,
-                   max_lines=excerpt_lines if entry.max_lines is None else entry.max_lines)
+        raise data.error(
+            source, where, f"kind must be one of {', '.join(KINDS)}, not {entry.kind!r}"
+        )
+    return Pattern(
+        name=entry.name,
+        regex=regex,
+        title=entry.title,
+        fallback=fallback,
+        context=context,
+        absorb_within=entry.absorb_within,
+        kind=entry.kind,
+        lines_before=entry.lines_before,
+        max_lines=excerpt_lines if entry.max_lines is None else entry.max_lines,
+    )
 
 
 def _parse_allow(entry: _AllowEntry, source: str, where: str) -> AllowEntry:
@@ -200,20 +217,26 @@ def _compile(regex: str, source: str, where: str, key: str) -> re.Pattern[str]:
         raise data.error(source, where, f"{key}: bad regex {regex!r}: {exc}") from None
 
 
-def _check_title_fields(template: str, regex: re.Pattern[str],
-                        context: re.Pattern[str] | None, source: str, where: str) -> None:
+def _check_title_fields(
+    template: str, regex: re.Pattern[str], context: re.Pattern[str] | None, source: str, where: str
+) -> None:
     known = set(regex.groupindex) | set(context.groupindex if context else ())
     try:
         used = {field for _, field, _, _ in string.Formatter().parse(template) if field}
     except ValueError as exc:
         raise data.error(source, where, f"bad title template {template!r}: {exc}") from None
     if used - known:
-        raise data.error(source, where, f"title {template!r} uses "
-                                        f"{', '.join(sorted(used - known))}, which no named "
-                                        f"group of its regex provides")
+        raise data.error(
+            source,
+            where,
+            f"title {template!r} uses "
+            f"{', '.join(sorted(used - known))}, which no named "
+            f"group of its regex provides",
+        )
 
 
 # -- lines ----------------------------------------------------------------------------------
+
 
 def normalise_line(raw: str) -> str:
     """A console line without CR, ANSI escape sequences or other control characters."""
@@ -230,6 +253,7 @@ def message_of(line: str) -> str:
 
 
 # -- the scanner ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _OpenSplat:
@@ -252,14 +276,14 @@ class ConsoleWatch:
         self._table = table or default_table()
         self._banner_pending = boot_banner_expected
         self._lock = threading.Lock()
-        self._chunks: list[str] = []       # the last MAX_TEXT characters fed, as fed
+        self._chunks: list[str] = []  # the last MAX_TEXT characters fed, as fed
         self._chunks_size = 0
-        self._text_dropped = 0             # characters fed before those
-        self._partial: list[str] = []      # raw text after the last newline, in pieces
+        self._text_dropped = 0  # characters fed before those
+        self._partial: list[str] = []  # raw text after the last newline, in pieces
         self._partial_size = 0
-        self._cut = False                  # the line being fed was cut at MAX_LINE
-        self._lines: list[str] = []        # normalised complete lines, the last ones only
-        self._first = 0                    # the line number (0-based) of self._lines[0]
+        self._cut = False  # the line being fed was cut at MAX_LINE
+        self._lines: list[str] = []  # normalised complete lines, the last ones only
+        self._first = 0  # the line number (0-based) of self._lines[0]
         self._open: _OpenSplat | None = None
         self._last_start: int | None = None
         self._findings: list[ConsoleFinding] = []
@@ -291,7 +315,7 @@ class ConsoleWatch:
             joined = "".join(self._chunks)
             self._chunks = [joined]
             stop = None if end is None else max(end - self._text_dropped, 0)
-            return joined[max(offset - self._text_dropped, 0):stop]
+            return joined[max(offset - self._text_dropped, 0) : stop]
 
     @property
     def findings(self) -> list[ConsoleFinding]:
@@ -322,7 +346,7 @@ class ConsoleWatch:
     def _keep_text(self, chunk: str) -> None:
         self._chunks.append(chunk)
         self._chunks_size += len(chunk)
-        if self._chunks_size > 2 * MAX_TEXT:     # amortised: one copy per MAX_TEXT fed
+        if self._chunks_size > 2 * MAX_TEXT:  # amortised: one copy per MAX_TEXT fed
             joined = "".join(self._chunks)
             cut = len(joined) - MAX_TEXT
             self._chunks, self._chunks_size = [joined[cut:]], MAX_TEXT
@@ -354,7 +378,7 @@ class ConsoleWatch:
         line = normalise_line(raw)
         index = self._first + len(self._lines)
         self._lines.append(line)
-        if len(self._lines) >= 2 * KEEP_LINES:       # amortised: one copy per KEEP_LINES
+        if len(self._lines) >= 2 * KEEP_LINES:  # amortised: one copy per KEEP_LINES
             self._lines = self._lines[-KEEP_LINES:]
             self._first = index + 1 - KEEP_LINES
         message = message_of(line)
@@ -383,8 +407,11 @@ class ConsoleWatch:
         return None
 
     def _is_follow_up(self, pattern: Pattern, index: int) -> bool:
-        return (pattern.absorb_within is not None and self._last_start is not None
-                and index - self._last_start <= pattern.absorb_within)
+        return (
+            pattern.absorb_within is not None
+            and self._last_start is not None
+            and index - self._last_start <= pattern.absorb_within
+        )
 
     def _close(self, end: int) -> None:
         splat, self._open = self._open, None
@@ -399,17 +426,22 @@ class ConsoleWatch:
         following = (message_of(line) for line in self._window(splat.start + 1, end))
         title = self._table.stable(pattern.render_title(splat.match, following))
         first = max(0, splat.start - pattern.lines_before)
-        return ConsoleFinding(kind=pattern.kind, signature=pattern.name, title=title,
-                              line_no=splat.start + 1,
-                              excerpt="\n".join(self._window(first, end)))
+        return ConsoleFinding(
+            kind=pattern.kind,
+            signature=pattern.name,
+            title=title,
+            line_no=splat.start + 1,
+            excerpt="\n".join(self._window(first, end)),
+        )
 
     def _window(self, start: int, end: int) -> list[str]:
         """Lines start..end-1 (0-based line numbers of the whole console) still kept."""
-        return self._lines[max(start - self._first, 0):max(end - self._first, 0)]
+        return self._lines[max(start - self._first, 0) : max(end - self._first, 0)]
 
 
-def scan(text: str, table: PatternTable | None = None, *,
-         boot_banner_expected: bool = True) -> list[ConsoleFinding]:
+def scan(
+    text: str, table: PatternTable | None = None, *, boot_banner_expected: bool = True
+) -> list[ConsoleFinding]:
     """All splats in a complete console log. With boot_banner_expected=False (a window cut
     out of a log after boot) every boot banner counts as an unexpected reboot."""
     watch = ConsoleWatch(table, boot_banner_expected=boot_banner_expected)
@@ -423,12 +455,14 @@ def read_log(path: Path | str) -> str:
     return Path(path).read_bytes().decode("utf-8", errors="replace")
 
 
-def scan_file(path: Path | str, table: PatternTable | None = None, *,
-              boot_banner_expected: bool = True) -> list[ConsoleFinding]:
+def scan_file(
+    path: Path | str, table: PatternTable | None = None, *, boot_banner_expected: bool = True
+) -> list[ConsoleFinding]:
     return scan(read_log(path), table, boot_banner_expected=boot_banner_expected)
 
 
 # -- attribution ----------------------------------------------------------------------------
+
 
 def window(text: str, begin_marker: str, end_marker: str | None) -> str:
     """The normalised lines strictly between the last `begin_marker` line and the first
@@ -442,7 +476,7 @@ def window(text: str, begin_marker: str, end_marker: str | None) -> str:
     end = None
     if end_marker is not None:
         end = _find_marker(lines, end_marker, range(begin + 1, len(lines)))
-    return "\n".join(lines[begin + 1:end])
+    return "\n".join(lines[begin + 1 : end])
 
 
 def _find_marker(lines: list[str], marker: str, order: Iterable[int]) -> int | None:
@@ -452,13 +486,13 @@ def _find_marker(lines: list[str], marker: str, order: Iterable[int]) -> int | N
 
 # -- output ---------------------------------------------------------------------------------
 
+
 def format_findings(findings: Sequence[ConsoleFinding], *, excerpts: bool = True) -> str:
     if not findings:
         return "clean: no kernel splats found"
     out = [f"{len(findings)} finding(s):"]
     for finding in findings:
-        out.append(f"line {finding.line_no}: {finding.kind} [{finding.signature}] "
-                   f"{finding.title}")
+        out.append(f"line {finding.line_no}: {finding.kind} [{finding.signature}] {finding.title}")
         if excerpts:
             out.extend(f"    | {line}" for line in finding.excerpt.split("\n"))
     return "\n".join(out)
@@ -467,8 +501,9 @@ def format_findings(findings: Sequence[ConsoleFinding], *, excerpts: bool = True
 def main(argv: Sequence[str]) -> int:
     """`console LOG [--json]`: 0 when the log is clean, 1 when it has findings, 2 when the
     log cannot be read."""
-    parser = argparse.ArgumentParser(prog="console",
-                                     description="Report the kernel splats in a console log.")
+    parser = argparse.ArgumentParser(
+        prog="console", description="Report the kernel splats in a console log."
+    )
     parser.add_argument("log", type=Path, help="saved console log")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     args = parser.parse_args(list(argv))

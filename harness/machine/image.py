@@ -125,14 +125,14 @@ def recipe_path(recipe: str) -> Path:
 class _BinaryEntry(data.Spec):
     package: str
     path: str
-    dest: str | None = None      # default: /bin/<name of path>
+    dest: str | None = None  # default: /bin/<name of path>
     applets: bool = False
 
 
 class _FileEntry(data.Spec):
     dest: str
-    text: str | None = None      # exactly one of text and src
-    src: str | None = None       # relative to the recipe
+    text: str | None = None  # exactly one of text and src
+    src: str | None = None  # relative to the recipe
     mode: int = 0o644
 
 
@@ -155,8 +155,7 @@ def load_recipe(recipe: str = "default") -> Recipe:
     raw = data.parse(path, text)
     spec = data.convert(raw, _RecipeFile, path)
     if not HOSTNAME.match(spec.hostname):
-        raise data.error(path, "top level", f"hostname {spec.hostname!r} is not a valid host "
-                                            f"name")
+        raise data.error(path, "top level", f"hostname {spec.hostname!r} is not a valid host name")
     if not 0 < spec.ssh_port < 65536:
         raise data.error(path, "top level", f"ssh_port {spec.ssh_port!r} is not a TCP port")
 

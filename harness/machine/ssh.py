@@ -22,7 +22,7 @@ from harness.errors import InfraError
 
 @dataclass(frozen=True)
 class Result:
-    status: int          # exit status; -1 when the command timed out
+    status: int  # exit status; -1 when the command timed out
     stdout: str
     stderr: str
 
@@ -31,7 +31,7 @@ class Result:
         return self.status == 0
 
 
-MAX_COMMAND = 4000    # longer commands travel as a script file
+MAX_COMMAND = 4000  # longer commands travel as a script file
 
 
 class CommandTimeout(InfraError):
@@ -39,8 +39,9 @@ class CommandTimeout(InfraError):
 
 
 class SSHSession:
-    def __init__(self, host: str, port: int, key_file: Path, host_key_line: str,
-                 user: str = "root"):
+    def __init__(
+        self, host: str, port: int, key_file: Path, host_key_line: str, user: str = "root"
+    ):
         self.host, self.port, self.user = host, port, user
         self.key_file = Path(key_file)
         self.host_key_line = host_key_line
@@ -58,9 +59,17 @@ class SSHSession:
     def connect(self, timeout: float = 10.0) -> None:
         client = self._pinned_client()
         pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key_file))
-        client.connect(self.host, port=self.port, username=self.user, pkey=pkey,
-                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                       look_for_keys=False, allow_agent=False)
+        client.connect(
+            self.host,
+            port=self.port,
+            username=self.user,
+            pkey=pkey,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            look_for_keys=False,
+            allow_agent=False,
+        )
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(5)
@@ -75,14 +84,17 @@ class SSHSession:
                 if self.run("true", timeout=10).ok:
                     return
             except paramiko.BadHostKeyException as error:
-                raise InfraError(f"The guest's SSH host key does not match the pinned key "
-                                 f"({error}). Refusing to connect.") from error
+                raise InfraError(
+                    f"The guest's SSH host key does not match the pinned key "
+                    f"({error}). Refusing to connect."
+                ) from error
             except (OSError, paramiko.SSHException, EOFError) as error:
                 last_error = error
             self.close()
             time.sleep(0.2)
-        raise InfraError(f"SSH on {self.host}:{self.port} did not answer in time "
-                         f"(last error: {last_error}).")
+        raise InfraError(
+            f"SSH on {self.host}:{self.port} did not answer in time (last error: {last_error})."
+        )
 
     def close(self) -> None:
         if self._client is not None:
@@ -101,8 +113,13 @@ class SSHSession:
         return bool(transport and transport.is_active())
 
     # -- commands ---------------------------------------------------------------------------
-    def run(self, cmd: str | list[str], timeout: float = 60.0, stdin: bytes | None = None,
-            check: bool = False) -> Result:
+    def run(
+        self,
+        cmd: str | list[str],
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        check: bool = False,
+    ) -> Result:
         command = shlex.join(cmd) if isinstance(cmd, list) else cmd
         if not self.connected:
             self.connect()
@@ -127,14 +144,19 @@ class SSHSession:
             channel.close()
         result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
         if check and not result.ok:
-            raise InfraError(f"Guest command failed with status {status}: {command}\n"
-                             f"{result.stderr.strip()[-2000:]}")
+            raise InfraError(
+                f"Guest command failed with status {status}: {command}\n"
+                f"{result.stderr.strip()[-2000:]}"
+            )
         return result
 
     def put(self, local: Path | bytes, remote: str, mode: int = 0o644) -> None:
         data = local if isinstance(local, bytes) else Path(local).read_bytes()
-        self.run(f"cat > {shlex.quote(remote)} && chmod {mode:o} {shlex.quote(remote)}",
-                 stdin=data, check=True)
+        self.run(
+            f"cat > {shlex.quote(remote)} && chmod {mode:o} {shlex.quote(remote)}",
+            stdin=data,
+            check=True,
+        )
 
     def get(self, remote: str, local: Path | None = None) -> bytes:
         result = self._raw_run(["cat", remote])
@@ -155,16 +177,19 @@ class SSHSession:
         finally:
             channel.close()
         if status != 0:
-            raise InfraError(f"Guest command failed ({status}): {shlex.join(cmd)}: "
-                             f"{err.decode(errors='replace').strip()}")
+            raise InfraError(
+                f"Guest command failed ({status}): {shlex.join(cmd)}: "
+                f"{err.decode(errors='replace').strip()}"
+            )
         return out
 
 
-MAX_OUTPUT = 16 << 20      # bytes kept of each of stdout and stderr; the rest is counted
+MAX_OUTPUT = 16 << 20  # bytes kept of each of stdout and stderr; the rest is counted
 
 
-def _drain(channel: paramiko.Channel, deadline: float,
-           limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
+def _drain(
+    channel: paramiko.Channel, deadline: float, limit: int = MAX_OUTPUT
+) -> tuple[bytes, bytes]:
     """stdout and stderr until the command exits. The deadline holds even while the guest
     keeps writing, and each stream keeps its first `limit` bytes (a note says how many more
     were dropped)."""
@@ -173,14 +198,15 @@ def _drain(channel: paramiko.Channel, deadline: float,
 
     def take(name: str, data: bytes) -> None:
         room = limit - len(streams[name])
-        streams[name] += data[:max(room, 0)]
+        streams[name] += data[: max(room, 0)]
         dropped[name] += max(len(data) - max(room, 0), 0)
 
     def result() -> tuple[bytes, bytes]:
         for name in streams:
             if dropped[name]:
-                streams[name] += f"\n[uprobe-harness: {dropped[name]} more bytes dropped]\n" \
-                    .encode()
+                streams[name] += (
+                    f"\n[uprobe-harness: {dropped[name]} more bytes dropped]\n".encode()
+                )
         return bytes(streams["out"]), bytes(streams["err"])
 
     while True:

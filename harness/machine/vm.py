@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 class Machine(data.Spec):
     """The QEMU machine guests run on (harness/configs/qemu_x86_64.toml, which says more)."""
+
     binary: str
     machine: str
     cpu_tcg: str
@@ -50,11 +51,11 @@ class Machine(data.Spec):
     unresponsive_s: int
     boot_timeout_s: int
     kvm_probe_s: int
-    bios: str = ""              # firmware; "": QEMU's default
+    bios: str = ""  # firmware; "": QEMU's default
 
 
 MACHINE = data.load(CONFIGS_DIR / "qemu_x86_64.toml", Machine)
-UNIX_PATH_MAX = 100        # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
+UNIX_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
 SOCKET_DIR_PREFIX = "uph-qmp-"
 
@@ -64,13 +65,13 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:                 # someone else's process: alive
+    except PermissionError:  # someone else's process: alive
         return True
     return True
 
 
-OWNER_LOCK = ".owner"           # flock'ed by the creating process for as long as it lives
-_OWNER_LOCKS: dict = {}         # directory -> its open, locked owner file
+OWNER_LOCK = ".owner"  # flock'ed by the creating process for as long as it lives
+_OWNER_LOCKS: dict = {}  # directory -> its open, locked owner file
 
 
 def _owner_alive(entry: Path, pid_text: str) -> bool:
@@ -86,7 +87,7 @@ def _owner_alive(entry: Path, pid_text: str) -> bool:
     except BlockingIOError:
         return True
     except OSError:
-        return True                 # cannot tell: leave it
+        return True  # cannot tell: leave it
     return False
 
 
@@ -94,10 +95,15 @@ def remove_stale_socket_dirs(parent: Path) -> list[Path]:
     """Remove short socket directories whose creating harness process is gone."""
     removed = []
     for entry in parent.glob(f"{SOCKET_DIR_PREFIX}*-*"):
-        pid_text = entry.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
+        pid_text = entry.name[len(SOCKET_DIR_PREFIX) :].split("-", 1)[0]
         try:
-            if (not pid_text.isdigit() or entry.is_symlink() or not entry.is_dir()
-                    or entry.stat().st_uid != os.getuid() or _owner_alive(entry, pid_text)):
+            if (
+                not pid_text.isdigit()
+                or entry.is_symlink()
+                or not entry.is_dir()
+                or entry.stat().st_uid != os.getuid()
+                or _owner_alive(entry, pid_text)
+            ):
                 continue
         except OSError:
             continue
@@ -131,20 +137,20 @@ def release_socket_dir(directory: Path) -> None:
 @dataclass(frozen=True)
 class MachineSpec:
     smp: int = 1
-    memory_mb: int = 0                 # 0 = the machine definition's default
-    accel: str = "auto"                # auto | tcg | kvm
-    tcg_threads: str = "multi"         # multi | single (only under TCG)
+    memory_mb: int = 0  # 0 = the machine definition's default
+    accel: str = "auto"  # auto | tcg | kvm
+    tcg_threads: str = "multi"  # multi | single (only under TCG)
     oops_panic: bool = False
     extra_cmdline: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class AccelChoice:
-    accel: str                         # "tcg" or "kvm"
+    accel: str  # "tcg" or "kvm"
     reason: str
 
 
-QMP_QUIT_TIMEOUT = 3.0     # s for connect + greeting + quit; SIGKILL follows anyway
+QMP_QUIT_TIMEOUT = 3.0  # s for connect + greeting + quit; SIGKILL follows anyway
 
 
 def qemu_option_value(value) -> str:
@@ -163,19 +169,19 @@ def qmp_quit(socket_path: Path, timeout: float) -> str | None:
         await client.connect(str(socket_path))
         try:
             await client.execute("quit")
-        except Exception:               # QEMU may close the monitor before it answers
+        except Exception:  # QEMU may close the monitor before it answers
             pass
         finally:
             try:
                 await client.disconnect()
-            except Exception:           # ...and the reader saw that first
+            except Exception:  # ...and the reader saw that first
                 pass
 
     try:
         asyncio.run(asyncio.wait_for(quit_(), timeout))
     except asyncio.TimeoutError:
         return f"no answer within {timeout:g} s"
-    except Exception as error:          # no monitor to connect to, or no QMP greeting
+    except Exception as error:  # no monitor to connect to, or no QMP greeting
         return f"{type(error).__name__}: {error}"
     return None
 
@@ -183,8 +189,9 @@ def qmp_quit(socket_path: Path, timeout: float) -> str | None:
 @dataclass(frozen=True)
 class GuestRecord:
     """What a verdict must record about the machine that produced it."""
+
     accel: str
-    tcg_threads: str                   # "multi", "single", or "" under KVM
+    tcg_threads: str  # "multi", "single", or "" under KVM
     vcpus_requested: int
     vcpus_seen: int
     kernel_identity: str
@@ -194,8 +201,9 @@ class GuestRecord:
 def qemu_binary() -> str:
     path = shutil.which(MACHINE.binary)
     if not path:
-        raise InfraError(f"{MACHINE.binary} is not installed. On Debian: "
-                         f"apt-get install -y qemu-system-x86")
+        raise InfraError(
+            f"{MACHINE.binary} is not installed. On Debian: apt-get install -y qemu-system-x86"
+        )
     return path
 
 
@@ -207,6 +215,7 @@ def free_port() -> int:
 
 # -- accelerator -------------------------------------------------------------------------------
 
+
 def _kvm_device_usable() -> bool:
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
@@ -217,8 +226,9 @@ def _kvm_device_usable() -> bool:
 
 
 def _host_key() -> str:
-    version = subprocess.run([qemu_binary(), "--version"], capture_output=True,
-                             text=True).stdout.splitlines()[0]
+    version = subprocess.run(
+        [qemu_binary(), "--version"], capture_output=True, text=True
+    ).stdout.splitlines()[0]
     return f"{socket.gethostname()}|{os.uname().release}|{version}"
 
 
@@ -241,9 +251,15 @@ def choose_accel(requested: str, bzimage: Path) -> AccelChoice:
     if key in decisions:
         return AccelChoice(decisions[key]["accel"], decisions[key]["reason"] + " (cached)")
     ok = _kvm_boots(bzimage, MACHINE.kvm_probe_s)
-    choice = AccelChoice("kvm", "a guest booted under KVM") if ok else AccelChoice(
-        "tcg", f"/dev/kvm exists but a guest printed nothing within {MACHINE.kvm_probe_s}s "
-               f"under KVM; using TCG")
+    choice = (
+        AccelChoice("kvm", "a guest booted under KVM")
+        if ok
+        else AccelChoice(
+            "tcg",
+            f"/dev/kvm exists but a guest printed nothing within {MACHINE.kvm_probe_s}s "
+            f"under KVM; using TCG",
+        )
+    )
     log.info(f"accelerator: {choice.accel} ({choice.reason})")
     decisions[key] = asdict(choice)
     tmp = decisions_file.with_suffix(f".{os.getpid()}.tmp")
@@ -253,11 +269,28 @@ def choose_accel(requested: str, bzimage: Path) -> AccelChoice:
 
 
 def _kvm_boots(bzimage: Path, seconds: float) -> bool:
-    cmd = [qemu_binary(), "-accel", "kvm", "-cpu", MACHINE.cpu_kvm, "-m", "256",
-           "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-           "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
-    proc = children.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL)
+    cmd = [
+        qemu_binary(),
+        "-accel",
+        "kvm",
+        "-cpu",
+        MACHINE.cpu_kvm,
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        str(bzimage),
+        "-append",
+        "console=ttyS0 panic=-1",
+    ]
+    proc = children.popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     seen = threading.Event()
 
     def reader():
@@ -276,11 +309,18 @@ def _kvm_boots(bzimage: Path, seconds: float) -> bool:
 
 # -- the machine -------------------------------------------------------------------------------
 
+
 class VM:
     """One QEMU guest. Use as a context manager; `start()` returns once SSH answers."""
 
-    def __init__(self, kernel, image, spec: MachineSpec = MachineSpec(),
-                 workdir: Path | None = None, name: str = "vm"):
+    def __init__(
+        self,
+        kernel,
+        image,
+        spec: MachineSpec = MachineSpec(),
+        workdir: Path | None = None,
+        name: str = "vm",
+    ):
         self.kernel, self.image, self.spec, self.name = kernel, image, spec, name
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"uph-{name}-"))
@@ -294,7 +334,7 @@ class VM:
         self.record: GuestRecord | None = None
         self.command: list[str] = []
         self.boot_seconds = 0.0
-        self.marker_seconds = 0.0        # QEMU start -> ready marker on the console
+        self.marker_seconds = 0.0  # QEMU start -> ready marker on the console
         self._started = 0.0
         self.last_output = time.monotonic()
         self._child: pexpect.spawn | None = None
@@ -302,7 +342,7 @@ class VM:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._ssh: SSHSession | None = None
-        self.closed = False              # shut down on purpose (not a crash)
+        self.closed = False  # shut down on purpose (not a crash)
 
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> VM:
@@ -326,26 +366,48 @@ class VM:
         return ["-bios", bios] if bios and Path(bios).is_file() else []
 
     def _qemu_command(self) -> list[str]:
-        if len(str(self.qmp_socket)) >= UNIX_PATH_MAX:   # a deep workdir (pytest --basetemp)
+        if len(str(self.qmp_socket)) >= UNIX_PATH_MAX:  # a deep workdir (pytest --basetemp)
             self._socket_dir = short_socket_dir()
             self.qmp_socket = self._socket_dir / "qmp.sock"
-        assert self.accel is not None           # chosen in start()
+        assert self.accel is not None  # chosen in start()
         accel = self.accel.accel
         if accel == "tcg":
             accel_arg, cpu = f"tcg,thread={self.spec.tcg_threads}", MACHINE.cpu_tcg
         else:
             accel_arg, cpu = "kvm", MACHINE.cpu_kvm
-        net = (f"user,id=n0,restrict=on,"
-               f"hostfwd=tcp:127.0.0.1:{self.port}-:22")
-        return [qemu_binary(), "-machine", MACHINE.machine, "-accel", accel_arg,
-                "-cpu", cpu, "-smp", str(self.spec.smp),
-                "-m", str(self.spec.memory_mb or MACHINE.memory_mb),
-                *self._firmware_args(),
-                "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-                "-kernel", str(self.kernel.bzimage), "-initrd", str(self.image.initramfs),
-                "-append", self._cmdline(),
-                "-netdev", net, "-device", f"{MACHINE.nic},netdev=n0",
-                "-qmp", f"unix:{qemu_option_value(self.qmp_socket)},server=on,wait=off"]
+        net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22"
+        return [
+            qemu_binary(),
+            "-machine",
+            MACHINE.machine,
+            "-accel",
+            accel_arg,
+            "-cpu",
+            cpu,
+            "-smp",
+            str(self.spec.smp),
+            "-m",
+            str(self.spec.memory_mb or MACHINE.memory_mb),
+            *self._firmware_args(),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
+            str(self.kernel.bzimage),
+            "-initrd",
+            str(self.image.initramfs),
+            "-append",
+            self._cmdline(),
+            "-netdev",
+            net,
+            "-device",
+            f"{MACHINE.nic},netdev=n0",
+            "-qmp",
+            f"unix:{qemu_option_value(self.qmp_socket)},server=on,wait=off",
+        ]
 
     def start(self, timeout: float | None = None) -> VM:
         timeout = timeout or MACHINE.boot_timeout_s
@@ -363,12 +425,14 @@ class VM:
                     self._kill()
                     continue
             else:
-                raise InfraError(f"Could not bind a host port for SSH after 5 attempts: "
-                                 f"{shlex.join(self.command)}")
+                raise InfraError(
+                    f"Could not bind a host port for SSH after 5 attempts: "
+                    f"{shlex.join(self.command)}"
+                )
             self.boot_seconds = time.monotonic() - started
             self._self_check()
         except BaseException:
-            self.shutdown()   # no QEMU survives a failed start, whatever failed
+            self.shutdown()  # no QEMU survives a failed start, whatever failed
             raise
         return self
 
@@ -378,12 +442,15 @@ class VM:
         self.watch = ConsoleWatch()
         self._log_handle = open(self.console_log, "ab")
         command = self.command
-        self._child = children.SPAWNER.call(lambda: pexpect.spawn(
-            command[0], command[1:], echo=False, timeout=None,
-            preexec_fn=children.set_pdeathsig))
+        self._child = children.SPAWNER.call(
+            lambda: pexpect.spawn(
+                command[0], command[1:], echo=False, timeout=None, preexec_fn=children.set_pdeathsig
+            )
+        )
         _LIVE.add(self)
-        self._drain = threading.Thread(target=self._drain_console, daemon=True,
-                                       name=f"console-{self.name}")
+        self._drain = threading.Thread(
+            target=self._drain_console, daemon=True, name=f"console-{self.name}"
+        )
         self._drain.start()
 
     def _drain_console(self) -> None:
@@ -418,8 +485,9 @@ class VM:
             if time.monotonic() > deadline:
                 self._raise_boot_failure("no ready marker within the boot timeout")
             self._ready.wait(0.1)
-        self._ssh = SSHSession("127.0.0.1", self.port, self.image.client_key,
-                               self.image.host_key_line)
+        self._ssh = SSHSession(
+            "127.0.0.1", self.port, self.image.client_key, self.image.host_key_line
+        )
         self._ssh.wait_ready(deadline, alive=self.alive)
 
     def _raise_boot_failure(self, why: str) -> None:
@@ -430,24 +498,32 @@ class VM:
         tail = "\n".join(text.splitlines()[-30:])
         self.shutdown()
         crash = f" Kernel crash: {findings[0].title}." if findings else ""
-        raise BootError(f"Guest '{self.name}' did not boot: {why}.{crash} Kernel: "
-                        f"{self.kernel.label}. Console log: {self.console_log}. QEMU command: "
-                        f"{shlex.join(self.command)}\nLast console lines:\n{tail}")
+        raise BootError(
+            f"Guest '{self.name}' did not boot: {why}.{crash} Kernel: "
+            f"{self.kernel.label}. Console log: {self.console_log}. QEMU command: "
+            f"{shlex.join(self.command)}\nLast console lines:\n{tail}"
+        )
 
     def _self_check(self) -> None:
         result = self.ssh.run("nproc; uname -r", timeout=30, check=True)
         nproc_text, release = (result.stdout.split() + ["0", ""])[:2]
         seen = int(nproc_text)
         assert self.accel is not None
-        self.record = GuestRecord(self.accel.accel,
-                                  self.spec.tcg_threads if self.accel.accel == "tcg" else "",
-                                  self.spec.smp, seen, self.kernel.identity, release)
+        self.record = GuestRecord(
+            self.accel.accel,
+            self.spec.tcg_threads if self.accel.accel == "tcg" else "",
+            self.spec.smp,
+            seen,
+            self.kernel.identity,
+            release,
+        )
         if seen != self.spec.smp:
             self.shutdown()
             raise BootError(
                 f"The guest sees {seen} CPU(s) but {self.spec.smp} were requested. The kernel "
                 f"({self.kernel.label}) probably lacks CONFIG_SMP, CONFIG_ACPI or "
-                f"CONFIG_X86_MPPARSE, or has a smaller CONFIG_NR_CPUS.")
+                f"CONFIG_X86_MPPARSE, or has a smaller CONFIG_NR_CPUS."
+            )
 
     # -- use ----------------------------------------------------------------------------------
     @property
@@ -533,5 +609,3 @@ class _PortClash(Exception):
 def _kill_all() -> None:
     for vm in list(_LIVE):
         vm._kill()
-
-

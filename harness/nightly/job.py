@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Reporting:
     """How the run is judged and shown."""
-    fail_on: str | None = None                 # new (default) | failures | never
+
+    fail_on: str | None = None  # new (default) | failures | never
     history: int = 10
     flake_window: int = regressions.FLAKE_WINDOW
     flake_threshold: float = regressions.FLAKE_THRESHOLD
@@ -29,10 +30,10 @@ class Reporting:
 
 @dataclass(frozen=True)
 class NightlyResult:
-    status: int                                # 0 pass, 1 gate failed
+    status: int  # 0 pass, 1 gate failed
     summary: str
     outputs: dict[str, Path] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()                # lines for the user before the summary
+    notes: tuple[str, ...] = ()  # lines for the user before the summary
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,26 @@ def run_shard(request: ShardRequest) -> NightlyResult:
         except ValueError as error:
             raise HarnessError(f"--run-id: {error}") from None
     if count > 1 and not request.run_id:
-        raise HarnessError(f"--shard {request.shard}: give every shard of the run the same "
-                           f"--run-id (e.g. the CI pipeline id), or they never form one run.")
+        raise HarnessError(
+            f"--shard {request.shard}: give every shard of the run the same "
+            f"--run-id (e.g. the CI pipeline id), or they never form one run."
+        )
     cells = nightly_matrix.shard_cells(matrix.cells, index, count)
     results_dir = request.results_dir.resolve()
     db_path = request.db.resolve() if request.db else results_dir / "results.db"
-    options = runner.NightlyOptions(results_dir, db_path,
-                                    request.run_id or runner.default_run_id(), index, count,
-                                    request.jobs, request.reporting.history)
-    log.info(f"nightly {options.run_id}: {matrix.name}, shard {index}/{count}: "
-             f"{len(cells)} of {len(matrix.cells)} cell(s)")
+    options = runner.NightlyOptions(
+        results_dir,
+        db_path,
+        request.run_id or runner.default_run_id(),
+        index,
+        count,
+        request.jobs,
+        request.reporting.history,
+    )
+    log.info(
+        f"nightly {options.run_id}: {matrix.name}, shard {index}/{count}: "
+        f"{len(cells)} of {len(matrix.cells)} cell(s)"
+    )
     try:
         runner.run_nightly(matrix, cells, options)
     except ValueError as error:
@@ -72,18 +83,26 @@ def run_shard(request: ShardRequest) -> NightlyResult:
     notes: tuple[str, ...] = ()
     reporting = request.reporting
     if count > 1:
-        notes = (f"shard {index}/{count} stored in {db_path}; fold the shards with "
-                 f"`python -m harness merge --into DIR SHARD_DIR...`",)
+        notes = (
+            f"shard {index}/{count} stored in {db_path}; fold the shards with "
+            f"`python -m harness merge --into DIR SHARD_DIR...`",
+        )
         # a shard alone has no complete history: the merge step gates, unless told otherwise
         if reporting.fail_on is None:
-            reporting = Reporting("never", reporting.history, reporting.flake_window,
-                                  reporting.flake_threshold)
+            reporting = Reporting(
+                "never", reporting.history, reporting.flake_window, reporting.flake_threshold
+            )
     result = report(results_dir, db_path, options.run_id, reporting)
     return NightlyResult(result.status, result.summary, result.outputs, notes)
 
 
-def merge(into: Path, sources: list[Path], run_id: str = "", keep_run_dirs: int | None = None,
-          reporting: Reporting = Reporting()) -> NightlyResult:
+def merge(
+    into: Path,
+    sources: list[Path],
+    run_id: str = "",
+    keep_run_dirs: int | None = None,
+    reporting: Reporting = Reporting(),
+) -> NightlyResult:
     """Fold shard (or other) results directories into one history and report on a run:
     the one named, else the latest merged, else the latest stored."""
     into = into.resolve()
@@ -102,13 +121,15 @@ def merge(into: Path, sources: list[Path], run_id: str = "", keep_run_dirs: int 
     return NightlyResult(result.status, result.summary, result.outputs, notes)
 
 
-def report_stored(results_dir: Path, run_id: str = "",
-                  reporting: Reporting = Reporting()) -> NightlyResult:
+def report_stored(
+    results_dir: Path, run_id: str = "", reporting: Reporting = Reporting()
+) -> NightlyResult:
     results_dir = results_dir.resolve()
     db_path = results_dir / "results.db"
     if not db_path.is_file():
-        raise HarnessError(f"{results_dir} holds no results.db: run `python -m harness nightly` "
-                           f"first.")
+        raise HarnessError(
+            f"{results_dir} holds no results.db: run `python -m harness nightly` first."
+        )
     with ResultsDB(db_path) as db:
         chosen = run_id or db.latest_run()
     if chosen is None:
@@ -116,16 +137,21 @@ def report_stored(results_dir: Path, run_id: str = "",
     return report(results_dir, db_path, chosen, reporting)
 
 
-def report(results_dir: Path, db_path: Path, run_id: str,
-           reporting: Reporting = Reporting()) -> NightlyResult:
+def report(
+    results_dir: Path, db_path: Path, run_id: str, reporting: Reporting = Reporting()
+) -> NightlyResult:
     """Compare RUN_ID with each cell's previous run, write the reports, judge."""
     with ResultsDB(db_path) as db:
         if db.run(run_id) is None:
-            raise HarnessError(f"{db_path} has no run {run_id!r} (runs: "
-                               f"{', '.join(r['run_id'] for r in db.runs()[-5:]) or 'none'}).")
-        comparison = regressions.compare_run(db, run_id, reporting.flake_window,
-                                             reporting.flake_threshold)
+            raise HarnessError(
+                f"{db_path} has no run {run_id!r} (runs: "
+                f"{', '.join(r['run_id'] for r in db.runs()[-5:]) or 'none'})."
+            )
+        comparison = regressions.compare_run(
+            db, run_id, reporting.flake_window, reporting.flake_threshold
+        )
         summary = runner.format_summary(db, run_id, comparison)
         outputs = runner.write_outputs(db, run_id, comparison, results_dir, reporting.history)
-    return NightlyResult(regressions.exit_status(comparison, reporting.fail_on or "new"),
-                         summary, outputs)
+    return NightlyResult(
+        regressions.exit_status(comparison, reporting.fail_on or "new"), summary, outputs
+    )

@@ -32,36 +32,59 @@ def export(db, run_id: str) -> dict:
     tests: list[dict] = []
     run = db.run(run_id)
     for cell in db.cells(run_id):
-        checkout_id = _id("checkout", cell["kernel_spec"] or "", cell["kernel_commit"] or "",
-                          cell["series_digest"] or "")
-        checkout = {"id": checkout_id, "origin": ORIGIN, "valid": cell["status"] == "ok",
-                    "tree_name": cell["kernel_label"] or cell["kernel_spec"] or "unknown",
-                    "misc": {"kernel_spec": cell["kernel_spec"], "series": cell["series"],
-                             "series_digest": cell["series_digest"]}}
+        checkout_id = _id(
+            "checkout",
+            cell["kernel_spec"] or "",
+            cell["kernel_commit"] or "",
+            cell["series_digest"] or "",
+        )
+        checkout = {
+            "id": checkout_id,
+            "origin": ORIGIN,
+            "valid": cell["status"] == "ok",
+            "tree_name": cell["kernel_label"] or cell["kernel_spec"] or "unknown",
+            "misc": {
+                "kernel_spec": cell["kernel_spec"],
+                "series": cell["series"],
+                "series_digest": cell["series_digest"],
+            },
+        }
         if re.fullmatch(r"[0-9a-f]{40}", cell["kernel_commit"] or ""):
             checkout["git_commit_hash"] = cell["kernel_commit"]
         if cell["started"]:
             checkout["start_time"] = cell["started"]
         checkouts.setdefault(checkout_id, checkout)
         build_id = _id("build", cell["kernel_identity"] or cell["cell"] + run_id)
-        build = {"id": build_id, "checkout_id": checkout_id, "origin": ORIGIN,
-                 "architecture": "x86_64",
-                 "status": "PASS" if cell["kernel_identity"] else "FAIL",
-                 "config_name": f"tinyconfig+uprobe-harness:{cell['config_digest'] or '?'}"[:120],
-                 "misc": {"release": cell["kernel_release"], "identity": cell["kernel_identity"]}}
+        build = {
+            "id": build_id,
+            "checkout_id": checkout_id,
+            "origin": ORIGIN,
+            "architecture": "x86_64",
+            "status": "PASS" if cell["kernel_identity"] else "FAIL",
+            "config_name": f"tinyconfig+uprobe-harness:{cell['config_digest'] or '?'}"[:120],
+            "misc": {"release": cell["kernel_release"], "identity": cell["kernel_identity"]},
+        }
         builds.setdefault(build_id, build)
         for result in db.results(run_id, cell["cell"]).values():
             family, _, name = result.test.partition("::")
-            test: dict[str, Any] = {"id": _id("test", run_id, cell["cell"], result.test),
-                    "build_id": build_id, "origin": ORIGIN,
-                    "path": ".".join(["uprobes", _path_part(family), _path_part(name or family)]),
-                    "status": STATUS.get(result.outcome, "ERROR"),
-                    "duration": float(result.seconds or 0.0),
-                    "environment": {"comment": f"QEMU {result.machine or cell['accel']}",
-                                    "misc": {"cell": cell["cell"], "smp": cell["smp"]}},
-                    "misc": {"run_id": run_id, "outcome": result.outcome,
-                             "harness_version": cell["harness_version"],
-                             "matrix": run["matrix"] if run else ""}}
+            test: dict[str, Any] = {
+                "id": _id("test", run_id, cell["cell"], result.test),
+                "build_id": build_id,
+                "origin": ORIGIN,
+                "path": ".".join(["uprobes", _path_part(family), _path_part(name or family)]),
+                "status": STATUS.get(result.outcome, "ERROR"),
+                "duration": float(result.seconds or 0.0),
+                "environment": {
+                    "comment": f"QEMU {result.machine or cell['accel']}",
+                    "misc": {"cell": cell["cell"], "smp": cell["smp"]},
+                },
+                "misc": {
+                    "run_id": run_id,
+                    "outcome": result.outcome,
+                    "harness_version": cell["harness_version"],
+                    "matrix": run["matrix"] if run else "",
+                },
+            }
             if result.outcome == "xfail":
                 test["misc"]["known_bug"] = result.message[:2000]
             if result.crash_title:
@@ -71,8 +94,12 @@ def export(db, run_id: str) -> dict:
             if cell["started"]:
                 test["start_time"] = cell["started"]
             tests.append(test)
-    data = {"version": {"major": 5, "minor": 3}, "checkouts": list(checkouts.values()),
-            "builds": list(builds.values()), "tests": tests}
+    data = {
+        "version": {"major": 5, "minor": 3},
+        "checkouts": list(checkouts.values()),
+        "builds": list(builds.values()),
+        "tests": tests,
+    }
     validate(data)
     return data
 
@@ -80,4 +107,5 @@ def export(db, run_id: str) -> dict:
 def validate(data: dict) -> None:
     """Raises jsonschema's ValidationError if `data` is not valid KCIDB I/O data."""
     import kcidb_io
+
     kcidb_io.schema.LATEST.validate(data)

@@ -25,12 +25,12 @@ class MatrixError(HarnessError):
 @dataclass(frozen=True)
 class Cell:
     kernel_name: str
-    kernel: str                    # kernel spec: debian:6.1, /path/to/linux@branch, bzImage
+    kernel: str  # kernel spec: debian:6.1, /path/to/linux@branch, bzImage
     series_name: str
-    series: str | None             # None = the kernel's default series
-    smp: str                       # "1,4": the --smp list of the pytest run
+    series: str | None  # None = the kernel's default series
+    smp: str  # "1,4": the --smp list of the pytest run
     selection_name: str
-    selection: tuple[str, ...]     # extra pytest arguments
+    selection: tuple[str, ...]  # extra pytest arguments
     accel: str = "auto"
     fragments: tuple[str, ...] = ()
 
@@ -61,15 +61,16 @@ _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 class _NamedSeries(data.Spec):
-    name: str                      # the series' name in the cells
-    series: str = "default"        # "default", "none", a name under patches/ or a path
+    name: str  # the series' name in the cells
+    series: str = "default"  # "default", "none", a name under patches/ or a path
 
 
-_Series = str | _NamedSeries       # "default" | "none" | "NAME" | {name, series}
+_Series = str | _NamedSeries  # "default" | "none" | "NAME" | {name, series}
 
 
 class _Settings(data.Spec):
     """What [defaults] and each [[kernel]] may set (None: not set there)."""
+
     series: _Series | list[_Series] | None = None
     smp: str | int | list[str | int] | None = None
     selection: str | list[str] | None = None
@@ -79,11 +80,12 @@ class _Settings(data.Spec):
 
 class _Kernel(_Settings, kw_only=True):
     name: str
-    kernel: str                    # debian:6.1, /path/to/linux@branch, or a bzImage
+    kernel: str  # debian:6.1, /path/to/linux@branch, or a bzImage
 
 
 class _Exclude(data.Spec):
     """A rule: cells matching every name it gives are left out."""
+
     kernel: str | None = None
     series: str | None = None
     smp: str | int | None = None
@@ -91,7 +93,7 @@ class _Exclude(data.Spec):
 
 
 class _MatrixFile(data.Spec):
-    name: str | None = None        # default: the file's name without .toml
+    name: str | None = None  # default: the file's name without .toml
     defaults: _Settings | None = None
     selection: dict[str, list[str]] = {}
     kernel: list[_Kernel] = []
@@ -99,7 +101,7 @@ class _MatrixFile(data.Spec):
 
 
 _SELECTION_FLAGS = {"-x", "-q", "-v"}
-_SELECTION_OPTIONS = {"-m", "-k", "--repeat"}      # each takes the next argument
+_SELECTION_OPTIONS = {"-m", "-k", "--repeat"}  # each takes the next argument
 
 
 def _checked_selection(path: Path, name: str, args: list[str]) -> tuple[str, ...]:
@@ -120,17 +122,24 @@ def _checked_selection(path: Path, name: str, args: list[str]) -> tuple[str, ...
             continue
         node = arg.split("::", 1)[0]
         parts = Path(node).parts
-        if not arg.startswith("-") and len(parts) >= 2 and parts[0] == "testcases" \
-                and ".." not in parts and node.endswith(".py") \
-                and (testcases.parent / node).resolve().is_relative_to(testcases):
+        if (
+            not arg.startswith("-")
+            and len(parts) >= 2
+            and parts[0] == "testcases"
+            and ".." not in parts
+            and node.endswith(".py")
+            and (testcases.parent / node).resolve().is_relative_to(testcases)
+        ):
             index += 1
             continue
         raise data.error(
-            path, "[selection]",
+            path,
+            "[selection]",
             f"{name}: {arg!r} is not allowed. A selection may hold -m EXPR, -k EXPR, "
             f"--repeat N, -x, -q, -v and node ids of scenario files under "
             f"testcases/ (e.g. testcases/test_stack.py::test_name); other pytest arguments "
-            f"could import and run code from anywhere.")
+            f"could import and run code from anywhere.",
+        )
     return tuple(args)
 
 
@@ -141,9 +150,13 @@ def load_matrix(path: Path) -> Matrix:
     selections: dict[str, tuple[str, ...]] = {"all": ()}
     for name, args in spec.selection.items():
         if not _NAME.match(name):
-            raise data.error(path, "[selection]", f"name {name!r} may only contain letters, "
-                                                  f"digits and ._+- (it is part of the cell "
-                                                  f"names).")
+            raise data.error(
+                path,
+                "[selection]",
+                f"name {name!r} may only contain letters, "
+                f"digits and ._+- (it is part of the cell "
+                f"names).",
+            )
         selections[name] = _checked_selection(path, name, args)
     if not spec.kernel:
         raise data.error(path, "", "no [[kernel]] entries: the matrix has no cells.")
@@ -154,41 +167,73 @@ def load_matrix(path: Path) -> Matrix:
         where = data.entry_name(raw, f"$.kernel[{index}]")
         name = entry.name
         if not _NAME.match(name):
-            raise data.error(path, where, f"needs a name of letters, digits and ._+- (got "
-                                          f"{name!r}): it names the cells in the results "
-                                          f"history.")
+            raise data.error(
+                path,
+                where,
+                f"needs a name of letters, digits and ._+- (got "
+                f"{name!r}): it names the cells in the results "
+                f"history.",
+            )
         if not entry.kernel:
-            raise data.error(path, where, "has no kernel = \"...\" (debian:6.1, "
-                                          "/path/to/linux@branch, or a bzImage).")
-        series_list = [_series_entry(path, where, s)
-                       for s in _as_list(_setting(entry, defaults, "series", "default"))]
+            raise data.error(
+                path,
+                where,
+                'has no kernel = "..." (debian:6.1, /path/to/linux@branch, or a bzImage).',
+            )
+        series_list = [
+            _series_entry(path, where, s)
+            for s in _as_list(_setting(entry, defaults, "series", "default"))
+        ]
         smp_list = [str(s) for s in _as_list(_setting(entry, defaults, "smp", "1,4"))]
         for smp in smp_list:
             if not re.fullmatch(r"\d+(,\d+)*", smp):
-                raise data.error(path, where, f"smp {smp!r} is not a comma-separated list of "
-                                              f"vCPU counts such as \"1,4\".")
+                raise data.error(
+                    path,
+                    where,
+                    f'smp {smp!r} is not a comma-separated list of vCPU counts such as "1,4".',
+                )
         selection_names = _as_list(_setting(entry, defaults, "selection", "all"))
         for selection in selection_names:
             if selection not in selections:
-                raise data.error(path, where, f"uses selection {selection!r}, which no "
-                                              f"[selection] table entry defines (defined: "
-                                              f"{', '.join(sorted(selections))}).")
-        fragments = tuple(str((base / f).resolve()) for f in
-                          _as_list(_setting(entry, defaults, "config_fragments", [])))
+                raise data.error(
+                    path,
+                    where,
+                    f"uses selection {selection!r}, which no "
+                    f"[selection] table entry defines (defined: "
+                    f"{', '.join(sorted(selections))}).",
+                )
+        fragments = tuple(
+            str((base / f).resolve())
+            for f in _as_list(_setting(entry, defaults, "config_fragments", []))
+        )
         accel = _setting(entry, defaults, "accel", "auto")
         for (series_name, series), smp, selection in itertools.product(
-                series_list, smp_list, selection_names):
-            cells.append(Cell(name, _resolve_kernel(entry.kernel, base), series_name,
-                              _resolve_series(series, base), smp, selection,
-                              selections[selection], accel, fragments))
+            series_list, smp_list, selection_names
+        ):
+            cells.append(
+                Cell(
+                    name,
+                    _resolve_kernel(entry.kernel, base),
+                    series_name,
+                    _resolve_series(series, base),
+                    smp,
+                    selection,
+                    selections[selection],
+                    accel,
+                    fragments,
+                )
+            )
     cells = [c for c in cells if not _excluded(c, spec.exclude)]
     keys = [c.key for c in cells]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
-        raise data.error(path, "", f"cells {', '.join(duplicates)} appear twice: give the "
-                                   f"[[kernel]] entries distinct names.")
-    return Matrix(spec.name if spec.name is not None else path.stem, path.resolve(),
-                  tuple(cells))
+        raise data.error(
+            path,
+            "",
+            f"cells {', '.join(duplicates)} appear twice: give the "
+            f"[[kernel]] entries distinct names.",
+        )
+    return Matrix(spec.name if spec.name is not None else path.stem, path.resolve(), tuple(cells))
 
 
 def _setting(entry: _Kernel, defaults: _Settings, key: str, fallback):
@@ -205,15 +250,23 @@ def _as_list(value) -> list:
 
 
 def _series_entry(path: Path, where: str, value: str | _NamedSeries) -> tuple[str, str | None]:
-    """"default" | "none" | "NAME" | {name = "...", series = "..."} -> (name, series)."""
+    """ "default" | "none" | "NAME" | {name = "...", series = "..."} -> (name, series)."""
     if isinstance(value, str) and "/" not in value:
         return value, None if value == "default" else value
     if isinstance(value, str):
-        raise data.error(path, where, f"series {value!r} is a path; give it a name for the "
-                                      f"cell: {{name = \"...\", series = \"{value}\"}}.")
+        raise data.error(
+            path,
+            where,
+            f"series {value!r} is a path; give it a name for the "
+            f'cell: {{name = "...", series = "{value}"}}.',
+        )
     if not _NAME.match(value.name):
-        raise data.error(path, where, f"series name {value.name!r} may only contain letters, "
-                                      f"digits and ._+- (it is part of the cell names).")
+        raise data.error(
+            path,
+            where,
+            f"series name {value.name!r} may only contain letters, "
+            f"digits and ._+- (it is part of the cell names).",
+        )
     return value.name, None if value.series == "default" else value.series
 
 
@@ -235,8 +288,12 @@ def _resolve_series(series: str | None, base: Path) -> str | None:
 
 
 def _excluded(cell: Cell, rules: list[_Exclude]) -> bool:
-    fields = {"kernel": cell.kernel_name, "series": cell.series_name, "smp": cell.smp,
-              "selection": cell.selection_name}
+    fields = {
+        "kernel": cell.kernel_name,
+        "series": cell.series_name,
+        "smp": cell.smp,
+        "selection": cell.selection_name,
+    }
     for rule in rules:
         named = {key: getattr(rule, key) for key in fields if getattr(rule, key) is not None}
         if all(fields[key] == str(value) for key, value in named.items()):
@@ -256,6 +313,6 @@ def shard_cells(cells: tuple[Cell, ...], index: int, count: int) -> list[Cell]:
     kernels as shards (so a kernel is built once); otherwise cells are dealt round-robin."""
     kernels = list(dict.fromkeys(c.kernel_name for c in cells))
     if len(kernels) >= count:
-        mine = set(kernels[index - 1::count])
+        mine = set(kernels[index - 1 :: count])
         return [c for c in cells if c.kernel_name in mine]
-    return list(cells[index - 1::count])
+    return list(cells[index - 1 :: count])

@@ -28,9 +28,9 @@ class SelfCheck:
 
 @dataclass(frozen=True)
 class Hits:
-    trace: int          # events counted in the trace buffer
-    profile: int        # uprobe_profile's hit counter
-    overruns: int       # events lost by the ring buffer (must be 0 for trace to be exact)
+    trace: int  # events counted in the trace buffer
+    profile: int  # uprobe_profile's hit counter
+    overruns: int  # events lost by the ring buffer (must be 0 for trace to be exact)
 
 
 class Guest:
@@ -66,18 +66,23 @@ class Guest:
             check = SelfCheck(record.vcpus_requested, record.vcpus_seen, 0, 0)
         else:
             canary = self.upload(compile_target("xmc_canary"))
-            result = self.run([canary, str(record.vcpus_seen), str(iterations)], timeout=300,
-                              check=True)
+            result = self.run(
+                [canary, str(record.vcpus_seen), str(iterations)], timeout=300, check=True
+            )
             fields = dict(word.split("=") for word in result.stdout.split())
-            check = SelfCheck(record.vcpus_requested, record.vcpus_seen, int(fields["runs"]),
-                              int(fields["stale"]))
+            check = SelfCheck(
+                record.vcpus_requested, record.vcpus_seen, int(fields["runs"]), int(fields["stale"])
+            )
         self.selfcheck = check
         return check
 
     # -- uprobes ----------------------------------------------------------------------------------
     def reset_tracing(self, buffer_kb: int = 8192) -> None:
-        self.run(f"{probes.remove_all_command()}; echo {buffer_kb} > {TRACEFS}/buffer_size_kb; "
-                 f"echo > {TRACEFS}/trace; echo 1 > {TRACEFS}/tracing_on", check=True)
+        self.run(
+            f"{probes.remove_all_command()}; echo {buffer_kb} > {TRACEFS}/buffer_size_kb; "
+            f"echo > {TRACEFS}/trace; echo 1 > {TRACEFS}/tracing_on",
+            check=True,
+        )
 
     def add_probe(self, probe: Probe) -> None:
         result = self.run(probes.add_command(probe))
@@ -94,8 +99,9 @@ class Guest:
         names its probe."""
         if not batch:
             return
-        script = " && ".join(f"{probes.add_command(p)} && {probes.enable_command(p)}"
-                             for p in batch)
+        script = " && ".join(
+            f"{probes.add_command(p)} && {probes.enable_command(p)}" for p in batch
+        )
         if self.run(script, timeout=300).ok:
             return
         # the ones that made it are removed (one command), then added one by one
@@ -107,16 +113,19 @@ class Guest:
         self.run(probes.remove_all_command(), timeout=60)
 
     def hits(self, names: list[str]) -> dict[str, Hits]:
-        script = (f"cat {TRACEFS}/uprobe_profile; echo ===; "
-                  f"cat {TRACEFS}/per_cpu/cpu*/stats; echo ===; "
-                  f"{probes.trace_counts_command()}")
+        script = (
+            f"cat {TRACEFS}/uprobe_profile; echo ===; "
+            f"cat {TRACEFS}/per_cpu/cpu*/stats; echo ===; "
+            f"{probes.trace_counts_command()}"
+        )
         result = self.run(script, timeout=300, check=True)
         profile_text, stats_text, counts_text = result.stdout.split("===\n")
         profile = probes.parse_profile(profile_text)
         overruns = probes.parse_overruns(stats_text)
         trace_counts = probes.parse_trace_counts(counts_text)
-        return {name: Hits(trace_counts.get(name, 0), profile.get(name, 0), overruns)
-                for name in names}
+        return {
+            name: Hits(trace_counts.get(name, 0), profile.get(name, 0), overruns) for name in names
+        }
 
     def ensure_alive(self) -> None:
         if not self.vm.alive():

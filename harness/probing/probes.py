@@ -25,17 +25,18 @@ class ProbeRefused(ProbeError):
     """The kernel refused to register or enable the probe (e.g. an unsupported instruction)."""
 
     def __init__(self, probe: Probe, step: str, message: str):
-        super().__init__(f"probe {probe.name} at {probe.path}:{probe.offset:#x}: {step} "
-                         f"refused: {message}")
+        super().__init__(
+            f"probe {probe.name} at {probe.path}:{probe.offset:#x}: {step} refused: {message}"
+        )
         self.probe, self.step, self.message = probe, step, message
 
 
 @dataclass(frozen=True)
 class Probe:
-    name: str            # event name inside group "uph"
-    path: str            # the binary's path in the guest
-    offset: int          # file offset of the probed instruction
-    kind: str = "p"      # "p" (uprobe) or "r" (uretprobe)
+    name: str  # event name inside group "uph"
+    path: str  # the binary's path in the guest
+    offset: int  # file offset of the probed instruction
+    kind: str = "p"  # "p" (uprobe) or "r" (uretprobe)
 
     def definition(self) -> str:
         if not _NAME.match(self.name):
@@ -99,11 +100,14 @@ def symbol_offsets(elf_path: Path, symbols: list[str]) -> dict[str, int]:
     with open(elf_path, "rb") as handle:
         elf = ELFFile(handle)
         addresses = _defined_symbols(elf)
-        return {symbol: _file_offset(elf, elf_path, _lookup(addresses, symbol, elf_path))
-                for symbol in symbols}
+        return {
+            symbol: _file_offset(elf, elf_path, _lookup(addresses, symbol, elf_path))
+            for symbol in symbols
+        }
 
 
 # -- tracefs control, as shell commands run in the guest -----------------------------------------
+
 
 def add_command(probe: Probe) -> str:
     return f"echo {shlex.quote(probe.definition())} >> {TRACEFS}/uprobe_events"
@@ -120,17 +124,21 @@ def enable_command(probe: Probe, on: bool = True) -> str:
 
 def remove_command(probe: Probe) -> str:
     """Disable and delete one probe (quietly: it may not exist)."""
-    return (f"{enable_command(probe, on=False)} 2>/dev/null; echo "
-            f"{shlex.quote('-:' + GROUP + '/' + probe.name)} >> {TRACEFS}/uprobe_events "
-            f"2>/dev/null")
+    return (
+        f"{enable_command(probe, on=False)} 2>/dev/null; echo "
+        f"{shlex.quote('-:' + GROUP + '/' + probe.name)} >> {TRACEFS}/uprobe_events "
+        f"2>/dev/null"
+    )
 
 
 def remove_all_command() -> str:
     """Disable the whole group with one write (not one per probe: a sweep batch has 700)
     and remove every definition."""
     group = f"{TRACEFS}/events/{GROUP}/enable"
-    return (f"echo 0 > {TRACEFS}/tracing_on; "
-            f"if [ -e {group} ]; then echo 0 > {group}; fi; echo > {TRACEFS}/uprobe_events")
+    return (
+        f"echo 0 > {TRACEFS}/tracing_on; "
+        f"if [ -e {group} ]; then echo 0 > {group}; fi; echo > {TRACEFS}/uprobe_events"
+    )
 
 
 def parse_profile(text: str) -> dict[str, int]:
@@ -145,7 +153,7 @@ def parse_profile(text: str) -> dict[str, int]:
 
 def trace_counts_command(tracefs: str = TRACEFS) -> str:
     """Shell: the number of events per event name in the trace buffer ('  COUNT NAME: (')."""
-    return (f"grep -v '^#' {tracefs}/trace | grep -o ' [A-Za-z0-9_]*: (' | sort | uniq -c")
+    return f"grep -v '^#' {tracefs}/trace | grep -o ' [A-Za-z0-9_]*: (' | sort | uniq -c"
 
 
 def parse_trace_counts(text: str) -> dict[str, int]:

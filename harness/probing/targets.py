@@ -31,7 +31,7 @@ RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 @dataclass(frozen=True)
 class Target:
     name: str
-    binary: Path          # on the host
+    binary: Path  # on the host
     digest: str
 
     @property
@@ -53,12 +53,22 @@ def compile_target(name: str) -> Target:
         # a name of its own per compile: concurrent workers (pytest-xdist) must not write
         # one file; the rename publishes the first complete one
         tmp = binary.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        cmd = ["gcc", "-static", "-no-pie", "-O2", "-g", *flags, "-o", str(tmp),
-               *(str(p) for p in paths if p.suffix != ".h")]
+        cmd = [
+            "gcc",
+            "-static",
+            "-no-pie",
+            "-O2",
+            "-g",
+            *flags,
+            "-o",
+            str(tmp),
+            *(str(p) for p in paths if p.suffix != ".h"),
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise HarnessError(f"target {name} did not compile: {' '.join(cmd)}\n"
-                               f"{result.stderr[-3000:]}")
+            raise HarnessError(
+                f"target {name} did not compile: {' '.join(cmd)}\n{result.stderr[-3000:]}"
+            )
         os.replace(tmp, binary)
     return Target(name, binary, digest)
 

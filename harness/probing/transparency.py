@@ -20,11 +20,11 @@ OUTCOMES = ("identical", "differs", "refused", "hits", "signal", "missing", "cra
 @dataclass(frozen=True)
 class CaseVerdict:
     name: str
-    outcome: str          # one of OUTCOMES
+    outcome: str  # one of OUTCOMES
     detail: str = ""
     hits: int = 0
-    fx_pointer_differs: bool = False   # x87 FIP/FDP reveal the XOL slot (informational)
-    execution: int = 1    # which execution of the case the verdict is about (1 or 2)
+    fx_pointer_differs: bool = False  # x87 FIP/FDP reveal the XOL slot (informational)
+    execution: int = 1  # which execution of the case the verdict is about (1 or 2)
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -66,39 +66,48 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
         "do sleep 0.01; n=$((n+1)); done",
     ]
     for probe in program_probes:
-        lines.append(f"{probes.add_command(probe)} 2>/tmp/uph-err || "
-                     f"echo \"refused {probe.name} add $(cat /tmp/uph-err)\"")
+        lines.append(
+            f"{probes.add_command(probe)} 2>/tmp/uph-err || "
+            f'echo "refused {probe.name} add $(cat /tmp/uph-err)"'
+        )
     if program_probes:
         lines.append(f"echo 1 > {group}/enable 2>/dev/null")
     for probe in program_probes:
         enable = f"{group}/{probe.name}/enable"
         lines.append(
-            f"[ ! -e {enable} ] || {{ read v < {enable}; [ \"$v\" = 1 ] || "
+            f'[ ! -e {enable} ] || {{ read v < {enable}; [ "$v" = 1 ] || '
             f"echo 1 > {enable} 2>/tmp/uph-err || "
-            f"echo \"refused {probe.name} enable $(cat /tmp/uph-err)\"; }}")
-    lines += ["kill -CONT $pid; wait $pid; echo \"status=$?\"",
-              f"cat {shlex.quote(output)}",
-              f"echo ===; {probes.trace_counts_command()}",
-              f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
-              probes.remove_all_command()]
+            f'echo "refused {probe.name} enable $(cat /tmp/uph-err)"; }}'
+        )
+    lines += [
+        'kill -CONT $pid; wait $pid; echo "status=$?"',
+        f"cat {shlex.quote(output)}",
+        f"echo ===; {probes.trace_counts_command()}",
+        f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
+        probes.remove_all_command(),
+    ]
     return "\n".join(lines)
 
 
-def run_cases(guest, program: insn.Program, guest_path: str,
-              states: dict | None = None) -> dict[str, CaseVerdict]:
+def run_cases(
+    guest, program: insn.Program, guest_path: str, states: dict | None = None
+) -> dict[str, CaseVerdict]:
     """{case name: verdict}; with `states`, also fill {case name: [(unprobed, probed) of
     each execution]}."""
     unprobed = guest.run([guest_path, "--twice"], timeout=300)
     expected = insn.parse_output(unprobed.stdout)
-    offsets = probes.symbol_offsets(program.binary,
-                                    [f"probe_{i}" for i in range(len(program.cases))])
-    case_probes = {case.name: Probe(f"c{index}", guest_path, offsets[f"probe_{index}"])
-                   for index, case in enumerate(program.cases)}
+    offsets = probes.symbol_offsets(
+        program.binary, [f"probe_{i}" for i in range(len(program.cases))]
+    )
+    case_probes = {
+        case.name: Probe(f"c{index}", guest_path, offsets[f"probe_{index}"])
+        for index, case in enumerate(program.cases)
+    }
     script = probed_run_script(guest_path, list(case_probes.values()), "/tmp/uph-insn.out")
     console_start = guest.vm.console_offset()
     # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
     result = guest.run(script, timeout=600)
-    time.sleep(0.1)                      # let the console drain the last lines
+    time.sleep(0.1)  # let the console drain the last lines
     crashes = crashes_by_case(guest.vm.console_since(console_start))
     main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
     refused = {}
@@ -115,21 +124,28 @@ def run_cases(guest, program: insn.Program, guest_path: str,
     for case in program.cases:
         probe = case_probes[case.name]
         hits = counts.get(probe.name, 0)
-        runs = [(expected.get(case.name + suffix), actual.get(case.name + suffix))
-                for suffix in EXECUTION_SUFFIXES]
-        verdicts[case.name] = _classify(case.name, runs, refused.get(probe.name), hits,
-                                        overruns, unprobed.status)
+        runs = [
+            (expected.get(case.name + suffix), actual.get(case.name + suffix))
+            for suffix in EXECUTION_SUFFIXES
+        ]
+        verdicts[case.name] = _classify(
+            case.name, runs, refused.get(probe.name), hits, overruns, unprobed.status
+        )
         if states is not None:
             states[case.name] = runs
     for name, title in crashes.items():
         if name in verdicts:
             verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)
-    if probed_status != unprobed.status:     # e.g. a stray SIGTRAP after the last case
+    if probed_status != unprobed.status:  # e.g. a stray SIGTRAP after the last case
         for name, verdict in verdicts.items():
             if verdict.outcome == "identical":
                 verdicts[name] = CaseVerdict(
-                    name, "signal", f"the probed run exited with status {probed_status}, "
-                    f"the unprobed one with {unprobed.status}", verdict.hits)
+                    name,
+                    "signal",
+                    f"the probed run exited with status {probed_status}, "
+                    f"the unprobed one with {unprobed.status}",
+                    verdict.hits,
+                )
     return verdicts
 
 
@@ -137,7 +153,7 @@ def crashes_by_case(console_text: str) -> dict[str, str]:
     """Kernel splats in the console, attributed to the case whose CASE marker precedes
     them (the driver writes one to /dev/kmsg before each case): {case name: title}."""
     crashes: dict[str, str] = {}
-    current, lines = "", []    # type: tuple[str, list[str]]
+    current, lines = "", []  # type: tuple[str, list[str]]
 
     def flush():
         if current and lines:
@@ -165,20 +181,36 @@ def _classify(name, runs, refused, hits, overruns, status) -> CaseVerdict:
     for number, (expected, actual) in enumerate(runs, start=1):
         which = "" if number == 1 else f"execution {number} (the probe's hit {number}): "
         if expected is None:
-            return CaseVerdict(name, "missing", f"the unprobed run printed no state for "
-                               f"execution {number} (exit {status})", execution=number)
+            return CaseVerdict(
+                name,
+                "missing",
+                f"the unprobed run printed no state for execution {number} (exit {status})",
+                execution=number,
+            )
         if actual is None:
-            return CaseVerdict(name, "signal", "the probed run died before printing "
-                               + ("this case" if number == 1 else f"execution {number} of "
-                                  "this case"), hits, execution=number)
+            return CaseVerdict(
+                name,
+                "signal",
+                "the probed run died before printing "
+                + ("this case" if number == 1 else f"execution {number} of this case"),
+                hits,
+                execution=number,
+            )
         differences = insn.diff_states(expected, actual)
         pointer = pointer or insn.fx_pointer_differs(expected, actual)
         if differences:
-            outcome = "signal" if expected.fields.get("sig", "0") != \
-                actual.fields.get("sig", "0") else "differs"
-            return CaseVerdict(name, outcome, which + "; ".join(differences), hits, pointer,
-                               number)
+            outcome = (
+                "signal"
+                if expected.fields.get("sig", "0") != actual.fields.get("sig", "0")
+                else "differs"
+            )
+            return CaseVerdict(name, outcome, which + "; ".join(differences), hits, pointer, number)
     if overruns == 0 and hits != len(runs):
-        return CaseVerdict(name, "hits", f"probe hit {hits} times in {len(runs)} executions, "
-                           f"expected {len(runs)}", hits, pointer)
+        return CaseVerdict(
+            name,
+            "hits",
+            f"probe hit {hits} times in {len(runs)} executions, expected {len(runs)}",
+            hits,
+            pointer,
+        )
     return CaseVerdict(name, "identical", "", hits, pointer)

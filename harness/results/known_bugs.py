@@ -28,9 +28,9 @@ class KnownBug:
     fixed_by: str
     reason: str
     link: str
-    fixed_upstream: str = ""   # first upstream version known to carry the fix
-    splat: str = ""            # the bug shows as a kernel splat with this in its title: a test
-                               # that crashes with it is an expected failure too
+    fixed_upstream: str = ""  # first upstream version known to carry the fix
+    splat: str = ""  # the bug shows as a kernel splat with this in its title: a test
+    # that crashes with it is an expected failure too
 
     @property
     def key(self) -> str:
@@ -54,16 +54,20 @@ class KnownBug:
             return False
         return True
 
-    def applies(self, test_name: str, kernel_spec: str, patches: list[str],
-                release: str = "") -> bool:
-        return self.matches_test(test_name) and self.applies_to_kernel(kernel_spec, patches,
-                                                                       release)
+    def applies(
+        self, test_name: str, kernel_spec: str, patches: list[str], release: str = ""
+    ) -> bool:
+        return self.matches_test(test_name) and self.applies_to_kernel(
+            kernel_spec, patches, release
+        )
 
     def stale_message(self, kernel_label: str) -> str:
-        return (f"stale known-bugs entry: '{self.reason[:160]}' is expected on {kernel_label} "
-                f"but did not show. If it was fixed there, record it in "
-                f"{KNOWN_BUGS_FILE.name} (fixed_upstream = \"<version>\" or fixed_by = "
-                f"\"<patch pattern>\").")
+        return (
+            f"stale known-bugs entry: '{self.reason[:160]}' is expected on {kernel_label} "
+            f"but did not show. If it was fixed there, record it in "
+            f'{KNOWN_BUGS_FILE.name} (fixed_upstream = "<version>" or fixed_by = '
+            f'"<patch pattern>").'
+        )
 
 
 def version_tuple(text: str) -> tuple[int, int] | None:
@@ -72,13 +76,13 @@ def version_tuple(text: str) -> tuple[int, int] | None:
 
 
 class _Entry(data.Spec):
-    test: str | list[str]         # a test name pattern or a list of them
-    kernels: list[str]            # kernel specs ("*": any)
-    reason: str                   # a sentence
-    fixed_by: str = ""            # a patch name pattern
-    fixed_upstream: str = ""      # a version such as "7.2"
-    link: str = ""                # a URL or repo path
-    splat: str = ""               # text of the kernel splat's title the bug causes
+    test: str | list[str]  # a test name pattern or a list of them
+    kernels: list[str]  # kernel specs ("*": any)
+    reason: str  # a sentence
+    fixed_by: str = ""  # a patch name pattern
+    fixed_upstream: str = ""  # a version such as "7.2"
+    link: str = ""  # a URL or repo path
+    splat: str = ""  # text of the kernel splat's title the bug causes
 
 
 class _File(data.Spec):
@@ -91,17 +95,32 @@ def load(path: Path = KNOWN_BUGS_FILE) -> list[KnownBug]:
     for number, entry in enumerate(data.convert(raw, _File, path).bug):
         where = data.entry_name(raw, f"$.bug[{number}]")
         if entry.fixed_upstream and not version_tuple(entry.fixed_upstream):
-            raise data.error(path, where, f"fixed_upstream = {entry.fixed_upstream!r} is not "
-                                          f"a version such as \"7.2\"")
-        bugs.append(KnownBug(_as_tuple(entry.test), tuple(entry.kernels), entry.fixed_by,
-                             entry.reason, entry.link, entry.fixed_upstream, entry.splat))
+            raise data.error(
+                path,
+                where,
+                f'fixed_upstream = {entry.fixed_upstream!r} is not a version such as "7.2"',
+            )
+        bugs.append(
+            KnownBug(
+                _as_tuple(entry.test),
+                tuple(entry.kernels),
+                entry.fixed_by,
+                entry.reason,
+                entry.link,
+                entry.fixed_upstream,
+                entry.splat,
+            )
+        )
     seen: dict[str, int] = {}
     for number, bug in enumerate(bugs, start=1):
         if bug.key in seen:
-            raise data.error(path, f"[[bug]] {seen[bug.key]} and {number}",
-                             f"both start with test = {bug.key!r}: an entry is named by its "
-                             f"first test pattern in results and reports; reorder or merge "
-                             f"them")
+            raise data.error(
+                path,
+                f"[[bug]] {seen[bug.key]} and {number}",
+                f"both start with test = {bug.key!r}: an entry is named by its "
+                f"first test pattern in results and reports; reorder or merge "
+                f"them",
+            )
         seen[bug.key] = number
     return bugs
 

@@ -10,13 +10,14 @@ from enum import Enum
 
 class Outcome(str, Enum):
     """In report order (summary columns)."""
+
     PASSED = "passed"
     FAILED = "failed"
-    CRASHED = "crashed"      # the kernel splatted or the guest died during the test
-    XFAIL = "xfail"          # failed as a known-bugs entry says it must
-    XPASS = "xpass"          # passed where a known-bugs entry says it must fail: stale entry
+    CRASHED = "crashed"  # the kernel splatted or the guest died during the test
+    XFAIL = "xfail"  # failed as a known-bugs entry says it must
+    XPASS = "xpass"  # passed where a known-bugs entry says it must fail: stale entry
     SKIPPED = "skipped"
-    ERROR = "error"          # the harness (a fixture, the infrastructure) failed
+    ERROR = "error"  # the harness (a fixture, the infrastructure) failed
 
     @property
     def severity(self) -> int:

@@ -26,8 +26,8 @@ from harness.results.outcome import BAD
 CATEGORIES = ("new failure", "known bug gone", "fixed", "still failing", "flaky")
 GATING = ("new failure",)
 
-FLAKE_WINDOW = 10          # runs with identical inputs looked at
-FLAKE_THRESHOLD = 0.2      # flip rate from which a test is flaky (with at least 2 flips)
+FLAKE_WINDOW = 10  # runs with identical inputs looked at
+FLAKE_THRESHOLD = 0.2  # flip rate from which a test is flaky (with at least 2 flips)
 MIN_FLIPS = 2
 
 
@@ -36,7 +36,7 @@ class Change:
     cell: str
     test: str
     category: str
-    before: str            # previous outcome ("" = no previous result)
+    before: str  # previous outcome ("" = no previous result)
     after: str
     result: Result
 
@@ -45,7 +45,7 @@ class Change:
 class FlakeRate:
     cell: str
     test: str
-    outcomes: tuple[str, ...]      # oldest first, this run last
+    outcomes: tuple[str, ...]  # oldest first, this run last
 
     @property
     def runs(self) -> int:
@@ -68,24 +68,26 @@ class FlakeRate:
         return self.flips >= MIN_FLIPS and self.rate >= threshold
 
     def text(self) -> str:
-        return (f"{self.rate:.0%} ({self.flips} flips in {self.runs} runs with identical "
-                f"inputs, {self.bad_runs} failing)")
+        return (
+            f"{self.rate:.0%} ({self.flips} flips in {self.runs} runs with identical "
+            f"inputs, {self.bad_runs} failing)"
+        )
 
 
 @dataclass(frozen=True)
 class StaleEntry:
-    entry: str             # the entry's key: its first test pattern
+    entry: str  # the entry's key: its first test pattern
     cell: str
     kernel: str
     tests: tuple[str, ...]  # the tests where it applied and did not show
-    reason: str            # from the table as it is now ("" if the entry is gone)
+    reason: str  # from the table as it is now ("" if the entry is gone)
 
 
 @dataclass
 class Comparison:
     changes: list[Change] = field(default_factory=list)
     cells_without_history: list[str] = field(default_factory=list)
-    vanished: list[tuple[str, str]] = field(default_factory=list)   # (cell, test)
+    vanished: list[tuple[str, str]] = field(default_factory=list)  # (cell, test)
     flake: dict[tuple[str, str], FlakeRate] = field(default_factory=dict)  # (cell, test)
     threshold: float = FLAKE_THRESHOLD
     window: int = FLAKE_WINDOW
@@ -125,10 +127,13 @@ def categorize(previous: Result | None, result: Result, flaky: bool) -> str | No
     return "new failure" if result.bad else "fixed"
 
 
-def compare_cell(cell: str, now: dict[str, Result],
-                 before: dict[str, tuple[Result, str]],
-                 flake: dict[str, FlakeRate] | None = None,
-                 threshold: float = FLAKE_THRESHOLD) -> list[Change]:
+def compare_cell(
+    cell: str,
+    now: dict[str, Result],
+    before: dict[str, tuple[Result, str]],
+    flake: dict[str, FlakeRate] | None = None,
+    threshold: float = FLAKE_THRESHOLD,
+) -> list[Change]:
     """`before`: each test's latest earlier result (with the input digest of its run, which
     the flake rates already take into account); `flake`: each test's rate."""
     changes = []
@@ -138,13 +143,22 @@ def compare_cell(cell: str, now: dict[str, Result],
         rate = flake.get(test)
         category = categorize(previous, result, bool(rate and rate.flaky(threshold)))
         if category is not None:
-            changes.append(Change(cell, test, category, previous.outcome if previous else "",
-                                  result.outcome, result))
+            changes.append(
+                Change(
+                    cell,
+                    test,
+                    category,
+                    previous.outcome if previous else "",
+                    result.outcome,
+                    result,
+                )
+            )
     return changes
 
 
-def compare_run(db, run_id: str, window: int = FLAKE_WINDOW,
-                threshold: float = FLAKE_THRESHOLD, bugs=None) -> Comparison:
+def compare_run(
+    db, run_id: str, window: int = FLAKE_WINDOW, threshold: float = FLAKE_THRESHOLD, bugs=None
+) -> Comparison:
     """`bugs`: the known-bugs table to name stale entries from (default: the file)."""
     comparison = Comparison(threshold=threshold, window=window)
     for cell in db.cells(run_id):
@@ -160,8 +174,9 @@ def compare_run(db, run_id: str, window: int = FLAKE_WINDOW,
         for test in [t for t in before if t.startswith("(") and t not in last]:
             del before[test]
         outcomes = db.same_input_outcomes(run_id, key, cell["input_digest"], window)
-        rates = {test: FlakeRate(key, test, tuple(seq)) for test, seq in outcomes.items()
-                 if test in now}
+        rates = {
+            test: FlakeRate(key, test, tuple(seq)) for test, seq in outcomes.items() if test in now
+        }
         comparison.flake.update({(key, test): rate for test, rate in rates.items()})
         comparison.changes += compare_cell(key, now, before, rates, threshold)
         if previous is not None and previous["status"] == "ok" and cell["status"] == "ok":
@@ -176,6 +191,7 @@ def stale_entries(db, run_id: str, bugs=None) -> tuple[list[StaleEntry], list[st
     entries of the table that no test of the run met (not run, or not for these kernels)."""
     if bugs is None:
         from harness.results import known_bugs
+
         bugs = known_bugs.load()
     reasons = {bug.key: bug.reason for bug in bugs}
     met: set[str] = set()
@@ -188,10 +204,15 @@ def stale_entries(db, run_id: str, bugs=None) -> tuple[list[StaleEntry], list[st
         for entry, by_state in sorted(states.items()):
             met.add(entry)
             if "showed" not in by_state and by_state.get("absent"):
-                stale.append(StaleEntry(entry, cell["cell"],
-                                        cell["kernel_label"] or cell["kernel_spec"] or "",
-                                        tuple(sorted(by_state["absent"])),
-                                        reasons.get(entry, "")))
+                stale.append(
+                    StaleEntry(
+                        entry,
+                        cell["cell"],
+                        cell["kernel_label"] or cell["kernel_spec"] or "",
+                        tuple(sorted(by_state["absent"])),
+                        reasons.get(entry, ""),
+                    )
+                )
     return stale, [bug.key for bug in bugs if bug.key not in met]
 
 

@@ -14,8 +14,14 @@ from harness.errors import InfraError
 from harness.paths import TEMPLATES_DIR
 from harness.results.outcome import ORDER
 
-FAMILIES = {"test_threads": "threads", "test_stack": "stack", "test_fp": "fp",
-            "test_riprel": "riprel", "test_optimized": "optimized", "test_sweep": "sweep"}
+FAMILIES = {
+    "test_threads": "threads",
+    "test_stack": "stack",
+    "test_fp": "fp",
+    "test_riprel": "riprel",
+    "test_optimized": "optimized",
+    "test_sweep": "sweep",
+}
 # A probe the kernel refuses is a failure (pytest_plugin), not an outcome of its own.
 OUTCOMES = tuple(o.value for o in ORDER)
 
@@ -46,8 +52,10 @@ def read_junit(path: Path) -> list[TestResult]:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as error:
-        raise InfraError(f"{path} is not a readable JUnit XML file ({error}); the pytest run "
-                         f"that should have written it did not finish.") from error
+        raise InfraError(
+            f"{path} is not a readable JUnit XML file ({error}); the pytest run "
+            f"that should have written it did not finish."
+        ) from error
     results = []
     for case in root.iter("testcase"):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
@@ -65,8 +73,16 @@ def read_junit(path: Path) -> list[TestResult]:
         elif skipped is not None:
             message = skipped.get("message", "")
             outcome = "xfail" if skipped.get("type") == "pytest.xfail" else "skipped"
-        results.append(TestResult(case.get("name", ""), case.get("classname", ""), outcome,
-                                  _seconds(case.get("time")), message.strip(), props))
+        results.append(
+            TestResult(
+                case.get("name", ""),
+                case.get("classname", ""),
+                outcome,
+                _seconds(case.get("time")),
+                message.strip(),
+                props,
+            )
+        )
     return results
 
 
@@ -98,12 +114,13 @@ def format_summary(results: list[TestResult], title: str) -> str:
 
 
 def render_html(results: list[TestResult], title: str, context: dict, out: Path) -> Path:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+    )
     table = summary_by_family(results)
     page = env.get_template("report.html.j2").render(
-        title=title, results=results, table=table, outcomes=OUTCOMES, context=context)
+        title=title, results=results, table=table, outcomes=OUTCOMES, context=context
+    )
     out.write_text(page)
     return out
-
-

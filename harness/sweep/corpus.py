@@ -27,16 +27,41 @@ from harness.probing import insn
 
 CONFIG = CONFIGS_DIR / "sweep.toml"
 CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "prefixed", "branch", "compat")
-COMPAT = "compat"       # the class of the forms run in a 32-bit task (Form.bits == 32)
+COMPAT = "compat"  # the class of the forms run in a 32-bit task (Form.bits == 32)
 IMM_FILLER = 0x11
-_GPR_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10",
-                  "r11", "r12", "r13", "r14", "r15")
+_GPR_BY_NUMBER = (
+    "rax",
+    "rcx",
+    "rdx",
+    "rbx",
+    "rsp",
+    "rbp",
+    "rsi",
+    "rdi",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+)
 _WORD = re.compile(r"[a-z0-9]+")
-_SEGMENT_OVERRIDE = re.compile(r"\b[c-gs]s:(?=\[)")   # "fs:[...]": a memory operand, not a register
+_SEGMENT_OVERRIDE = re.compile(r"\b[c-gs]s:(?=\[)")  # "fs:[...]": a memory operand, not a register
 # opcodes the kernel handles itself rather than single-stepping (arch/x86/kernel/uprobes.c
 # branch_setup_xol_ops, push_setup_xol_ops) and other control transfers: class "branch"
-_BRANCH_ONEBYTE = {0xE8: "rel32", 0xE9: "rel32", 0xEB: "rel8", 0xE0: "rel8", 0xE1: "rel8",
-                   0xE2: "rel8", 0xE3: "rel8", 0xC3: "ret", 0xC2: "ret"}
+_BRANCH_ONEBYTE = {
+    0xE8: "rel32",
+    0xE9: "rel32",
+    0xEB: "rel8",
+    0xE0: "rel8",
+    0xE1: "rel8",
+    0xE2: "rel8",
+    0xE3: "rel8",
+    0xC3: "ret",
+    0xC2: "ret",
+}
 _BRANCH_ONEBYTE.update({op: "rel8" for op in range(0x70, 0x80)})
 
 
@@ -44,16 +69,16 @@ _BRANCH_ONEBYTE.update({op: "rel8" for op in range(0x70, 0x80)})
 class Form:
     name: str
     klass: str
-    head: bytes                # prefixes, opcode, ModRM, SIB, disp8 (no disp32, no imm)
-    rip: bool                  # a RIP-relative disp32 follows the head
+    head: bytes  # prefixes, opcode, ModRM, SIB, disp8 (no disp32, no imm)
+    rip: bool  # a RIP-relative disp32 follows the head
     imm: bytes
-    text: str                  # capstone: "mnemonic op_str"
-    branch: str = ""           # "", rel8, rel32, ret, indirect
+    text: str  # capstone: "mnemonic op_str"
+    branch: str = ""  # "", rel8, rel32, ret, indirect
     needs: tuple[str, ...] = ()
     gprs: tuple[tuple[str, int], ...] = ()
-    prefix_len: int = 0        # legacy prefixes, REX or VEX at the start of head
-    bits: int = 64             # 32: decoded and run in a 32-bit (compat) task, where `rip`
-                               # marks an absolute disp32 (the same ModRM encoding)
+    prefix_len: int = 0  # legacy prefixes, REX or VEX at the start of head
+    bits: int = 64  # 32: decoded and run in a 32-bit (compat) task, where `rip`
+    # marks an absolute disp32 (the same ModRM encoding)
 
     @property
     def length(self) -> int:
@@ -61,13 +86,15 @@ class Form:
 
     def encoding(self, disp: int = 0) -> bytes:
         """The bytes, with a given disp32 for RIP-relative forms."""
-        return self.head + (disp.to_bytes(4, "little", signed=True) if self.rip else b"") + \
-            self.imm
+        return self.head + (disp.to_bytes(4, "little", signed=True) if self.rip else b"") + self.imm
 
     def hex_bytes(self) -> str:
         disp = " <abs32>" if self.bits == 32 else " <disp32>"
-        return self.head.hex(" ") + (disp if self.rip else "") + \
-            (" " + self.imm.hex(" ") if self.imm else "")
+        return (
+            self.head.hex(" ")
+            + (disp if self.rip else "")
+            + (" " + self.imm.hex(" ") if self.imm else "")
+        )
 
     def display(self) -> str:
         return f"{self.hex_bytes():<32} {self.text}"
@@ -76,7 +103,7 @@ class Form:
 @dataclass
 class Corpus:
     forms: list[Form]
-    dropped: Counter = field(default_factory=Counter)       # reason -> count
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
     candidates: int = 0
 
     def by_class(self) -> Counter:
@@ -105,7 +132,7 @@ class _Compat(data.Spec):
 
 
 class _Avx(data.Spec):
-    maps: dict[str, list[str]]         # VEX map (0f, 0f38, 0f3a) -> opcode ranges
+    maps: dict[str, list[str]]  # VEX map (0f, 0f38, 0f3a) -> opcode ranges
 
 
 class _Modrm(data.Spec):
@@ -124,14 +151,15 @@ class _Exclude(data.Spec):
 
 class SweepConfig(data.Spec):
     """harness/configs/sweep.toml, which documents each key."""
+
     maps: _Maps
     prefixes: _Prefixes
     compat: _Compat
     avx: _Avx
     modrm: _Modrm
-    gprs: dict[str, int]               # register -> value, for memory forms
+    gprs: dict[str, int]  # register -> value, for memory forms
     exclude: _Exclude
-    cpu: dict[str, str]                # capstone group -> /proc/cpuinfo flag
+    cpu: dict[str, str]  # capstone group -> /proc/cpuinfo flag
 
 
 _BYTE_RANGE = re.compile(r"([0-9a-fA-F]{2})(?:-([0-9a-fA-F]{2}))?")
@@ -142,35 +170,43 @@ _VEX_MAPS = ("0f", "0f38", "0f3a")
 def _load_config(path: Path = CONFIG) -> SweepConfig:
     raw = data.parse(path)
     config = data.convert(raw, SweepConfig, path)
-    for section, lists in (("maps", msgspec.structs.asdict(config.maps)),
-                           ("compat", {"onebyte_skip": config.compat.onebyte_skip}),
-                           ("avx.maps", config.avx.maps)):
+    for section, lists in (
+        ("maps", msgspec.structs.asdict(config.maps)),
+        ("compat", {"onebyte_skip": config.compat.onebyte_skip}),
+        ("avx.maps", config.avx.maps),
+    ):
         _check_items(path, section, lists, _is_byte_range, 'a byte or a range such as "40-4f"')
-    for section, lists in (("prefixes", msgspec.structs.asdict(config.prefixes)),
-                           ("compat", {"prefixes": config.compat.prefixes})):
+    for section, lists in (
+        ("prefixes", msgspec.structs.asdict(config.prefixes)),
+        ("compat", {"prefixes": config.compat.prefixes}),
+    ):
         _check_items(path, section, lists, _HEX_BYTES.fullmatch, 'hex bytes such as "6648"')
     if unknown := sorted(set(config.avx.maps) - set(_VEX_MAPS)):
-        raise data.error(path, "[avx.maps]", f"no VEX map {', '.join(unknown)}; the maps are "
-                                             f"{', '.join(_VEX_MAPS)}")
+        raise data.error(
+            path,
+            "[avx.maps]",
+            f"no VEX map {', '.join(unknown)}; the maps are {', '.join(_VEX_MAPS)}",
+        )
     modrm = config.modrm
     for key in ("reg_field", "rm_register"):
         if not 0 <= getattr(modrm, key) <= 7:
             raise data.error(path, "[modrm]", f"{key}: {getattr(modrm, key)} is not 0 to 7")
     if not modrm.mem or not _HEX_BYTES.fullmatch(modrm.mem):
-        raise data.error(path, "[modrm]", f"mem: {modrm.mem!r} is not hex bytes (ModRM, SIB, "
-                                          f"disp8)")
+        raise data.error(
+            path, "[modrm]", f"mem: {modrm.mem!r} is not hex bytes (ModRM, SIB, disp8)"
+        )
     if unknown := sorted(set(config.gprs) - set(insn.GPR_NAMES)):
         raise data.error(path, "[gprs]", f"no register {', '.join(unknown)}")
     return config
 
 
-def _check_items(path: Path, section: str, lists: dict[str, list[str]], valid,
-                 wanted: str) -> None:
+def _check_items(path: Path, section: str, lists: dict[str, list[str]], valid, wanted: str) -> None:
     for key, items in lists.items():
         for number, item in enumerate(items, start=1):
             if not valid(item):
-                raise data.error(path, f"[{section}]", f"{key}: item {number}: {item!r} is "
-                                                       f"not {wanted}")
+                raise data.error(
+                    path, f"[{section}]", f"{key}: item {number}: {item!r} is not {wanted}"
+                )
 
 
 def _is_byte_range(text: str) -> bool:
@@ -242,9 +278,17 @@ class _Generator:
             variants.append((bytes([0x05 | reg << 3]), True, "rip"))
         return variants
 
-    def add(self, klass: str, prefix: bytes, opcode: bytes, tail: bytes = b"",
-            rip: bool = False, mode: str = "", modrm_expected: bool | None = None,
-            opcode_map: str = "") -> None:
+    def add(
+        self,
+        klass: str,
+        prefix: bytes,
+        opcode: bytes,
+        tail: bytes = b"",
+        rip: bool = False,
+        mode: str = "",
+        modrm_expected: bool | None = None,
+        opcode_map: str = "",
+    ) -> None:
         """Decode one candidate; keep it as a Form or count why it was dropped. opcode_map:
         the map the opcode belongs to when the class does not say it ("prefixed")."""
         head = prefix + opcode + tail
@@ -268,7 +312,7 @@ class _Generator:
         if rip and not (decoded.disp_offset == len(head) and decoded.size >= imm_start):
             self.corpus.dropped[undefined] += 1
             return
-        imm = probe[imm_start:decoded.size]
+        imm = probe[imm_start : decoded.size]
         encoding = head + (b"\0" * 4 if rip else b"") + imm
         if (self.bits, encoding) in self.seen:
             self.corpus.dropped["duplicate encoding"] += 1
@@ -279,8 +323,12 @@ class _Generator:
         operands = _SEGMENT_OVERRIDE.sub("", decoded.op_str)
         if reason is None and self.bad_operands & set(_WORD.findall(operands)):
             reason = "privileged"
-        if reason is None and klass == "avx" and _vex_l(prefix) and \
-                mnemonic in self.emulator_vex_l1:
+        if (
+            reason is None
+            and klass == "avx"
+            and _vex_l(prefix)
+            and mnemonic in self.emulator_vex_l1
+        ):
             reason = "crashes the emulator (QEMU TCG assertion)"
         if reason:
             self.corpus.dropped[reason] += 1
@@ -299,8 +347,9 @@ class _Generator:
         suffix = ("-abs" if self.bits == 32 else "-rip") if rip else ""
         name = f"{klass}-{head.hex()}{suffix}"
         gprs = self.gprs if mode == "mem" and self.bits == 64 else ()
-        self.corpus.forms.append(Form(name, klass, head, rip, imm, text, branch, needs, gprs,
-                                      len(prefix), self.bits))
+        self.corpus.forms.append(
+            Form(name, klass, head, rip, imm, text, branch, needs, gprs, len(prefix), self.bits)
+        )
 
     def _needs(self, decoded, klass: str) -> tuple[str, ...] | None:
         wanted = []
@@ -309,7 +358,7 @@ class _Generator:
             if flag:
                 wanted.append(flag)
         if klass == "avx" and not wanted:
-            wanted.append("avx")          # VEX without a more specific group
+            wanted.append("avx")  # VEX without a more specific group
         if self.flags is not None and any(f not in self.flags for f in wanted):
             return None
         return tuple(sorted(set(wanted)))
@@ -376,18 +425,17 @@ class _Generator:
             for op in range(256):
                 for prefix in ("", "66", "f2", "f3", "6648", "f248"):
                     for tail, rip, mode in self.modrm_variants([self.reg_field]):
-                        self._add_prefixed("sse", prefix, escape + bytes([op]), tail, rip,
-                                           mode)
+                        self._add_prefixed("sse", prefix, escape + bytes([op]), tail, rip, mode)
 
     def prefixed(self) -> None:
         """Prefix combinations (class "prefixed"): several prefixes at once on every one- and
         two-byte opcode with a ModRM; register forms only for the REX-only combinations
         (a segment, address-size or lock prefix changes nothing there but validity)."""
         maps, combos = self.config.maps, self.config.prefixes.combos
-        tables = (("onebyte", b"", _byte_set(maps.onebyte_skip),
-                   _byte_set(maps.onebyte_groups)),
-                  ("twobyte", b"\x0f", _byte_set(maps.twobyte_skip),
-                   _byte_set(maps.twobyte_groups)))
+        tables = (
+            ("onebyte", b"", _byte_set(maps.onebyte_skip), _byte_set(maps.onebyte_groups)),
+            ("twobyte", b"\x0f", _byte_set(maps.twobyte_skip), _byte_set(maps.twobyte_groups)),
+        )
         for opcode_map, escape, skip, groups in tables:
             for op in range(256):
                 opcode = escape + bytes([op])
@@ -401,9 +449,10 @@ class _Generator:
                         if mode == "reg" and not rex_only:
                             continue
                         if prefix[-1:] == b"\x4a" and mode != "mem":
-                            continue              # REX.X only means something with a SIB
-                        self.add("prefixed", prefix, opcode, tail, rip, mode, True,
-                                 opcode_map=opcode_map)
+                            continue  # REX.X only means something with a SIB
+                        self.add(
+                            "prefixed", prefix, opcode, tail, rip, mode, True, opcode_map=opcode_map
+                        )
 
     def compat(self) -> None:
         """Class "compat": the one- and two-byte maps decoded and run as a 32-bit task, which
@@ -416,9 +465,10 @@ class _Generator:
         groups = _byte_set(maps.onebyte_groups)
         self.decoder, self.bits = self.decoder32, 32
         try:
-            tables = ((b"", skip, groups),
-                      (b"\x0f", _byte_set(maps.twobyte_skip),
-                       _byte_set(maps.twobyte_groups)))
+            tables = (
+                (b"", skip, groups),
+                (b"\x0f", _byte_set(maps.twobyte_skip), _byte_set(maps.twobyte_groups)),
+            )
             for escape, skipped, grouped in tables:
                 opcode_map = "twobyte" if escape else "onebyte"
                 for op in range(256):
@@ -429,12 +479,25 @@ class _Generator:
                         regs = range(8) if op in grouped else [self.reg_field]
                         for prefix in section.prefixes:
                             for tail, rip, mode in self.modrm_variants(regs):
-                                self.add(COMPAT, _prefix_bytes(prefix), opcode, tail, rip,
-                                         mode, True, opcode_map=opcode_map)
+                                self.add(
+                                    COMPAT,
+                                    _prefix_bytes(prefix),
+                                    opcode,
+                                    tail,
+                                    rip,
+                                    mode,
+                                    True,
+                                    opcode_map=opcode_map,
+                                )
                     else:
                         for prefix in section.prefixes:
-                            self.add(COMPAT, _prefix_bytes(prefix), opcode,
-                                     modrm_expected=False, opcode_map=opcode_map)
+                            self.add(
+                                COMPAT,
+                                _prefix_bytes(prefix),
+                                opcode,
+                                modrm_expected=False,
+                                opcode_map=opcode_map,
+                            )
         finally:
             self.decoder, self.bits = self.decoder64, 64
 
@@ -447,10 +510,24 @@ class _Generator:
             opcode = bytes([op])
             for prefix in self.config.prefixes.x87:
                 for reg in range(8):
-                    self.add("x87", _prefix_bytes(prefix), opcode,
-                             bytes([self.mem[0] | reg << 3]) + self.mem[1:], False, "mem", True)
-                    self.add("x87", _prefix_bytes(prefix), opcode, bytes([0x05 | reg << 3]),
-                             True, "rip", True)
+                    self.add(
+                        "x87",
+                        _prefix_bytes(prefix),
+                        opcode,
+                        bytes([self.mem[0] | reg << 3]) + self.mem[1:],
+                        False,
+                        "mem",
+                        True,
+                    )
+                    self.add(
+                        "x87",
+                        _prefix_bytes(prefix),
+                        opcode,
+                        bytes([0x05 | reg << 3]),
+                        True,
+                        "rip",
+                        True,
+                    )
             for modrm in range(0xC0, 0x100):
                 self.add("x87", b"", opcode, bytes([modrm]), False, "reg", True)
 
@@ -468,9 +545,9 @@ class _Generator:
     @staticmethod
     def _vex(map_select: int, pp: int, length: int, vvvv: int) -> bytes:
         inverted_v = (~vvvv & 0xF) << 3
-        if map_select == 1:                     # two-byte VEX: R vvvv L pp
+        if map_select == 1:  # two-byte VEX: R vvvv L pp
             return bytes([0xC5, 0x80 | inverted_v | length << 2 | pp])
-        return bytes([0xC4, 0xE0 | map_select, inverted_v | length << 2 | pp])   # W0
+        return bytes([0xC4, 0xE0 | map_select, inverted_v | length << 2 | pp])  # W0
 
     def _has_modrm(self, opcode: bytes) -> bool:
         # 32-bit mode: a memory ModRM (c4/c5/62 with a register ModRM are VEX/EVEX there)
@@ -498,11 +575,14 @@ def select(corpus: Corpus, patterns: list[str]) -> list[Form]:
     try:
         compiled = [re.compile(p) for p in patterns]
     except re.error as error:
-        raise HarnessError(f"sweep --filter: {error.pattern!r} is not a valid regular "
-                           f"expression: {error}.") from None
-    return [f for f in corpus.forms
-            if any(c.search(f.name) or c.search(f.text) or c.fullmatch(f.klass)
-                   for c in compiled)]
+        raise HarnessError(
+            f"sweep --filter: {error.pattern!r} is not a valid regular expression: {error}."
+        ) from None
+    return [
+        f
+        for f in corpus.forms
+        if any(c.search(f.name) or c.search(f.text) or c.fullmatch(f.klass) for c in compiled)
+    ]
 
 
 # -- forms -> instruction cases ---------------------------------------------------------
@@ -522,9 +602,10 @@ def to_case(form: Form, rip_target: str = "scratch+0x100") -> insn.Case:
         directive = {1: ".byte", 2: ".word", 4: ".long"}[size]
         lines.append(f"{directive} .Ltaken_{{id}} - (. + {size})")
         imm = b""
-    if form.rip:              # 32-bit: the same ModRM form is an absolute address
-        lines.append(f".long {rip_target}" if compat else
-                     f".long {rip_target} - (. + {4 + len(imm)})")
+    if form.rip:  # 32-bit: the same ModRM form is an absolute address
+        lines.append(
+            f".long {rip_target}" if compat else f".long {rip_target} - (. + {4 + len(imm)})"
+        )
     if imm:
         lines.append(_bytes_line(imm))
     pre = ""
@@ -534,16 +615,17 @@ def to_case(form: Form, rip_target: str = "scratch+0x100") -> insn.Case:
             pre = "pushl $.Ltaken_{id}" if compat else "pushq $.Ltaken_{id}"
         elif form.branch == "indirect":
             pre = _indirect_target_setup32(form) if compat else _indirect_target_setup(form)
-    return insn.Case(form.name, "\n".join(lines), pre=pre, gprs=form.gprs, needs=form.needs,
-                     family=form.klass)
+    return insn.Case(
+        form.name, "\n".join(lines), pre=pre, gprs=form.gprs, needs=form.needs, family=form.klass
+    )
 
 
 def _indirect_target_setup(form: Form) -> str:
     """ff /2 and ff /4: put the landing pad's address where the insn reads its target."""
-    prefix = form.head[:form.prefix_len]
+    prefix = form.head[: form.prefix_len]
     rex = prefix[-1] if prefix and 0x40 <= prefix[-1] <= 0x4F else 0
     modrm = form.head[form.prefix_len + 1]
-    if modrm >= 0xC0:                         # register form: r/m names the register
+    if modrm >= 0xC0:  # register form: r/m names the register
         register = _GPR_BY_NUMBER[(modrm & 7) + (8 if rex & 1 else 0)]
         return f"lea .Ltaken_{{id}}(%rip), %{register}"
     if form.rip:
@@ -570,6 +652,7 @@ def verify_program(program: insn.Program, forms: list[Form]) -> list[str]:
     """Decode every probed insn back from the linked binary with capstone: it must have
     the intended length and bytes (RIP-relative displacement and branch offsets aside)."""
     from harness.probing.probes import symbol_offsets
+
     problems = []
     decoder = _Decoder(program.bits)
     offsets = symbol_offsets(program.binary, [f"probe_{i}" for i in range(len(program.cases))])
@@ -580,21 +663,24 @@ def verify_program(program: insn.Program, forms: list[Form]) -> list[str]:
         if form is None:
             continue
         offset = offsets[f"probe_{index}"]
-        code = image[offset:offset + 16]
+        code = image[offset : offset + 16]
         decoded = decoder.decode(code)
         if decoded is None or decoded.size != form.length:
-            problems.append(f"{form.name}: linked insn decodes as "
-                            f"{decoded.mnemonic + ' ' + decoded.op_str if decoded else 'nothing'}"
-                            f" ({decoded.size if decoded else 0} bytes), expected {form.length}")
+            problems.append(
+                f"{form.name}: linked insn decodes as "
+                f"{decoded.mnemonic + ' ' + decoded.op_str if decoded else 'nothing'}"
+                f" ({decoded.size if decoded else 0} bytes), expected {form.length}"
+            )
             continue
-        fixed = bytearray(code[:form.length])
+        fixed = bytearray(code[: form.length])
         if form.rip:
-            fixed[len(form.head):len(form.head) + 4] = b"\0\0\0\0"
+            fixed[len(form.head) : len(form.head) + 4] = b"\0\0\0\0"
         expected = form.encoding()
         if form.branch in ("rel8", "rel32"):
-            fixed[len(form.head):] = b"\0" * (len(fixed) - len(form.head))
+            fixed[len(form.head) :] = b"\0" * (len(fixed) - len(form.head))
             expected = form.head + b"\0" * len(form.imm)
         if bytes(fixed) != expected:
-            problems.append(f"{form.name}: linked bytes {bytes(fixed).hex()} != intended "
-                            f"{expected.hex()}")
+            problems.append(
+                f"{form.name}: linked bytes {bytes(fixed).hex()} != intended {expected.hex()}"
+            )
     return problems

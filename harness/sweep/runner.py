@@ -35,8 +35,8 @@ OUTCOMES = transparency.OUTCOMES + ("unstable", "emulator")
 class FormResult:
     form: sweep_corpus.Form
     verdict: transparency.CaseVerdict
-    known_bug: str = ""          # the known-bugs reason, if one matches
-    unprobed: insn.CaseState | None = None     # kept for forms that were not identical
+    known_bug: str = ""  # the known-bugs reason, if one matches
+    unprobed: insn.CaseState | None = None  # kept for forms that were not identical
     probed: insn.CaseState | None = None
 
     @property
@@ -45,8 +45,10 @@ class FormResult:
 
     def line(self) -> str:
         known = f"  [known bug: {self.known_bug[:90]}]" if self.known_bug else ""
-        return (f"{self.outcome:<9} {self.form.klass:<8} {self.form.display()}\n"
-                f"{'':<18}{self.verdict.detail[:300]}{known}")
+        return (
+            f"{self.outcome:<9} {self.form.klass:<8} {self.form.display()}\n"
+            f"{'':<18}{self.verdict.detail[:300]}{known}"
+        )
 
 
 @dataclass
@@ -59,7 +61,7 @@ class SweepReport:
     seconds: float
     batches: int
     timings: dict = field(default_factory=dict)
-    stale: dict = field(default_factory=dict)   # {class: [stale known-bugs entry message]}
+    stale: dict = field(default_factory=dict)  # {class: [stale known-bugs entry message]}
     known_states: dict = field(default_factory=dict)  # {class: {entry: showed|absent}}
 
     def table(self) -> dict[str, Counter]:
@@ -69,8 +71,11 @@ class SweepReport:
         return table
 
     def differences(self, klass: str | None = None) -> list[FormResult]:
-        return [r for r in self.results if r.outcome in DIFFERENCES
-                and (klass is None or r.form.klass == klass)]
+        return [
+            r
+            for r in self.results
+            if r.outcome in DIFFERENCES and (klass is None or r.form.klass == klass)
+        ]
 
     def unexpected(self, klass: str | None = None) -> list[FormResult]:
         return [r for r in self.differences(klass) if not r.known_bug]
@@ -80,9 +85,9 @@ class SweepReport:
         return Counter(r.known_bug for r in self.differences(klass) if r.known_bug)
 
 
-def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
-              states: dict | None = None) \
-        -> tuple[dict[str, transparency.CaseVerdict], int]:
+def run_sweep(
+    guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH, states: dict | None = None
+) -> tuple[dict[str, transparency.CaseVerdict], int]:
     """Run the forms in the guest; {form name: verdict} and the number of batches. With
     `states`, keep {name: (unprobed, probed)} of every form that was not identical."""
     if batch < 1:
@@ -90,26 +95,28 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
     verdicts: dict[str, transparency.CaseVerdict] = {}
     host_flags = _host_cpu_flags()
     chunks = []
-    for bits in (64, 32):                 # a program is either 64-bit or a 32-bit task
+    for bits in (64, 32):  # a program is either 64-bit or a 32-bit task
         same = [f for f in forms if f.bits == bits]
-        chunks += [same[i:i + batch] for i in range(0, len(same), batch)]
+        chunks += [same[i : i + batch] for i in range(0, len(same), batch)]
     for number, chunk in enumerate(chunks, start=1):
         cases = [sweep_corpus.to_case(f) for f in chunk]
-        program = insn.build_program(cases, f"sweep{number}", source="the instruction sweep",
-                                     bits=chunk[0].bits)
+        program = insn.build_program(
+            cases, f"sweep{number}", source="the instruction sweep", bits=chunk[0].bits
+        )
         problems = sweep_corpus.verify_program(program, chunk)
         if problems:
-            raise HarnessError(f"sweep batch {number}: {len(problems)} form(s) did not link "
-                               f"as generated ({program.binary.parent}): "
-                               + "; ".join(problems[:5]))
-        path = guest.upload(target_from_binary(f"sweep{number}", program.binary,
-                                               program.digest))
+            raise HarnessError(
+                f"sweep batch {number}: {len(problems)} form(s) did not link "
+                f"as generated ({program.binary.parent}): " + "; ".join(problems[:5])
+            )
+        path = guest.upload(target_from_binary(f"sweep{number}", program.binary, program.digest))
         start = time.monotonic()
         try:
             batch_states: dict = {}
             batch_verdicts = transparency.run_cases(guest, program, path, batch_states)
-            batch_verdicts = check_emulator(guest, path, program, chunk, batch_verdicts,
-                                            batch_states, host_flags)
+            batch_verdicts = check_emulator(
+                guest, path, program, chunk, batch_verdicts, batch_states, host_flags
+            )
         except Exception:
             if guest.vm.alive():
                 raise
@@ -119,28 +126,42 @@ def run_sweep(guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH,
             why = last[-1][:200] if last else "no console output"
             for form in chunk:
                 verdicts[form.name] = transparency.CaseVerdict(
-                    form.name, "crashed", f"the VM died during batch {number}: {why}")
+                    form.name, "crashed", f"the VM died during batch {number}: {why}"
+                )
             for form in (f for later in chunks[number:] for f in later):
                 verdicts[form.name] = transparency.CaseVerdict(
-                    form.name, "missing", f"not run: the VM died during batch {number}")
+                    form.name, "missing", f"not run: the VM died during batch {number}"
+                )
             log.warning(f"sweep batch {number}/{len(chunks)}: the VM died ({why})")
             return verdicts, len(chunks)
-        batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states,
-                                          host_flags)
+        batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states, host_flags)
         verdicts.update(batch_verdicts)
         if states is not None:
-            states.update({name: pair for name, pair in batch_states.items()
-                           if batch_verdicts[name].outcome != "identical"})
+            states.update(
+                {
+                    name: pair
+                    for name, pair in batch_states.items()
+                    if batch_verdicts[name].outcome != "identical"
+                }
+            )
         odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
-        log.info(f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
-             f"{time.monotonic() - start:.1f}s, {odd} not identical")
+        log.info(
+            f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
+            f"{time.monotonic() - start:.1f}s, {odd} not identical"
+        )
         guest.ensure_alive()
     return verdicts, len(chunks)
 
 
-def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_corpus.Form],
-                   verdicts: dict[str, transparency.CaseVerdict], states: dict,
-                   host_flags: set[str]) -> dict[str, transparency.CaseVerdict]:
+def check_emulator(
+    guest,
+    path: str,
+    program: insn.Program,
+    forms: list[sweep_corpus.Form],
+    verdicts: dict[str, transparency.CaseVerdict],
+    states: dict,
+    host_flags: set[str],
+) -> dict[str, transparency.CaseVerdict]:
     """Self-checks of the emulator for the forms that were not identical: another unprobed
     run must print the state the verdict's unprobed run printed ("unstable" otherwise;
     `states`: {name: (unprobed, probed)}), and single-stepping with TF, which
@@ -148,14 +169,17 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
     ("emulator" otherwise; without a host reference: right after the insn, except for
     rep-prefixed string insns, which stop per iteration)."""
     import subprocess
+
     odd = [f for f in forms if verdicts[f.name].outcome not in ("identical", "refused")]
     if not odd:
         return verdicts
     again = insn.parse_output(guest.run([path, "--twice"], timeout=300).stdout)
     stepped = insn.parse_output(guest.run([path, "--tf"], timeout=300).stdout)
-    hardware = insn.parse_output(subprocess.run([str(program.binary), "--tf"],
-                                                capture_output=True, text=True,
-                                                timeout=300).stdout)
+    hardware = insn.parse_output(
+        subprocess.run(
+            [str(program.binary), "--tf"], capture_output=True, text=True, timeout=300
+        ).stdout
+    )
     checked = dict(verdicts)
     for form in odd:
         verdict = verdicts[form.name]
@@ -165,9 +189,13 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
         b = again.get(form.name + transparency.EXECUTION_SUFFIXES[index])
         if a and b and insn.diff_states(a, b):
             checked[form.name] = transparency.CaseVerdict(
-                form.name, "unstable", "two unprobed runs differ: "
-                + "; ".join(insn.diff_states(a, b)) + f" (probed: {verdict.detail})",
-                verdict.hits)
+                form.name,
+                "unstable",
+                "two unprobed runs differ: "
+                + "; ".join(insn.diff_states(a, b))
+                + f" (probed: {verdict.detail})",
+                verdict.hits,
+            )
             continue
         step = stepped.get(form.name)
         if step is None or step.fields.get("sig") != "0":
@@ -181,29 +209,43 @@ def check_emulator(guest, path: str, program: insn.Program, forms: list[sweep_co
             expected = str(form.length)
         if step.fields.get("tf") != expected:
             checked[form.name] = transparency.CaseVerdict(
-                form.name, "emulator", f"single-stepping it with TF stops at "
+                form.name,
+                "emulator",
+                f"single-stepping it with TF stops at "
                 f"+{step.fields.get('tf')}, the CPU at +{expected}: the emulator's "
                 f"single-step is wrong, so out-of-line execution is too "
-                f"(probed: {verdict.detail})", verdict.hits)
+                f"(probed: {verdict.detail})",
+                verdict.hits,
+            )
     return checked
 
 
-def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
-                     verdicts: dict[str, transparency.CaseVerdict], states: dict,
-                     host_flags: set[str]) -> dict[str, transparency.CaseVerdict]:
+def referee_natively(
+    program: insn.Program,
+    forms: list[sweep_corpus.Form],
+    verdicts: dict[str, transparency.CaseVerdict],
+    states: dict,
+    host_flags: set[str],
+) -> dict[str, transparency.CaseVerdict]:
     """Run the batch's program on the host CPU (real hardware, no probes; the same binary,
     so the same addresses). A difference only says something about the kernel if the
     emulator ran the unprobed insn as the hardware does: otherwise reclassify it as
     "emulator" (naming what the hardware disagrees with)."""
     import subprocess
+
     if program.avx and "avx" not in host_flags:
-        return verdicts          # every case of this program starts with AVX loads
-    suspects = [f for f in forms if verdicts[f.name].outcome in ("differs", "signal")
-                and all(n in host_flags for n in f.needs)]
+        return verdicts  # every case of this program starts with AVX loads
+    suspects = [
+        f
+        for f in forms
+        if verdicts[f.name].outcome in ("differs", "signal")
+        and all(n in host_flags for n in f.needs)
+    ]
     if not suspects:
         return verdicts
-    native = insn.parse_output(subprocess.run([str(program.binary)], capture_output=True,
-                                              text=True, timeout=300).stdout)
+    native = insn.parse_output(
+        subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=300).stdout
+    )
     checked = dict(verdicts)
     for form in suspects:
         hardware, (unprobed, probed) = native.get(form.name), states[form.name][0]
@@ -214,16 +256,19 @@ def referee_natively(program: insn.Program, forms: list[sweep_corpus.Form],
             verdict = verdicts[form.name]
             agrees = probed is not None and not insn.diff_states(hardware, probed)
             checked[form.name] = transparency.CaseVerdict(
-                form.name, "emulator",
+                form.name,
+                "emulator",
                 f"the host CPU disagrees with the unprobed guest run ({'; '.join(wrong[:3])})"
                 + (", and agrees with the probed one" if agrees else "")
                 + f": the emulator runs this insn wrongly (probed: {verdict.detail})",
-                verdict.hits)
+                verdict.hits,
+            )
     return checked
 
 
-def attach_known_bugs(results: list[FormResult], kernel,
-                      states: dict | None = None) -> dict[str, list[str]]:
+def attach_known_bugs(
+    results: list[FormResult], kernel, states: dict | None = None
+) -> dict[str, list[str]]:
     """A difference listed in known_bugs.toml (test = "sweep:<form name pattern>").
     Returns the stale entries per class: {class: [message]}, an entry that applies to this
     kernel and matched forms of the class that ran, none of which differed. `states`, if
@@ -232,13 +277,17 @@ def attach_known_bugs(results: list[FormResult], kernel,
     patches = known_bugs.patches_of(kernel)
     release = getattr(kernel, "release", "") or ""
     applying = [b for b in bugs if b.applies_to_kernel(kernel.spec, patches, release)]
-    expected: dict[tuple[int, str], int] = Counter()   # (entry, class) -> forms that ran
+    expected: dict[tuple[int, str], int] = Counter()  # (entry, class) -> forms that ran
     showed: set[tuple[int, str]] = set()
     for result in results:
         name = f"sweep:{result.form.name}"
         for index, bug in enumerate(applying):
-            if bug.matches_test(name) and result.outcome not in ("refused", "unstable",
-                                                                 "emulator", "crashed"):
+            if bug.matches_test(name) and result.outcome not in (
+                "refused",
+                "unstable",
+                "emulator",
+                "crashed",
+            ):
                 expected[index, result.form.klass] += 1
         if result.outcome in DIFFERENCES:
             # the first applying entry that names the form (what known_bugs.match() finds,
@@ -251,18 +300,21 @@ def attach_known_bugs(results: list[FormResult], kernel,
     stale: dict[str, list[str]] = {}
     if states is not None:
         for index, klass in set(expected) | showed:
-            states.setdefault(klass, {})[applying[index].key] = \
+            states.setdefault(klass, {})[applying[index].key] = (
                 "showed" if (index, klass) in showed else "absent"
+            )
     for (index, klass), forms in expected.items():
         if (index, klass) not in showed and forms:
             stale.setdefault(klass, []).append(
                 f"{applying[index].stale_message(kernel.label)} ({forms} matching forms ran, "
-                f"all identical)")
+                f"all identical)"
+            )
     return stale
 
 
-def sweep_guest(guest, kernel, filters: tuple[str, ...] | list[str] = (),
-                batch: int = DEFAULT_BATCH) -> SweepReport:
+def sweep_guest(
+    guest, kernel, filters: tuple[str, ...] | list[str] = (), batch: int = DEFAULT_BATCH
+) -> SweepReport:
     """Generate the corpus for the guest's CPU, run it, classify, attach known bugs."""
     start = time.monotonic()
     flags = transparency.guest_cpu_flags(guest)
@@ -270,19 +322,29 @@ def sweep_guest(guest, kernel, filters: tuple[str, ...] | list[str] = (),
     forms = sweep_corpus.select(corpus, list(filters))
     if not forms:
         raise HarnessError(f"sweep: no form matches --filter {' '.join(filters)}")
-    log.info(f"sweep: {len(forms)} forms ({corpus.candidates} candidates, "
-             f"{sum(corpus.dropped.values())} dropped) in batches of {batch}")
+    log.info(
+        f"sweep: {len(forms)} forms ({corpus.candidates} candidates, "
+        f"{sum(corpus.dropped.values())} dropped) in batches of {batch}"
+    )
     states: dict = {}
     verdicts, batches = run_sweep(guest, forms, batch, states)
-    results = [FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0])
-               for f in forms]
+    results = [
+        FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0]) for f in forms
+    ]
     known_states: dict = {}
     stale = attach_known_bugs(results, kernel, known_states)
     label = kernel.label + (f" + {kernel.series}" if kernel.series else "")
-    return SweepReport(label, results, len(forms), corpus.candidates, corpus.dropped,
-                       time.monotonic() - start, batches,
-                       stale=stale if not filters else {},   # a filter may leave out forms
-                       known_states=known_states if not filters else {})
+    return SweepReport(
+        label,
+        results,
+        len(forms),
+        corpus.candidates,
+        corpus.dropped,
+        time.monotonic() - start,
+        batches,
+        stale=stale if not filters else {},  # a filter may leave out forms
+        known_states=known_states if not filters else {},
+    )
 
 
 def _host_cpu_flags() -> set[str]:
@@ -292,28 +354,36 @@ def _host_cpu_flags() -> set[str]:
 def format_report(report: SweepReport, limit: int = 0) -> str:
     table = report.table()
     outcomes = [o for o in OUTCOMES if any(c[o] for c in table.values())]
-    lines = [f"instruction sweep on {report.kernel}: {report.corpus_size} forms in "
-             f"{report.seconds / 60:.1f} min ({report.batches} batches)",
-             f"{'class':<10}{'forms':>7}" + "".join(f"{o:>10}" for o in outcomes)]
+    lines = [
+        f"instruction sweep on {report.kernel}: {report.corpus_size} forms in "
+        f"{report.seconds / 60:.1f} min ({report.batches} batches)",
+        f"{'class':<10}{'forms':>7}" + "".join(f"{o:>10}" for o in outcomes),
+    ]
     total: Counter[str] = Counter()
     for klass in sweep_corpus.CLASSES:
         if klass in table:
             row = table[klass]
             total.update(row)
-            lines.append(f"{klass:<10}{sum(row.values()):>7}"
-                         + "".join(f"{row[o]:>10}" for o in outcomes))
-    lines.append(f"{'total':<10}{sum(total.values()):>7}"
-                 + "".join(f"{total[o]:>10}" for o in outcomes))
+            lines.append(
+                f"{klass:<10}{sum(row.values()):>7}" + "".join(f"{row[o]:>10}" for o in outcomes)
+            )
+    lines.append(
+        f"{'total':<10}{sum(total.values()):>7}" + "".join(f"{total[o]:>10}" for o in outcomes)
+    )
     dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.most_common())
     lines.append(f"generated {report.candidates} candidates; dropped {dropped}")
     refused = Counter(r.verdict.detail for r in report.results if r.outcome == "refused")
     if refused:
         lines.append("refused: " + ", ".join(f"{d} x{n}" for d, n in refused.most_common()))
     differences = report.differences()
-    lines.append(f"{len(differences)} difference(s), {len(report.unexpected())} not in the "
-                 f"known-bugs table:")
-    lines += [f"STALE ({klass}): {message}" for klass, messages in report.stale.items()
-              for message in messages]
+    lines.append(
+        f"{len(differences)} difference(s), {len(report.unexpected())} not in the known-bugs table:"
+    )
+    lines += [
+        f"STALE ({klass}): {message}"
+        for klass, messages in report.stale.items()
+        for message in messages
+    ]
     shown = differences if not limit else differences[:limit]
     lines += [r.line() for r in shown]
     if len(shown) < len(differences):
@@ -323,17 +393,31 @@ def format_report(report: SweepReport, limit: int = 0) -> str:
 
 def write_json(report: SweepReport, path: Path) -> None:
     data = {
-        "kernel": report.kernel, "forms": report.corpus_size, "candidates": report.candidates,
-        "dropped": dict(report.dropped), "seconds": round(report.seconds, 1),
+        "kernel": report.kernel,
+        "forms": report.corpus_size,
+        "candidates": report.candidates,
+        "dropped": dict(report.dropped),
+        "seconds": round(report.seconds, 1),
         "batches": report.batches,
         "table": {k: dict(v) for k, v in report.table().items()},
-        "results": [{"name": r.form.name, "class": r.form.klass,
-                     "bytes": r.form.hex_bytes(), "insn": r.form.text,
-                     "outcome": r.outcome, "detail": r.verdict.detail, "hits": r.verdict.hits,
-                     "known_bug": r.known_bug} | ({"form": asdict(r.form) | {
-                         "head": r.form.head.hex(), "imm": r.form.imm.hex()}}
-                         if r.outcome != "identical" else {})
-                    for r in report.results],
+        "results": [
+            {
+                "name": r.form.name,
+                "class": r.form.klass,
+                "bytes": r.form.hex_bytes(),
+                "insn": r.form.text,
+                "outcome": r.outcome,
+                "detail": r.verdict.detail,
+                "hits": r.verdict.hits,
+                "known_bug": r.known_bug,
+            }
+            | (
+                {"form": asdict(r.form) | {"head": r.form.head.hex(), "imm": r.form.imm.hex()}}
+                if r.outcome != "identical"
+                else {}
+            )
+            for r in report.results
+        ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
