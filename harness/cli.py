@@ -191,9 +191,23 @@ def cmd_image(args) -> int:
 
 
 def cmd_console(args) -> int:
+    """The crash verdicts of a saved console log: 0 clean, 1 findings, 2 unreadable."""
+    import json
+    from dataclasses import asdict
+
     from harness.machine import console
 
-    return console.main([args.log] + (["--json"] if args.json else []))
+    try:
+        text = console.read_log(args.log)
+    except OSError as exc:
+        print(f"console: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    findings = console.scan(text)
+    if args.json:
+        print(json.dumps([asdict(finding) for finding in findings], indent=2))
+    else:
+        print(console.format_findings(findings))
+    return 1 if findings else 0
 
 
 def cmd_main(args) -> int:

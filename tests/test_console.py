@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import cli
 from harness.data import DataError
 from harness.machine import console
 from harness.machine.console import ConsoleWatch, normalise, parse_table, scan, scan_file, window
@@ -529,15 +530,15 @@ def test_watch_findings_include_a_splat_still_being_printed():
 
 
 def test_main_exit_codes_and_output(capsys):
-    assert console.main([str(DATA / "synthetic-clean-boot.log")]) == 0
+    assert cli.main(["console", str(DATA / "synthetic-clean-boot.log")]) == 0
     assert "clean" in capsys.readouterr().out
-    assert console.main([str(DATA / "synthetic-warning.log")]) == 1
+    assert cli.main(["console", str(DATA / "synthetic-warning.log")]) == 1
     out = capsys.readouterr().out
     assert "line 89: crashed [warning] WARNING in uprobe_write_opcode" in out
 
 
 def test_main_json(capsys):
-    assert console.main([str(DATA / "synthetic-soft-lockup.log"), "--json"]) == 1
+    assert cli.main(["console", str(DATA / "synthetic-soft-lockup.log"), "--json"]) == 1
     findings = json.loads(capsys.readouterr().out)
     assert [f["title"] for f in findings] == ["BUG: soft lockup in handle_swbp"] * 2
     assert {"kind", "signature", "title", "line_no", "excerpt"} == set(findings[0])
@@ -545,10 +546,10 @@ def test_main_json(capsys):
 
 def test_main_unreadable_log(tmp_path, capsys):
     missing = tmp_path / "no-such.log"
-    assert console.main([str(missing)]) == 2
+    assert cli.main(["console", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and len(err.strip().splitlines()) == 1
-    assert console.main([str(tmp_path)]) == 2  # a directory
+    assert cli.main(["console", str(tmp_path)]) == 2  # a directory
 
 
 def test_format_findings_without_excerpts():

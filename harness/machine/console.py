@@ -8,15 +8,12 @@ so a live watch and a re-parse of its saved log always agree.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import re
 import string
-import sys
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -496,29 +493,3 @@ def format_findings(findings: Sequence[ConsoleFinding], *, excerpts: bool = True
         if excerpts:
             out.extend(f"    | {line}" for line in finding.excerpt.split("\n"))
     return "\n".join(out)
-
-
-def main(argv: Sequence[str]) -> int:
-    """`console LOG [--json]`: 0 when the log is clean, 1 when it has findings, 2 when the
-    log cannot be read."""
-    parser = argparse.ArgumentParser(
-        prog="console", description="Report the kernel splats in a console log."
-    )
-    parser.add_argument("log", type=Path, help="saved console log")
-    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
-    args = parser.parse_args(list(argv))
-    try:
-        text = read_log(args.log)
-    except OSError as exc:
-        print(f"console: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    findings = scan(text)
-    if args.json:
-        print(json.dumps([asdict(finding) for finding in findings], indent=2))
-    else:
-        print(format_findings(findings))
-    return 1 if findings else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
