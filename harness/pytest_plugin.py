@@ -28,6 +28,9 @@ MARKERS = {
     "riprel": "RIP-relative family",
     "sweep": "differential instruction sweep (every generated instruction form)",
     "optimized": "optimized uprobes (7.x: a probed nop10 rewritten into a trampoline call)",
+    "realcode": "real programs (Debian's) probed at every function entry, their own workload",
+    "consumers": "the ways a uprobe is attached: tracefs, perf_event_open (system-wide, one "
+    "process), several at once",
     "slow": "takes long (kernel builds, many boots)",
     "vm(smp=1, tcg='multi'|'single'|'exact'|'parallel')": "the machine a test needs",
 }

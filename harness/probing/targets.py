@@ -18,6 +18,10 @@ from harness.paths import TARGETS_DIR, cache_dir
 RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
+    # a uprobe consumer through perf_event_open (the uprobe PMU)
+    "perf_uprobe": (("perf_uprobe.c",), ()),
+    # how often code addresses run, counted with ptrace breakpoints (no uprobes)
+    "bpcount": (("bpcount.c",), ()),
     "xol_many": (("xol_many.c", "xol_sites.S", "hits_sites.S"), ("-pthread",)),
     "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
     # the same sites in a 32-bit (compat) task: static i386 libc from gcc-multilib

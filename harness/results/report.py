@@ -20,6 +20,8 @@ FAMILIES = {
     "test_fp": "fp",
     "test_riprel": "riprel",
     "test_optimized": "optimized",
+    "test_consumers": "consumers",
+    "test_real_programs": "realcode",
     "test_sweep": "sweep",
 }
 # A probe the kernel refuses is a failure (pytest_plugin), not an outcome of its own.

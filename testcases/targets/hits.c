@@ -6,6 +6,12 @@
  * usage: hits SITE NTHREADS ITERS [SECONDS]   SITE = push | mov | riprel | ret | nop10
  *        (with SECONDS, each thread also stops at that deadline: a fixed-length run)
  * prints: calls=<total> bad=<wrong results> threads=<n>
+ *
+ *        hits peek SITE SECONDS [STOPFILE]   one thread calls SITE for SECONDS (or until
+ *        STOPFILE exists, checked every 1024 calls) and reads the site's
+ *        first code byte before every call: whether a breakpoint was ever written into
+ *        this process (a consumer's filter must keep it out of processes it does not follow)
+ * prints: calls=<n> int3_seen=<reads that saw 0xcc> first=<the byte last read>
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -13,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 extern long site_push(long);
 extern long site_mov(long);
@@ -54,8 +61,43 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+static long (*site_named(const char *name))(long)
+{
+	if (!strcmp(name, "push")) return site_push;
+	if (!strcmp(name, "mov")) return site_mov;
+	if (!strcmp(name, "riprel")) return site_riprel;
+	if (!strcmp(name, "ret")) return site_ret;
+	if (!strcmp(name, "nop10")) return site_nop10;
+	return NULL;
+}
+
+static int peek(const char *name, double seconds, const char *stop)
+{
+	long (*fn)(long) = site_named(name);
+	if (!fn) {
+		fprintf(stderr, "unknown site %s\n", name);
+		return 2;
+	}
+	unsigned long long n = 0, seen = 0;
+	unsigned char first = 0;
+	double end = now() + seconds;
+	while (now() < end) {
+		if (stop && (n & 1023) == 0 && access(stop, F_OK) == 0)
+			break;
+		first = *(volatile unsigned char *)fn;
+		seen += first == 0xcc;
+		long regs_ok = 0;
+		call_checked(fn, (long)n, &regs_ok);
+		n++;
+	}
+	printf("calls=%llu int3_seen=%llu first=0x%02x\n", n, seen, first);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "peek"))
+		return peek(argv[2], atof(argv[3]), argc == 5 ? argv[4] : NULL);
 	if (argc != 4 && argc != 5) {
 		fprintf(stderr, "usage: %s push|mov|riprel|ret|nop10 NTHREADS ITERS [SECONDS]\n",
 			argv[0]);

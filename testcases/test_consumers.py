@@ -1,0 +1,176 @@
+"""Family: consumers - the ways a user attaches a uprobe, each a different path into
+uprobe_register, the consumer filters and the handlers.
+
+- tracefs: uprobe_events, the trace buffer and uprobe_profile (the other families' way);
+- perf: perf_event_open with the "uprobe" PMU (what perf and perf-based BPF attach use),
+  system-wide (one event per CPU) or bound to one process (`perf_pid`: the uprobe filter
+  must keep the breakpoint out of every other process; such a process must not trap once).
+
+Oracles: the program's own atomic call counter and result checks; a second process running
+the same file that reads its own code byte at the probed site before every call (0xcc
+means a breakpoint was written into it); the trace buffer with its overrun counter.
+"""
+
+import re
+import shlex
+
+import pytest
+
+from harness.probing.probes import symbol_offset
+
+pytestmark = pytest.mark.consumers
+
+SITES = {
+    "mov": ("site_mov", ""),
+    "push": ("site_push", ""),
+    "riprel": ("site_riprel", ""),
+    "ret": ("site_ret", "-r"),
+}
+ITERATIONS = 300
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S+)", text))
+
+
+def _perf_run(guest, perf, mode: str, path: str, offset: int, kind: str, cmd: list[str]):
+    """Run CMD under a perf uprobe consumer; (CMD's fields, the consumer's fields)."""
+    flags = {"perf": [], "perf_pid": ["-p"], "perf_toggled": ["-t"]}[mode]
+    flags += [kind] if kind else []
+    result = guest.run([perf, *flags, path, hex(offset), "--", *cmd], timeout=600)
+    assert result.status == 0, f"perf_uprobe failed ({result.status}): {result.stderr}"
+    lines = result.stdout.strip().splitlines()
+    consumer = _fields(lines[-1])
+    assert consumer.get("status") == "0", f"the probed program failed: {result.stdout}"
+    return _fields(" ".join(lines[:-1])), consumer
+
+
+# (threads, consumer): a process-bound event counting 8 threads alone on 1 vCPU lost 1-6 % of
+# the hits in each of three runs on 6.1 + series (one case of eight each time, site varying),
+# not when a tracefs consumer shares the site (test_consumers_together_one_toggled): an open
+# finding (docs/findings.md), kept out of this exact-count test until it is understood
+COUNTED = [(1, "tracefs"), (8, "tracefs"), (1, "perf"), (8, "perf"), (1, "perf_pid")]
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("threads, consumer", COUNTED, ids=[f"{t}-{c}" for t, c in COUNTED])
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_every_hit_counted_by_the_consumer(guest, target, uprobe, site, threads, consumer, smp):
+    """Each consumer counts every call of the probed site, and the program's results and
+    registers are untouched."""
+    path, binary = target("hits")
+    symbol, kind = SITES[site]
+    cmd = [path, site, str(threads), str(ITERATIONS)]
+    if consumer == "tracefs":
+        uprobe.add("hit", path, binary, symbol, kind="r" if kind else "p")
+        result = guest.run(cmd, timeout=600)
+        assert result.status == 0, result.stdout + result.stderr
+        program = _fields(result.stdout)
+        counted = uprobe.hits()["hit"].trace
+    else:
+        perf, _ = target("perf_uprobe")
+        program, fields = _perf_run(
+            guest, perf, consumer, path, symbol_offset(binary, symbol), kind, cmd
+        )
+        counted = int(fields["perf_count"])
+    calls = int(program["calls"])
+    assert calls == threads * ITERATIONS
+    assert program["bad"] == "0", "the probed instruction computed wrong results"
+    assert counted == calls, f"{consumer} counted {counted} hits for {calls} calls"
+
+
+def _peekers(guest, path: str, site: str, command: str) -> tuple[str, dict, dict]:
+    """Two processes of the same file call SITE and read their own code byte there before
+    every call (`hits peek`), while COMMAND (a shell command line, given $A: the first
+    one's pid) runs; (COMMAND's output, the first's fields, the second's fields)."""
+    stop = "/tmp/uph-peek-stop"
+    peek = f"{shlex.quote(path)} peek {site} 120 {stop}"
+    script = (
+        f"rm -f {stop}; {peek} > /tmp/uph-peek-a.out & A=$!; {peek} > /tmp/uph-peek-b.out & "
+        f"B=$!; sleep 0.3; {command}; s=$?; touch {stop}; wait $A $B; "
+        f"echo PEEKER_A $(cat /tmp/uph-peek-a.out); echo PEEKER_B $(cat /tmp/uph-peek-b.out); "
+        f"exit $s"
+    )
+    result = guest.run(["sh", "-c", script], timeout=600)
+    assert result.status == 0, f"failed ({result.status}): {result.stdout}{result.stderr}"
+    out, _, rest = result.stdout.partition("PEEKER_A ")
+    first, _, second = rest.partition("PEEKER_B ")
+    fields_a, fields_b = _fields(first), _fields(second)
+    assert int(fields_a["calls"]) > 0 and int(fields_b["calls"]) > 0, result.stdout
+    return out, fields_a, fields_b
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("site", ["mov", "push"])
+@pytest.mark.parametrize("path_in", ["exec", "attach"])
+def test_filtered_consumer_keeps_other_processes_untouched(guest, target, site, path_in, smp):
+    """A perf event bound to one process must not put its breakpoint into another process
+    running the same file: that one reads its own code byte before every call and must
+    never see 0xcc. `exec`: the event is enabled at the exec of the process it follows
+    (installed when that process maps the file); `attach`: the event is attached to a
+    running process (installed into whichever processes the filter accepts)."""
+    path, binary = target("hits")
+    perf, _ = target("perf_uprobe")
+    symbol, _kind = SITES[site]
+    offset = hex(symbol_offset(binary, symbol))
+    if path_in == "exec":
+        command = shlex.join([perf, "-p", path, offset, "--", path, site, "1", "4000"])
+    else:
+        command = f"{shlex.join([perf, '-P'])} $A {shlex.join([path, offset, '--', 'sleep', '1'])}"
+    out, followed, bystander = _peekers(guest, path, site, command)
+    lines = out.strip().splitlines()
+    consumer = _fields(lines[-1])
+    if path_in == "exec":
+        program = _fields(" ".join(lines[:-1]))
+        assert program["bad"] == "0"
+        assert int(consumer["perf_count"]) == int(program["calls"]) == 4000
+    else:
+        assert int(followed["int3_seen"]) > 0, "the followed process never had the breakpoint"
+        assert 0 < int(consumer["perf_count"]) <= int(followed["calls"])
+    assert bystander["int3_seen"] == "0", (
+        f"a process the perf event does not follow saw the breakpoint in "
+        f"{bystander['int3_seen']} of {bystander['calls']} reads: the uprobe filter let it in"
+    )
+
+
+@pytest.mark.vm(tcg="exact")
+def test_an_unfiltered_consumer_reaches_every_process(guest, target):
+    """The peekers' oracle can see a breakpoint: under a system-wide perf consumer both
+    must (so the 0 above means something), and the count covers both."""
+    path, binary = target("hits")
+    perf, _ = target("perf_uprobe")
+    offset = hex(symbol_offset(binary, "site_mov"))
+    command = shlex.join([perf, path, offset, "--", "sleep", "1"])
+    out, first, second = _peekers(guest, path, "mov", command)
+    consumer = _fields(out.strip().splitlines()[-1])
+    assert int(first["int3_seen"]) > 0 and int(second["int3_seen"]) > 0
+    assert int(consumer["perf_count"]) > 0
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("site", ["mov", "riprel"])
+def test_consumers_together_one_toggled(guest, target, uprobe, site, smp):
+    """tracefs and a system-wide perf event on the same site, while a third consumer (a
+    system-wide perf event) is added and removed every 2 ms: the two steady consumers
+    count every call of 8 threads, the program computes right results."""
+    path, binary = target("hits")
+    perf, _ = target("perf_uprobe")
+    symbol, _kind = SITES[site]
+    offset = symbol_offset(binary, symbol)
+    uprobe.add("steady", path, binary, symbol)
+    threads, iterations = 8, 600
+    inner = shlex.join([perf, path, hex(offset), "--", path, site, str(threads), str(iterations)])
+    outer = [perf, "-t", path, hex(offset), "--", "sh", "-c", inner]
+    result = guest.run(outer, timeout=600)
+    assert result.status == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    toggled, steady = _fields(lines[-1]), _fields(lines[-2])
+    program = _fields(" ".join(lines[:-2]))
+    calls = int(program["calls"])
+    assert calls == threads * iterations
+    assert program["bad"] == "0", "the probed instruction computed wrong results"
+    assert int(toggled["toggles"]) > 0, "the third consumer was never added"
+    assert int(steady["perf_count"]) == calls, f"perf counted {steady['perf_count']} of {calls}"
+    hits = uprobe.hits()["steady"]
+    assert hits.overruns == 0
+    assert hits.trace == calls, f"tracefs saw {hits.trace} of {calls} hits"
