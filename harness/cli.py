@@ -336,10 +336,11 @@ def cmd_mutate(args) -> int:
         mutate.MutateRequest(
             tuple(args.mutants),
             Path(args.results) if args.results else None,
-            mutate.RunOptions(
-                Path("."), smp=args.smp, accel=args.accel, scope=args.scope, jobs=args.jobs
-            ),
-            args.baseline_runs,
+            smp=args.smp,
+            accel=args.accel,
+            scope=args.scope,
+            jobs=args.jobs,
+            baseline_runs=args.baseline_runs,
         )
     )
     print(mutate.format_outcome(outcome))

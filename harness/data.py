@@ -125,7 +125,6 @@ def _explain(message: str, raw: Any, schema: Any, path: Path | str) -> str:
         )
     elif missing := re.match(r"Object missing required field `(.+)`", what):
         what = f"missing key {missing[1]!r}"
-        at = at if at != "$" else "$"
     else:
         leaf = re.search(r"\.([A-Za-z0-9_-]+)((?:\[\d+\])*)$", at)
         if leaf:  # a wrong value: name its key, point at its entry

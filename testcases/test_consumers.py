@@ -35,7 +35,7 @@ def _fields(text: str) -> dict[str, str]:
 
 def _perf_run(guest, perf, mode: str, path: str, offset: int, kind: str, cmd: list[str]):
     """Run CMD under a perf uprobe consumer; (CMD's fields, the consumer's fields)."""
-    flags = {"perf": [], "perf_pid": ["-p"], "perf_toggled": ["-t"]}[mode]
+    flags = {"perf": [], "perf_pid": ["-p"]}[mode]
     flags += [kind] if kind else []
     result = guest.run([perf, *flags, path, hex(offset), "--", *cmd], timeout=600)
     assert result.status == 0, f"perf_uprobe failed ({result.status}): {result.stderr}"

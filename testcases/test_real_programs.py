@@ -99,9 +99,9 @@ def test_every_function_entry_probed(guest, target, uprobe, program, request):
         guest.run(f"echo 0 > {TRACEFS}/tracing_on", check=True)  # count, do not log
         refused = _register(guest, path, entries)
         differences = []
+        before = _profile(guest)  # each command's "after" is the next one's "before"
         for command, plain, expected in zip(program.commands, unprobed, counted, strict=True):
             line = _command_line(path, command.argv, command.stdin)
-            before = _profile(guest)
             probed = guest.run(f"cd {work} && {line}", timeout=900)
             after = _profile(guest)
             if (probed.status, probed.stdout, probed.stderr) != (
@@ -123,6 +123,7 @@ def test_every_function_entry_probed(guest, target, uprobe, program, request):
                         f"{command.argv}: {entry.name or hex(entry.address)} ({entry.insn}): "
                         f"{hits} hits, executed {expected.get(name, 0)} times"
                     )
+            before = after
     finally:
         guest.run(f"kill {shlex.quote(sleeper)}", timeout=30)
     executed = {name for counts in counted for name in counts}

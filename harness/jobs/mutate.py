@@ -392,7 +392,10 @@ def write_json(results: list[MutantResult], baseline: Baseline | None, path: Pat
 class MutateRequest:
     mutants: tuple[str, ...] = ()  # names under patches/known-bad/ (all)
     results_dir: Path | None = None  # default results/mutate-TIMESTAMP
-    options: RunOptions | None = None  # results_dir filled in by run()
+    smp: str = "1,4"
+    accel: str = "auto"
+    scope: str = "all"  # "all" families, or only the "declared" ones
+    jobs: int = 0
     baseline_runs: int = 0
 
 
@@ -430,8 +433,7 @@ def run(request: MutateRequest) -> MutateOutcome:
     mutants = load_mutants(request.mutants)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = (request.results_dir or Path("results") / f"mutate-{stamp}").resolve()
-    base = request.options or RunOptions(results_dir)
-    options = RunOptions(results_dir, base.smp, base.accel, base.scope, base.jobs)
+    options = RunOptions(results_dir, request.smp, request.accel, request.scope, request.jobs)
     start = time.monotonic()
     baseline = None
     if request.baseline_runs:

@@ -6,7 +6,7 @@ the job gates (0 or 1, per `fail_on`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -89,11 +89,8 @@ def run_shard(request: ShardRequest) -> NightlyResult:
         )
         # a shard alone has no complete history: the merge step gates, unless told otherwise
         if reporting.fail_on is None:
-            reporting = Reporting(
-                "never", reporting.history, reporting.flake_window, reporting.flake_threshold
-            )
-    result = report(results_dir, db_path, options.run_id, reporting)
-    return NightlyResult(result.status, result.summary, result.outputs, notes)
+            reporting = replace(reporting, fail_on="never")
+    return replace(report(results_dir, db_path, options.run_id, reporting), notes=notes)
 
 
 def merge(
@@ -117,8 +114,7 @@ def merge(
         if chosen is None:
             raise HarnessError("merge: the sources hold no runs.")
         notes = (f"merge: nothing new; reporting the latest run, {chosen}",)
-    result = report(into, into / "results.db", chosen, reporting)
-    return NightlyResult(result.status, result.summary, result.outputs, notes)
+    return replace(report(into, into / "results.db", chosen, reporting), notes=notes)
 
 
 def report_stored(
