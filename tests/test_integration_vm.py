@@ -51,6 +51,12 @@ def test_boot_run_command_and_exit_status(built, img):
         assert vm.record.vcpus_seen == 2 and vm.record.accel in ("tcg", "kvm")
         result = vm.ssh.run(["sh", "-c", "echo hello; exit 7"])
         assert (result.status, result.stdout) == (7, "hello\n")
+        assert result.signal is None and result.describe() == "status 7"
+        # a command killed by a signal: the SSH server reports the signal, not a status
+        killed = vm.ssh.run(["sh", "-c", "echo before; kill -SEGV $$"])
+        assert (killed.signal, killed.status, killed.stdout) == ("SIGSEGV", 139, "before\n")
+        assert killed.describe() == "killed by SIGSEGV"
+        assert vm.ssh.run(["true"]).ok, "the session stays usable after a killed command"
         quoted = vm.ssh.run(["echo", "a b; $(id)"])
         assert quoted.stdout == "a b; $(id)\n", "arguments must be quoted, never interpreted"
         vm.ssh.put(b"payload\x00\x01", "/tmp/x", mode=0o600)

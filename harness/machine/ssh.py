@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -22,13 +23,54 @@ from harness.errors import InfraError
 
 @dataclass(frozen=True)
 class Result:
-    status: int  # exit status; -1 when the command timed out
+    status: int  # exit status; 128 + N when killed by signal N (as a shell reports it)
     stdout: str
     stderr: str
+    signal: str | None = None  # e.g. "SIGSEGV" when the command was killed by a signal
 
     @property
     def ok(self) -> bool:
         return self.status == 0
+
+    def describe(self) -> str:
+        """'status 1', 'killed by SIGSEGV'."""
+        return f"killed by {self.signal}" if self.signal else f"status {self.status}"
+
+
+def _channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
+    """paramiko's handler of channel requests, plus `exit-signal`."""
+    start = m.packet.tell()
+    if m.get_text() == "exit-signal":
+        m.get_boolean()  # want reply (never, for exit-signal)
+        transport = chan.get_transport()
+        if isinstance(transport, _SignalAwareTransport):
+            transport.exit_signals[chan.get_id()] = f"SIG{m.get_text()}"
+        chan.status_event.set()
+        return
+    m.packet.seek(start)
+    paramiko.Channel._handle_request(chan, m)  # type: ignore[attr-defined]
+
+
+class _SignalAwareTransport(paramiko.Transport):
+    """A transport that keeps the SSH `exit-signal` request (RFC 4254 6.10), which paramiko
+    drops: the server sends it instead of an exit status when the command dies of a signal,
+    and without it such a death reads as status -1 with nothing to say why."""
+
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,  # type: ignore[attr-defined]
+        paramiko.common.MSG_CHANNEL_REQUEST: _channel_request,
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exit_signals: dict[int, str] = {}
+
+
+def _signal_status(name: str) -> int:
+    try:
+        return 128 + signal.Signals[name].value
+    except KeyError:
+        return -1
 
 
 MAX_COMMAND = 4000  # longer commands travel as a script file
@@ -69,6 +111,7 @@ class SSHSession:
             auth_timeout=timeout,
             look_for_keys=False,
             allow_agent=False,
+            transport_factory=_SignalAwareTransport,
         )
         transport = client.get_transport()
         if transport is not None:
@@ -142,13 +185,24 @@ class SSHSession:
             raise CommandTimeout(f"Guest command timed out after {timeout}s: {command}") from error
         finally:
             channel.close()
-        result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        killed_by = self._exit_signal(channel)
+        if killed_by is not None:
+            status = _signal_status(killed_by)
+        result = Result(
+            status, out.decode(errors="replace"), err.decode(errors="replace"), killed_by
+        )
         if check and not result.ok:
             raise InfraError(
-                f"Guest command failed with status {status}: {command}\n"
+                f"Guest command failed ({result.describe()}): {command}\n"
                 f"{result.stderr.strip()[-2000:]}"
             )
         return result
+
+    def _exit_signal(self, channel: paramiko.Channel) -> str | None:
+        transport = self._client.get_transport() if self._client else None
+        if isinstance(transport, _SignalAwareTransport):
+            return transport.exit_signals.pop(channel.get_id(), None)
+        return None
 
     def put(self, local: Path | bytes, remote: str, mode: int = 0o644) -> None:
         data = local if isinstance(local, bytes) else Path(local).read_bytes()

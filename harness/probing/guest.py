@@ -109,6 +109,10 @@ class Guest:
         for probe in batch:
             self.add_probe(probe)
 
+    def clear_trace(self) -> None:
+        """Empty the trace buffer (the probes stay)."""
+        self.run(f"echo > {TRACEFS}/trace", timeout=60, check=True)
+
     def remove_probes(self) -> None:
         self.run(probes.remove_all_command(), timeout=60)
 
