@@ -14,12 +14,20 @@ involved) for how often each function entry ran, which must equal uprobe_profile
 import hashlib
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.paths import REPO_ROOT
-from harness.probing.functions import FunctionEntry, function_entries, load_programs
+from harness.probing.functions import (
+    FunctionEntry,
+    RealProgram,
+    function_entries,
+    hot_functions,
+    instructions_of,
+    load_programs,
+)
 from harness.probing.probes import GROUP, TRACEFS, parse_profile
 from harness.probing.targets import target_from_binary
 
@@ -61,27 +69,50 @@ def _command_line(program: str, argv: list[str], stdin: str) -> str:
     return f"{line} < {shlex.quote(stdin)}" if stdin else line
 
 
-@pytest.mark.vm(tcg="exact")
-@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
-def test_every_function_entry_probed(guest, target, uprobe, program, request):
+@pytest.fixture
+def no_aslr(guest):
+    """Address-space randomization off while the test runs: the three runs of a command are
+    three processes, and code whose branches depend on addresses (e.g. a string compare's
+    page-crossing check) would run a different number of times in each."""
+    knob = "/proc/sys/kernel/randomize_va_space"
+    before = guest.run(["cat", knob], check=True).stdout.strip()
+    guest.run(f"echo 0 > {knob}", check=True)
+    yield
+    guest.run(f"echo {shlex.quote(before)} > {knob}", timeout=30)
+
+
+@dataclass(frozen=True)
+class Workload:
+    program: RealProgram
+    binary: Path  # on the host
+    path: str  # the program in the guest
+    work: str  # the workload directory in the guest
+    counter: str  # bpcount in the guest
+
+
+def _prepare(guest, target, program: RealProgram) -> Workload:
     binary = Path(program.path)
-    entries = function_entries(binary)
-    by_name = {e.probe_name: e for e in entries}
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
     path = guest.upload(target_from_binary(program.name, binary, digest))
     counter, _ = target("bpcount")
     work = f"/tmp/uph-real-{program.name}"
-    addresses = "".join(f"{e.address:x}\n" for e in entries).encode()
     guest.run(f"rm -rf {work} && mkdir -p {work}", check=True)
-    guest.vm.ssh.put(addresses, f"{work}/addresses")
     guest.run(f"cd {work} && {program.setup}", check=True)
+    return Workload(program, binary, path, work, counter)
 
-    # unprobed, then under the ptrace counter (the same output, and counts per entry)
+
+def _unprobed_and_counted(guest, workload: Workload, sites: list[FunctionEntry], tag: str):
+    """Each command run unprobed, then under the ptrace counter with a breakpoint on every
+    site: ([unprobed results], [{probe name: times executed}])."""
+    addresses = f"{workload.work}/{tag}.addresses"
+    guest.vm.ssh.put("".join(f"{s.address:x}\n" for s in sites).encode(), addresses)
     unprobed, counted = [], []
-    for command in program.commands:
-        line = _command_line(path, command.argv, command.stdin)
-        plain = guest.run(f"cd {work} && {line}", timeout=300)
-        traced = guest.run(f"cd {work} && {counter} addresses -- {line}", timeout=900)
+    for command in workload.program.commands:
+        line = _command_line(workload.path, command.argv, command.stdin)
+        plain = guest.run(f"cd {workload.work} && {line}", timeout=300)
+        traced = guest.run(
+            f"cd {workload.work} && {workload.counter} {addresses} -- {line}", timeout=900
+        )
         summary = re.search(r"^bpcount status=(\d+) traps=(\d+)$", traced.stderr, re.M)
         assert summary, f"bpcount failed on {command.argv}: {traced.stderr[-2000:]}"
         assert traced.stdout == plain.stdout, f"{command.argv}: the ptrace oracle changed output"
@@ -90,19 +121,29 @@ def test_every_function_entry_probed(guest, target, uprobe, program, request):
         }
         unprobed.append(plain)
         counted.append(counts)
+    return unprobed, counted
 
-    # probed: a sleeper maps the copy, so enabling analyses every site now
+
+def _probed_differences(guest, workload: Workload, sites: list[FunctionEntry], unprobed, counted):
+    """A probe on every site, the workload run again: (differences from the unprobed run
+    and from the counted hits, {probe name: why it was refused})."""
+    by_name = {s.probe_name: s for s in sites}
+    path = workload.path
+    # a sleeper maps the copy, so enabling analyses every site now
+    idle = shlex.join([path, *workload.program.idle])
     sleeper = guest.run(
-        f"cd / && ({shlex.quote(path)} sleep 900 >/dev/null 2>&1 & echo $!)", check=True
+        f"cd {workload.work} && ({idle} >/dev/null 2>&1 & echo $!)", check=True
     ).stdout.strip()
     try:
         guest.run(f"echo 0 > {TRACEFS}/tracing_on", check=True)  # count, do not log
-        refused = _register(guest, path, entries)
+        refused = _register(guest, path, sites)
         differences = []
         before = _profile(guest)  # each command's "after" is the next one's "before"
-        for command, plain, expected in zip(program.commands, unprobed, counted, strict=True):
+        for command, plain, expected in zip(
+            workload.program.commands, unprobed, counted, strict=True
+        ):
             line = _command_line(path, command.argv, command.stdin)
-            probed = guest.run(f"cd {work} && {line}", timeout=900)
+            probed = guest.run(f"cd {workload.work} && {line}", timeout=900)
             after = _profile(guest)
             if (probed.status, probed.stdout, probed.stderr) != (
                 plain.status,
@@ -110,36 +151,95 @@ def test_every_function_entry_probed(guest, target, uprobe, program, request):
                 plain.stderr,
             ):
                 differences.append(
-                    f"{command.argv}: probed exit {probed.status} / output "
-                    f"{probed.stdout[:200]!r} {probed.stderr[:200]!r}; unprobed exit "
-                    f"{plain.status} / {plain.stdout[:200]!r} {plain.stderr[:200]!r}"
+                    f"{command.argv}: probed {probed.describe()} / output "
+                    f"{probed.stdout[:200]!r} {probed.stderr[:200]!r}; unprobed "
+                    f"{plain.describe()} / {plain.stdout[:200]!r} {plain.stderr[:200]!r}"
                 )
-            for name, entry in by_name.items():
+            for name, site in by_name.items():
                 if name in refused:
                     continue
                 hits = after.get(name, 0) - before.get(name, 0)
                 if hits != expected.get(name, 0):
                     differences.append(
-                        f"{command.argv}: {entry.name or hex(entry.address)} ({entry.insn}): "
+                        f"{command.argv}: {site.label} ({site.insn}): "
                         f"{hits} hits, executed {expected.get(name, 0)} times"
                     )
             before = after
     finally:
         guest.run(f"kill {shlex.quote(sleeper)}", timeout=30)
+    return differences, refused
+
+
+def _record(request, sites, counted, refused) -> set[str]:
+    by_name = {s.probe_name: s for s in sites}
     executed = {name for counts in counted for name in counts}
     request.node.user_properties.extend(
         [
-            ("sites", len(entries)),
+            ("sites", len(sites)),
             ("sites_executed", len(executed)),
             ("refused", len(refused)),
             (
                 "refused_sites",
                 "; ".join(
-                    f"{by_name[n].name or hex(by_name[n].address)} [{by_name[n].insn}]: {why}"
+                    f"{by_name[n].label} [{by_name[n].insn}]: {why}"
                     for n, why in sorted(refused.items())
                 )[:4000],
             ),
         ]
     )
+    return executed
+
+
+# (guest, program name) -> the unprobed runs and entry counts of its workload: taken once
+# per guest, shared by the two modes
+_ENTRY_RUNS: dict[tuple[int, str], tuple[list, list]] = {}
+
+
+def _entry_runs(guest, workload: Workload, entries: list[FunctionEntry]):
+    key = (id(guest), workload.program.name)
+    if key not in _ENTRY_RUNS:
+        _ENTRY_RUNS[key] = _unprobed_and_counted(guest, workload, entries, "entries")
+    return _ENTRY_RUNS[key]
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
+def test_every_function_entry_probed(guest, target, uprobe, no_aslr, program, request):
+    workload = _prepare(guest, target, program)
+    entries = function_entries(workload.binary)
+    unprobed, counted = _entry_runs(guest, workload, entries)
+    differences, refused = _probed_differences(guest, workload, entries, unprobed, counted)
+    executed = _record(request, entries, counted, refused)
     assert len(executed) > 50, f"the workload ran only {len(executed)} probed functions"
+    assert not differences, f"{len(differences)} difference(s):\n" + "\n".join(differences[:40])
+
+
+@pytest.mark.vm(tcg="exact")
+@pytest.mark.parametrize("program", [p for p in PROGRAMS if p.hot_functions], ids=lambda p: p.name)
+def test_every_instruction_of_hot_functions_probed(
+    guest, target, uprobe, no_aslr, program, request
+):
+    """The second mode: a probe on every instruction (capstone, linear over the unwind
+    table's range) of the functions the workload enters most, so jumps, calls, returns,
+    loads and stores of real code run under the probe in the middle of a function, with the
+    same two oracles."""
+    workload = _prepare(guest, target, program)
+    entries = function_entries(workload.binary)
+    _, entry_counts = _entry_runs(guest, workload, entries)
+    totals: dict[str, int] = {}
+    for counts in entry_counts:
+        for name, n in counts.items():
+            totals[name] = totals.get(name, 0) + n
+    hot = hot_functions(
+        entries, totals, program.hot_functions, program.hot_calls_max, program.hot_bytes_min
+    )
+    assert len(hot) == program.hot_functions, f"only {len(hot)} hot functions"
+    sites = [site for function in hot for site in instructions_of(workload.binary, function)]
+    unprobed, counted = _unprobed_and_counted(guest, workload, sites, "hot")
+    differences, refused = _probed_differences(guest, workload, sites, unprobed, counted)
+    executed = _record(request, sites, counted, refused)
+    request.node.user_properties.append(
+        ("hot_functions", ", ".join(f"{f.label} ({f.size} bytes)" for f in hot))
+    )
+    assert len(executed) > 50, f"the workload ran only {len(executed)} of {len(sites)} sites"
     assert not differences, f"{len(differences)} difference(s):\n" + "\n".join(differences[:40])

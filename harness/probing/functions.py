@@ -3,7 +3,8 @@
 Debian strips its binaries, so the symbol table is often gone; the unwind table stays
 (`.eh_frame`: one FDE per function compiled with unwind tables, glibc's included). An entry
 is every FDE's start and every defined STT_FUNC symbol, inside an executable segment, with
-its first instruction decoded (capstone) for the report.
+its first instruction decoded (capstone) for the report. `instructions_of` decodes a whole
+function (the FDE's range, or the symbol's size) for probing every instruction of it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ class FunctionEntry:
     name: str  # the symbol, or "" (an unwind-table entry only)
     insn: str  # the first instruction, e.g. "endbr64" or "push rbp"
     insn_bytes: bytes
+    size: int = 0  # bytes the function spans (unwind table, else symbol size); 0: unknown
 
     @property
     def probe_name(self) -> str:
         return f"f_{self.address:x}"
+
+    @property
+    def label(self) -> str:
+        return self.name or hex(self.address)
 
 
 def function_entries(path: Path) -> list[FunctionEntry]:
@@ -41,18 +47,23 @@ def function_entries(path: Path) -> list[FunctionEntry]:
             if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1  # PF_X
         ]
         names: dict[int, str] = {}
+        sizes: dict[int, int] = {}
         table = elf.get_section_by_name(".symtab")
         if isinstance(table, SymbolTableSection):
             for sym in table.iter_symbols():
                 if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF":
                     names.setdefault(sym["st_value"], sym.name)
+                    if sym["st_size"]:
+                        sizes.setdefault(sym["st_value"], sym["st_size"])
         starts = set(names)
         if elf.has_dwarf_info():
             dwarf = elf.get_dwarf_info()
             if dwarf.has_EH_CFI():
                 for entry in dwarf.EH_CFI_entries():
                     if isinstance(entry, FDE):
-                        starts.add(entry.header["initial_location"])
+                        start = entry.header["initial_location"]
+                        starts.add(start)
+                        sizes[start] = entry.header["address_range"]
         decoder = Cs(CS_ARCH_X86, CS_MODE_64)
         images = {id(s): s.data() for s in segments}
         entries = []
@@ -70,9 +81,59 @@ def function_entries(path: Path) -> list[FunctionEntry]:
             text = f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(undecodable)"
             length = insn.size if insn else 1
             entries.append(
-                FunctionEntry(address, offset, names.get(address, ""), text, code[:length])
+                FunctionEntry(
+                    address,
+                    offset,
+                    names.get(address, ""),
+                    text,
+                    code[:length],
+                    sizes.get(address, 0),
+                )
             )
         return entries
+
+
+def instructions_of(path: Path, function: FunctionEntry) -> list[FunctionEntry]:
+    """Every instruction of the function, decoded linearly over its range (capstone; the
+    decoding stops at the first byte it cannot decode), as sites named `label+offset`."""
+    if function.size <= 0:
+        return []
+    with open(path, "rb") as handle:
+        handle.seek(function.offset)
+        code = handle.read(function.size)
+    decoder = Cs(CS_ARCH_X86, CS_MODE_64)
+    sites = []
+    for insn in decoder.disasm(code, function.address):
+        delta = insn.address - function.address
+        sites.append(
+            FunctionEntry(
+                insn.address,
+                function.offset + delta,
+                f"{function.label}+{delta:#x}",
+                f"{insn.mnemonic} {insn.op_str}".strip(),
+                bytes(insn.bytes),
+            )
+        )
+    return sites
+
+
+def hot_functions(
+    entries: list[FunctionEntry],
+    calls: dict[str, int],
+    count: int,
+    calls_max: int,
+    bytes_min: int = 1,
+) -> list[FunctionEntry]:
+    """The `count` functions entered most often ({probe name: times entered}), among those
+    of a known size of at least `bytes_min` entered at least once and at most `calls_max`
+    times; ties by address."""
+    eligible = [
+        e
+        for e in entries
+        if e.size >= max(bytes_min, 1) and 0 < calls.get(e.probe_name, 0) <= calls_max
+    ]
+    eligible.sort(key=lambda e: (-calls[e.probe_name], e.address))
+    return eligible[:count]
 
 
 # -- the programs and their workloads (testcases/real_programs.toml) --------------------------
@@ -89,6 +150,13 @@ class RealProgram(data.Spec):
     path: str  # on the host (the same file goes into the guest)
     setup: str  # shell commands (the guest's own busybox) creating the workload's inputs
     commands: list[Command]
+    idle: list[str]  # arguments that keep the program alive doing nothing (while probes go in)
+    # second mode: every instruction of the `hot_functions` functions the workload enters
+    # most often, among those of at least `hot_bytes_min` bytes entered at most
+    # `hot_calls_max` times (a bound on the breakpoint traps of the counting run)
+    hot_functions: int = 0
+    hot_calls_max: int = 1000
+    hot_bytes_min: int = 200
 
 
 class _Programs(data.Spec):

@@ -1,8 +1,9 @@
 /* Counts how often each of a list of code addresses is executed by one process, without
  * uprobes: the way a debugger does it, with ptrace. Each address gets an int3 in the traced
  * child; on the trap the original byte is put back, the child single-steps over the
- * instruction, and the int3 goes back in. An oracle for uprobes hit counts that shares none
- * of their code (only the int3).
+ * instruction, and the int3 goes back in. Only the site's own byte is ever written (read,
+ * change one byte, write back), so sites may be adjacent instructions. An oracle for uprobes
+ * hit counts that shares none of their code (only the int3).
  *
  * usage: bpcount ADDRFILE -- CMD [ARG...]
  *   ADDRFILE: one hexadecimal virtual address per line (a non-PIE static CMD)
@@ -24,7 +25,7 @@
 
 struct site {
 	uint64_t addr;
-	uint64_t word; /* the original 8 bytes at addr */
+	uint8_t byte; /* the original byte at addr */
 	uint64_t count;
 };
 
@@ -43,9 +44,14 @@ static struct site *find(uint64_t addr)
 	return bsearch(&key, sites, nsites, sizeof(*sites), by_addr);
 }
 
-static int poke_byte(pid_t pid, uint64_t addr, uint64_t word, uint8_t byte)
+/* the byte at addr becomes `byte`; the 7 after it stay what they are now (other sites) */
+static int poke_byte(pid_t pid, uint64_t addr, uint8_t byte)
 {
-	uint64_t patched = (word & ~0xffULL) | byte;
+	errno = 0;
+	long word = ptrace(PTRACE_PEEKTEXT, pid, (void *)addr, NULL);
+	if (errno)
+		return -1;
+	uint64_t patched = ((uint64_t)word & ~0xffULL) | byte;
 	return (int)ptrace(PTRACE_POKETEXT, pid, (void *)addr, (void *)patched);
 }
 
@@ -86,13 +92,13 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < nsites; i++) {
 		errno = 0;
 		long word = ptrace(PTRACE_PEEKTEXT, child, (void *)sites[i].addr, NULL);
-		if (errno || poke_byte(child, sites[i].addr, (uint64_t)word, 0xcc)) {
+		if (errno || poke_byte(child, sites[i].addr, 0xcc)) {
 			fprintf(stderr, "bpcount: cannot patch %llx: %s\n",
 				(unsigned long long)sites[i].addr, strerror(errno));
 			kill(child, SIGKILL);
 			return 2;
 		}
-		sites[i].word = (uint64_t)word;
+		sites[i].byte = (uint8_t)word;
 	}
 	uint64_t traps = 0;
 	int signal_to_pass = 0;
@@ -116,12 +122,12 @@ int main(int argc, char **argv)
 		traps++;
 		regs.rip = site->addr;
 		ptrace(PTRACE_SETREGS, child, NULL, &regs);
-		ptrace(PTRACE_POKETEXT, child, (void *)site->addr, (void *)site->word);
+		poke_byte(child, site->addr, site->byte);
 		ptrace(PTRACE_SINGLESTEP, child, NULL, NULL);
 		waitpid(child, &status, 0);
 		if (WIFEXITED(status) || WIFSIGNALED(status))
 			break;
-		poke_byte(child, site->addr, site->word, 0xcc);
+		poke_byte(child, site->addr, 0xcc);
 	}
 	fflush(stdout);
 	fprintf(stderr, "bpcount status=%d traps=%llu\n", status, (unsigned long long)traps);
