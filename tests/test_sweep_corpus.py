@@ -181,6 +181,68 @@ def test_compat_program_is_a_32_bit_task_that_decodes_back_and_runs(corpus):
         assert all(gpr[8 * r + 4 : 8 * r + 8] == bytes(4) for r in range(7))
 
 
+def test_prologue_forms_are_real_first_instructions_as_at_a_function_entry(corpus):
+    prologue = {f.name: f for f in corpus.forms if f.klass == sweep_corpus.PROLOGUE}
+    assert len(prologue) >= 300
+    # endbr64, push r15, push rbp, sub rsp imm8, a RIP-relative load, a frame store
+    for name in ("prologue-f30f1efa", "prologue-4157", "prologue-55", "prologue-4883ec"):
+        assert name in prologue, name
+    assert prologue["prologue-4883ec"].imm and prologue["prologue-4883ec"].text.startswith(
+        "sub rsp, "
+    )
+    assert prologue["prologue-488b05-rip"].rip
+    # one form per shape: "sub rsp, imm8" once, whatever the immediates met
+    assert sum(1 for f in prologue.values() if f.head == bytes.fromhex("4883ec")) == 1
+    # the stack-protector load (fs:0x28) differs between processes: dropped with its reason;
+    # the same shape is kept from another TLS load (the driver runs without ASLR)
+    generator = sweep_corpus._Generator(sweep_corpus._load_config(), None)
+    canary = bytes.fromhex("64488b042528000000")  # mov rax, fs:[0x28]
+    generator._add_real(sweep_corpus.PROLOGUE, canary, set())
+    assert generator.corpus.dropped[sweep_corpus._CANARY] == 1 and not generator.corpus.forms
+    assert prologue["prologue-64488b042598060000"].text == "mov rax, qword ptr fs:[0x698]"
+    # a memory operand's base points at scratch + 0x800 whatever the displacement
+    load = next(f for f in prologue.values() if f.text.startswith("cmp qword ptr [rsi + 8]"))
+    assert dict(load.gprs)["rsi"] == insn.SCRATCH_BASE + 0x800 - 8
+    assert sweep_corpus.to_case(load).pre == "lea -8(%rsp), %rsp"
+
+
+def test_every_prologue_form_links_decodes_back_and_runs_natively(corpus):
+    """Aligned as at a function entry (movaps to the frame does not fault), pointed at
+    valid memory: every form the host can run runs, and only loads from absolute addresses
+    near 0 (abort paths) fault."""
+    flags = set(
+        open("/proc/cpuinfo").read().split("\nflags")[1].split(":", 1)[1].split("\n")[0].split()
+    )
+    forms = [
+        f
+        for f in corpus.forms
+        if f.klass == sweep_corpus.PROLOGUE and all(n in flags for n in f.needs)
+    ]
+    program = insn.build_program([sweep_corpus.to_case(f) for f in forms], "prologue-all")
+    assert sweep_corpus.verify_program(program, forms) == []
+    result = subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    states = insn.parse_output(result.stdout)
+    assert set(states) == {f.name for f in forms}
+    faulted = {n: s.fields["sig"] for n, s in states.items() if s.fields["sig"] != "0"}
+    # only the deliberate crashes of abort paths (a load from an absolute address near 0)
+    by_name = {f.name: f for f in forms}
+    assert faulted and all(
+        sig.startswith("11.") and "ptr [0" in by_name[n].text for n, sig in faulted.items()
+    ), faulted
+
+
+def test_a_missing_prologue_program_names_its_package(tmp_path):
+    path = tmp_path / "sweep.toml"
+    text = sweep_corpus.CONFIG.read_text()
+    path.write_text(text.replace('path = "/bin/bash-static"', 'path = "/nonexistent/bash"'))
+    with pytest.raises(
+        HarnessError,
+        match="/nonexistent/bash does not exist; install the Debian package bash-static",
+    ):
+        sweep_corpus.generate(config_path=path)
+
+
 @pytest.mark.parametrize(
     "old, new, complaint",
     [

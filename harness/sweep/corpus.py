@@ -26,8 +26,9 @@ from harness.paths import CONFIGS_DIR
 from harness.probing import insn
 
 CONFIG = CONFIGS_DIR / "sweep.toml"
-CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "prefixed", "branch", "compat")
+CLASSES = ("onebyte", "twobyte", "x87", "sse", "avx", "prefixed", "branch", "compat", "prologue")
 COMPAT = "compat"  # the class of the forms run in a 32-bit task (Form.bits == 32)
+PROLOGUE = "prologue"  # first instructions of real functions, run as at a function's entry
 IMM_FILLER = 0x11
 _GPR_BY_NUMBER = (
     "rax",
@@ -48,6 +49,8 @@ _GPR_BY_NUMBER = (
     "r15",
 )
 _WORD = re.compile(r"[a-z0-9]+")
+_CANARY = "reads the stack-protector canary or pointer guard (fs:0x28/0x30): random per process"
+_LEGACY_PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3}
 _SEGMENT_OVERRIDE = re.compile(r"\b[c-gs]s:(?=\[)")  # "fs:[...]": a memory operand, not a register
 # opcodes the kernel handles itself rather than single-stepping (arch/x86/kernel/uprobes.c
 # branch_setup_xol_ops, push_setup_xol_ops) and other control transfers: class "branch"
@@ -149,6 +152,17 @@ class _Exclude(data.Spec):
     emulator_vex_l1: list[str] = []
 
 
+class _Program(data.Spec):
+    package: str  # the Debian package that provides it (named when the file is missing)
+    path: str
+
+
+class _Prologue(data.Spec):
+    programs: list[_Program]
+    scratch_offset: int  # where a memory operand lands in the scratch area
+    stack_reach: int  # the largest |displacement| from rsp kept
+
+
 class SweepConfig(data.Spec):
     """harness/configs/sweep.toml, which documents each key."""
 
@@ -160,6 +174,7 @@ class SweepConfig(data.Spec):
     gprs: dict[str, int]  # register -> value, for memory forms
     exclude: _Exclude
     cpu: dict[str, str]  # capstone group -> /proc/cpuinfo flag
+    prologue: _Prologue
 
 
 _BYTE_RANGE = re.compile(r"([0-9a-fA-F]{2})(?:-([0-9a-fA-F]{2}))?")
@@ -501,6 +516,115 @@ class _Generator:
         finally:
             self.decoder, self.bits = self.decoder64, 64
 
+    def prologue(self) -> None:
+        """Class "prologue": the distinct first instructions of every function of programs
+        built by Debian (sweep.toml [prologue]), the forms compilers emit, by name. One form
+        per shape (the bytes before any displacement or immediate, and the mnemonic) with
+        the displacement and immediate of its first occurrence; a memory operand's base
+        register points into the scratch area (rsp: the test stack), its index is 0."""
+        from harness.probing.functions import function_entries
+
+        section = self.config.prologue
+        shapes: set[tuple[bytes, str]] = set()
+        for program in section.programs:
+            path = Path(program.path)
+            if not path.is_file():
+                raise HarnessError(
+                    f"{CONFIG}: [prologue] {program.path} does not exist; install the Debian "
+                    f"package {program.package} (the sweep's prologue class reads it)."
+                )
+            for entry in function_entries(path):
+                self.corpus.candidates += 1
+                self._add_real(PROLOGUE, entry.insn_bytes, shapes)
+
+    def _add_real(self, klass: str, code: bytes, shapes: set[tuple[bytes, str]]) -> None:
+        """One instruction taken from a real program, as a form of `klass`."""
+        decoded = self.decoder.decode(code)
+        if decoded is None or decoded.size != len(code):
+            self.corpus.dropped["undefined in 64-bit mode (capstone)"] += 1
+            return
+        gprs, rip, reason = self._real_operand(decoded)
+        if reason == _CANARY:  # before the shape is taken: another occurrence may be kept
+            self.corpus.dropped[reason] += 1
+            return
+        cut = min([o for o in (decoded.disp_offset, decoded.imm_offset) if o] or [len(code)])
+        shape = (code[:cut], decoded.mnemonic)
+        if shape in shapes:
+            self.corpus.dropped["duplicate shape (prologue)"] += 1
+            return
+        shapes.add(shape)
+        reason = self.exclude.get(decoded.mnemonic.split()[-1]) or reason
+        if reason is None and self._needs(decoded, klass) is None:
+            reason = "not supported by the guest CPU"
+        if reason:
+            self.corpus.dropped[reason] += 1
+            return
+        prefix_len = 0
+        while prefix_len < len(code) and (
+            code[prefix_len] in _LEGACY_PREFIXES or 0x40 <= code[prefix_len] <= 0x4F
+        ):
+            prefix_len += 1
+        prefix, rest = code[:prefix_len], code[prefix_len:]
+        escape = 2 if rest[:2] in (b"\x0f\x38", b"\x0f\x3a") else 1 if rest[:1] == b"\x0f" else 0
+        opcode = rest[: escape + 1]
+        opcode_map = "twobyte" if escape else "onebyte"
+        if code[:1] in (b"\xc4", b"\xc5", b"\x62"):
+            prefix_len, opcode_map = 0, "avx"  # VEX/EVEX: no branch, no legacy prefix
+        branch, _ = self._branch_kind(opcode_map, prefix, opcode, rest[escape + 1 :])
+        if branch and 0x66 in prefix:
+            self.corpus.dropped["operand-size prefix on a near branch (vendor-dependent)"] += 1
+            return
+        if rip:
+            head, imm = code[: decoded.disp_offset], code[decoded.disp_offset + 4 :]
+        elif decoded.imm_offset:
+            head, imm = code[: decoded.imm_offset], code[decoded.imm_offset :]
+        else:
+            head, imm = code, b""
+        needs = self._needs(decoded, klass) or ()
+        text = f"{decoded.mnemonic} {decoded.op_str}".strip()
+        name = f"{klass}-{head.hex()}{'-rip' if rip else ''}"
+        self.corpus.forms.append(
+            Form(name, klass, head, rip, imm, text, branch, needs, gprs, prefix_len, 64)
+        )
+
+    def _real_operand(self, decoded):
+        """(register values for its memory operand, RIP-relative?, reason to drop or None).
+        The base register points at scratch + scratch_offset (a displacement too large for
+        that: at the middle of the test stack); the index is 0. Without a base (an absolute
+        address, an offset into the TLS block) the address is the same in both runs: the
+        driver runs without ASLR."""
+        section = self.config.prologue
+        gprs: dict[str, int] = {}
+        rip = False
+        reason = None
+        for operand in decoded.operands:
+            if operand.type != capstone.x86.X86_OP_MEM:
+                continue
+            base = decoded.reg_name(operand.mem.base) if operand.mem.base else ""
+            index = decoded.reg_name(operand.mem.index) if operand.mem.index else ""
+            segment = decoded.reg_name(operand.mem.segment) if operand.mem.segment else ""
+            disp = operand.mem.disp
+            if segment == "fs" and not base and not index and disp in (0x28, 0x30):
+                reason = _CANARY
+            elif base == "rip":
+                rip = True
+            elif base == "rsp" or (base and base not in _GPR_BY_NUMBER):
+                if base != "rsp":
+                    reason = "a 32-bit base register (address-size prefix)"
+                elif abs(disp) > section.stack_reach:
+                    reason = "displacement beyond the test stack"
+            elif base:
+                offset = section.scratch_offset - disp
+                if 0 <= offset <= 0xF00:
+                    gprs[base] = insn.SCRATCH_BASE + offset
+                elif abs(disp) <= section.stack_reach:
+                    gprs[base] = insn.STACK_BASE + (-disp & 0xFFFF)
+                else:
+                    reason = "displacement beyond the scratch area and the test stack"
+            if index in _GPR_BY_NUMBER and index not in (base, "rsp"):
+                gprs[index] = 0
+        return tuple(sorted(gprs.items())), rip, reason
+
     def _add_prefixed(self, klass, prefix_text, opcode, tail, rip, mode) -> None:
         """Mandatory prefixes (66/f2/f3) must come before REX: split a combined text."""
         self.add(klass, _prefix_bytes(prefix_text), opcode, tail, rip, mode, True)
@@ -565,6 +689,7 @@ def generate(cpu_flags: set[str] | None = None, config_path: Path = CONFIG) -> C
     generator.avx()
     generator.prefixed()
     generator.compat()
+    generator.prologue()
     return generator.corpus
 
 
@@ -615,6 +740,8 @@ def to_case(form: Form, rip_target: str = "scratch+0x100") -> insn.Case:
             pre = "pushl $.Ltaken_{id}" if compat else "pushq $.Ltaken_{id}"
         elif form.branch == "indirect":
             pre = _indirect_target_setup32(form) if compat else _indirect_target_setup(form)
+    if form.klass == PROLOGUE:  # rsp as at a function's entry: 8 below a 16-byte boundary
+        pre = "lea -8(%rsp), %rsp" + (f"\n{pre}" if pre else "")
     return insn.Case(
         form.name, "\n".join(lines), pre=pre, gprs=form.gprs, needs=form.needs, family=form.klass
     )
