@@ -6,13 +6,31 @@ import subprocess
 import pytest
 
 from harness.errors import HarnessError
-from harness.probing import insn
+from harness.probing import insn, transparency
 from harness.sweep import corpus as sweep_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus():
     return sweep_corpus.generate()
+
+
+HOST_FLAGS = transparency.cpu_flags(open("/proc/cpuinfo").read())
+
+
+def runs_here(form) -> bool:
+    return all(n in HOST_FLAGS for n in form.needs)
+
+
+def run_natively(forms, name: str) -> dict:
+    """Link the forms, check they decode back, run the program on the host: its states."""
+    program = insn.build_program([sweep_corpus.to_case(f) for f in forms], name)
+    assert sweep_corpus.verify_program(program, forms) == []
+    result = subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    states = insn.parse_output(result.stdout)
+    assert set(states) == {f.name for f in forms}
+    return states
 
 
 def test_corpus_is_large_and_covers_every_class(corpus):
@@ -102,16 +120,7 @@ def test_linked_program_decodes_back_and_runs_natively(corpus, tmp_path):
     for klass in sweep_corpus.CLASSES:
         if klass != sweep_corpus.COMPAT:  # a 32-bit program of its own (below)
             sample += [f for f in corpus.forms if f.klass == klass][::40]
-    flags = set(
-        open("/proc/cpuinfo").read().split("\nflags")[1].split(":", 1)[1].split("\n")[0].split()
-    )
-    sample = [f for f in sample if all(n in flags for n in f.needs)]
-    program = insn.build_program([sweep_corpus.to_case(f) for f in sample], "sweep-sample")
-    assert sweep_corpus.verify_program(program, sample) == []
-    result = subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    states = insn.parse_output(result.stdout)
-    assert set(states) == {f.name for f in sample}
+    states = run_natively([f for f in sample if runs_here(f)], "sweep-sample")
     signals = {s.fields["sig"].split(".")[0] for s in states.values()}
     assert "0" in signals and "11" in signals  # runs and faults both recorded
 
@@ -210,20 +219,8 @@ def test_every_prologue_form_links_decodes_back_and_runs_natively(corpus):
     """Aligned as at a function entry (movaps to the frame does not fault), pointed at
     valid memory: every form the host can run runs, and only loads from absolute addresses
     near 0 (abort paths) fault."""
-    flags = set(
-        open("/proc/cpuinfo").read().split("\nflags")[1].split(":", 1)[1].split("\n")[0].split()
-    )
-    forms = [
-        f
-        for f in corpus.forms
-        if f.klass == sweep_corpus.PROLOGUE and all(n in flags for n in f.needs)
-    ]
-    program = insn.build_program([sweep_corpus.to_case(f) for f in forms], "prologue-all")
-    assert sweep_corpus.verify_program(program, forms) == []
-    result = subprocess.run([str(program.binary)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    states = insn.parse_output(result.stdout)
-    assert set(states) == {f.name for f in forms}
+    forms = [f for f in corpus.forms if f.klass == sweep_corpus.PROLOGUE and runs_here(f)]
+    states = run_natively(forms, "prologue-all")
     faulted = {n: s.fields["sig"] for n, s in states.items() if s.fields["sig"] != "0"}
     # only the deliberate crashes of abort paths (a load from an absolute address near 0)
     by_name = {f.name: f for f in forms}
