@@ -215,6 +215,20 @@ def test_prologue_forms_are_real_first_instructions_as_at_a_function_entry(corpu
     assert sweep_corpus.to_case(load).pre == "lea -8(%rsp), %rsp"
 
 
+def test_a_dropped_occurrence_does_not_take_its_shape():
+    generator = sweep_corpus._Generator(sweep_corpus._load_config(), None)
+    shapes: set = set()
+    far = bytes.fromhex("488b842400800000")  # mov rax, [rsp+0x8000]: beyond the test stack
+    near = bytes.fromhex("488b842400010000")  # mov rax, [rsp+0x100]: the same shape
+    generator._add_real(sweep_corpus.PROLOGUE, far, shapes)
+    generator._add_real(sweep_corpus.PROLOGUE, near, shapes)
+    assert [f.text for f in generator.corpus.forms] == ["mov rax, qword ptr [rsp + 0x100]"]
+    assert generator.corpus.dropped["displacement beyond the test stack"] == 1
+    # an indirect jump through a register-based operand has no landing pad: dropped
+    generator._add_real(sweep_corpus.PROLOGUE, bytes.fromhex("ff6008"), shapes)
+    assert len(generator.corpus.forms) == 1
+
+
 def test_every_prologue_form_links_decodes_back_and_runs_natively(corpus):
     """Aligned as at a function entry (movaps to the frame does not fault), pointed at
     valid memory: every form the host can run runs, and only loads from absolute addresses

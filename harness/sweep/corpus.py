@@ -1,6 +1,7 @@
 """The instruction sweep's corpus: x86-64 instruction forms generated from the opcode maps
 (harness/configs/sweep.toml), each with the prefixes that change its meaning and with
-register, base+index and RIP-relative ModRM forms, decoded back with capstone.
+register, base+index and RIP-relative ModRM forms, decoded back with capstone; and (class
+"prologue") the first instructions of real programs' functions, taken from their binaries.
 
 Generation works on bytes: a candidate is prefixes + opcode (+ ModRM/SIB/displacement) +
 filler immediate bytes; capstone says whether it is defined in 64-bit mode, how long it is
@@ -538,26 +539,12 @@ class _Generator:
                 self._add_real(PROLOGUE, entry.insn_bytes, shapes)
 
     def _add_real(self, klass: str, code: bytes, shapes: set[tuple[bytes, str]]) -> None:
-        """One instruction taken from a real program, as a form of `klass`."""
+        """One instruction taken from a real program, as a form of `klass`. Every reason to
+        drop it is weighed before its shape counts as taken (another occurrence of the shape,
+        with other operands, may be usable)."""
         decoded = self.decoder.decode(code)
         if decoded is None or decoded.size != len(code):
             self.corpus.dropped["undefined in 64-bit mode (capstone)"] += 1
-            return
-        gprs, rip, reason = self._real_operand(decoded)
-        if reason == _CANARY:  # before the shape is taken: another occurrence may be kept
-            self.corpus.dropped[reason] += 1
-            return
-        cut = min([o for o in (decoded.disp_offset, decoded.imm_offset) if o] or [len(code)])
-        shape = (code[:cut], decoded.mnemonic)
-        if shape in shapes:
-            self.corpus.dropped["duplicate shape (prologue)"] += 1
-            return
-        shapes.add(shape)
-        reason = self.exclude.get(decoded.mnemonic.split()[-1]) or reason
-        if reason is None and self._needs(decoded, klass) is None:
-            reason = "not supported by the guest CPU"
-        if reason:
-            self.corpus.dropped[reason] += 1
             return
         prefix_len = 0
         while prefix_len < len(code) and (
@@ -567,24 +554,46 @@ class _Generator:
         prefix, rest = code[:prefix_len], code[prefix_len:]
         escape = 2 if rest[:2] in (b"\x0f\x38", b"\x0f\x3a") else 1 if rest[:1] == b"\x0f" else 0
         opcode = rest[: escape + 1]
-        opcode_map = "twobyte" if escape else "onebyte"
-        if code[:1] in (b"\xc4", b"\xc5", b"\x62"):
+        opcode_map = ("onebyte", "twobyte", "threebyte")[escape]
+        vex = code[:1] in (b"\xc4", b"\xc5", b"\x62")
+        if vex:
             prefix_len, opcode_map = 0, "avx"  # VEX/EVEX: no branch, no legacy prefix
         branch, _ = self._branch_kind(opcode_map, prefix, opcode, rest[escape + 1 :])
-        if branch and 0x66 in prefix:
-            self.corpus.dropped["operand-size prefix on a near branch (vendor-dependent)"] += 1
+        gprs, rip, reason = self._real_operand(decoded)
+        mnemonic = decoded.mnemonic.split()[-1]
+        operands = _SEGMENT_OVERRIDE.sub("", decoded.op_str)
+        if reason is None:
+            reason = self.exclude.get(mnemonic)
+        if reason is None and self.bad_operands & set(_WORD.findall(operands)):
+            reason = "privileged"
+        if reason is None and vex and _vex_l(code) and mnemonic in self.emulator_vex_l1:
+            reason = "crashes the emulator (QEMU TCG assertion)"
+        if reason is None and branch == "indirect" and "ptr [" in decoded.op_str and not rip:
+            reason = "indirect branch through memory (no landing pad at its operand)"
+        if reason is None and branch and 0x66 in prefix:
+            reason = "operand-size prefix on a near branch (vendor-dependent)"
+        needs = self._needs(decoded, klass)
+        if reason is None and needs is None:
+            reason = "not supported by the guest CPU"
+        if reason:
+            self.corpus.dropped[reason] += 1
             return
+        cut = min([o for o in (decoded.disp_offset, decoded.imm_offset) if o] or [len(code)])
+        shape = (code[:cut], decoded.mnemonic)
+        if shape in shapes:
+            self.corpus.dropped["duplicate shape (prologue)"] += 1
+            return
+        shapes.add(shape)
         if rip:
             head, imm = code[: decoded.disp_offset], code[decoded.disp_offset + 4 :]
         elif decoded.imm_offset:
             head, imm = code[: decoded.imm_offset], code[decoded.imm_offset :]
         else:
             head, imm = code, b""
-        needs = self._needs(decoded, klass) or ()
         text = f"{decoded.mnemonic} {decoded.op_str}".strip()
         name = f"{klass}-{head.hex()}{'-rip' if rip else ''}"
         self.corpus.forms.append(
-            Form(name, klass, head, rip, imm, text, branch, needs, gprs, prefix_len, 64)
+            Form(name, klass, head, rip, imm, text, branch, needs or (), gprs, prefix_len, 64)
         )
 
     def _real_operand(self, decoded):
@@ -621,7 +630,10 @@ class _Generator:
                     gprs[base] = insn.STACK_BASE + (-disp & 0xFFFF)
                 else:
                     reason = "displacement beyond the scratch area and the test stack"
-            if index in _GPR_BY_NUMBER and index not in (base, "rsp"):
+            if index and index == base:  # lea and nop compute no access: any value will do
+                if decoded.mnemonic not in ("lea", "nop"):
+                    reason = reason or "base and index are one register (no address to choose)"
+            elif index in _GPR_BY_NUMBER and index != "rsp":
                 gprs[index] = 0
         return tuple(sorted(gprs.items())), rip, reason
 
