@@ -1,19 +1,23 @@
-"""Family: realcode - real programs built by someone else (Debian), a uprobe on every
-function entry, their own workload run probed and unprobed.
+"""Family: realcode - real programs built by someone else (Debian), their own workload run
+probed and unprobed, with a uprobe on every function entry, and (second mode) on every
+instruction of the functions the workload enters most.
 
 Sites: every FDE of the unwind table and every function symbol (Debian strips the symbol
-table; `harness.probing.functions`). The probed copy of the program is mapped by a sleeping
-process of its own while the probes are enabled, so the kernel analyses every site then and
-a refusal is reported with its errno (not silently skipped at a later mmap).
+table; `harness.probing.functions`); in the second mode, every instruction of the chosen
+functions (capstone, linear over the FDE's range). The probed copy of the program is mapped
+by an idle process of its own (the program's `idle` arguments) while the probes are enabled,
+so the kernel analyses every site then and a refusal is reported with its errno (not
+silently skipped at a later mmap). Address-space randomization is off meanwhile.
 
 Oracles, per command of the workload (testcases/real_programs.toml): the unprobed run's
 output and exit status; a ptrace breakpoint counter (testcases/targets/bpcount.c, no uprobes
-involved) for how often each function entry ran, which must equal uprobe_profile's count.
+involved) for how often each site ran, which must equal uprobe_profile's count.
 """
 
 import hashlib
 import re
 import shlex
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +82,8 @@ def no_aslr(guest):
     before = guest.run(["cat", knob], check=True).stdout.strip()
     guest.run(f"echo 0 > {knob}", check=True)
     yield
-    guest.run(f"echo {shlex.quote(before)} > {knob}", timeout=30)
+    if guest.vm.alive():  # a dead guest is replaced anyway
+        guest.run(f"echo {shlex.quote(before)} > {knob}", timeout=30, check=True)
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ def _unprobed_and_counted(guest, workload: Workload, sites: list[FunctionEntry],
     """Each command run unprobed, then under the ptrace counter with a breakpoint on every
     site: ([unprobed results], [{probe name: times executed}])."""
     addresses = f"{workload.work}/{tag}.addresses"
-    guest.vm.ssh.put("".join(f"{s.address:x}\n" for s in sites).encode(), addresses)
+    unique = sorted({s.address for s in sites})
+    guest.vm.ssh.put("".join(f"{a:x}\n" for a in unique).encode(), addresses)
     unprobed, counted = [], []
     for command in workload.program.commands:
         line = _command_line(workload.path, command.argv, command.stdin)
@@ -190,16 +196,16 @@ def _record(request, sites, counted, refused) -> set[str]:
     return executed
 
 
-# (guest, program name) -> the unprobed runs and entry counts of its workload: taken once
-# per guest, shared by the two modes
-_ENTRY_RUNS: dict[tuple[int, str], tuple[list, list]] = {}
+# guest -> {program name: the unprobed runs and entry counts of its workload}: taken once
+# per guest, shared by the two modes (weak: a retired guest takes its runs with it)
+_ENTRY_RUNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _entry_runs(guest, workload: Workload, entries: list[FunctionEntry]):
-    key = (id(guest), workload.program.name)
-    if key not in _ENTRY_RUNS:
-        _ENTRY_RUNS[key] = _unprobed_and_counted(guest, workload, entries, "entries")
-    return _ENTRY_RUNS[key]
+    runs = _ENTRY_RUNS.setdefault(guest, {})
+    if workload.program.name not in runs:
+        runs[workload.program.name] = _unprobed_and_counted(guest, workload, entries, "entries")
+    return runs[workload.program.name]
 
 
 @pytest.mark.vm(tcg="exact")

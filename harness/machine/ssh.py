@@ -23,7 +23,7 @@ from harness.errors import InfraError
 
 @dataclass(frozen=True)
 class Result:
-    status: int  # exit status; 128 + N when killed by signal N (as a shell reports it)
+    status: int  # exit status; 128 + N when killed by signal N; -1: the server sent neither
     stdout: str
     stderr: str
     signal: str | None = None  # e.g. "SIGSEGV" when the command was killed by a signal
@@ -185,7 +185,7 @@ class SSHSession:
             raise CommandTimeout(f"Guest command timed out after {timeout}s: {command}") from error
         finally:
             channel.close()
-        killed_by = self._exit_signal(channel)
+            killed_by = self._exit_signal(channel)  # taken even on a timeout (no leftovers)
         if killed_by is not None:
             status = _signal_status(killed_by)
         result = Result(
@@ -230,9 +230,11 @@ class SSHSession:
             status = channel.recv_exit_status()
         finally:
             channel.close()
+            killed_by = self._exit_signal(channel)
         if status != 0:
+            how = f"killed by {killed_by}" if killed_by else f"status {status}"
             raise InfraError(
-                f"Guest command failed ({status}): {shlex.join(cmd)}: "
+                f"Guest command failed ({how}): {shlex.join(cmd)}: "
                 f"{err.decode(errors='replace').strip()}"
             )
         return out

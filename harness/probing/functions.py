@@ -153,7 +153,7 @@ class RealProgram(data.Spec):
     idle: list[str]  # arguments that keep the program alive doing nothing (while probes go in)
     # second mode: every instruction of the `hot_functions` functions the workload enters
     # most often, among those of at least `hot_bytes_min` bytes entered at most
-    # `hot_calls_max` times (a bound on the breakpoint traps of the counting run)
+    # `hot_calls_max` times (which bounds the counting run's traps, loops aside)
     hot_functions: int = 0
     hot_calls_max: int = 1000
     hot_bytes_min: int = 200

@@ -76,6 +76,11 @@ int main(int argc, char **argv)
 	}
 	fclose(f);
 	qsort(sites, nsites, sizeof(*sites), by_addr);
+	size_t unique = 0; /* an address listed twice would read its own int3 as the original */
+	for (size_t i = 0; i < nsites; i++)
+		if (unique == 0 || sites[i].addr != sites[unique - 1].addr)
+			sites[unique++] = sites[i];
+	nsites = unique;
 	pid_t child = fork();
 	if (child == 0) {
 		ptrace(PTRACE_TRACEME, 0, NULL, NULL);
