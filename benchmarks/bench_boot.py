@@ -1,7 +1,10 @@
 """Boot benchmark: time from starting QEMU to the first answered SSH command, under the
-chosen accelerator, for several vCPU counts. Prints medians.
+chosen accelerator, for several vCPU counts and QEMU machine types. Prints medians, and for
+each later machine type its ratio to the first one (same session, runs interleaved so that
+the machine's load affects both alike).
 
   python benchmarks/bench_boot.py [--kernel debian:6.1] [--smp 1,2,4] [--runs 5]
+                                  [--machines pc,microvm]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> int:
     parser.add_argument("--smp", default="1,2,4")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tcg-threads", default="multi")
+    parser.add_argument("--machines", default="auto", help="e.g. pc,microvm (default auto)")
     args = parser.parse_args()
     built = kernel.build(
         kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
@@ -35,18 +39,28 @@ def main() -> int:
         f"{built.label} {built.series}, bzImage {built.bzimage.stat().st_size / 1e6:.1f} MB, "
         f"initramfs {img.initramfs.stat().st_size / 1e6:.1f} MB"
     )
+    machines = args.machines.split(",")
     for smp in (int(v) for v in args.smp.split(",")):
-        times, markers = [], []
+        times: dict[str, list[float]] = {m: [] for m in machines}
+        markers: dict[str, list[float]] = {m: [] for m in machines}
+        accel = ""
         for _ in range(args.runs):
-            with VM(built, img, MachineSpec(smp=smp, tcg_threads=args.tcg_threads)) as vm:
-                times.append(vm.boot_seconds)
-                markers.append(vm.marker_seconds)
-                accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
-        print(
-            f"smp={smp} ({accel}): boot to SSH ready median {statistics.median(times):.2f}s "
-            f"({', '.join(f'{t:.2f}' for t in times)}); ready marker on the console median "
-            f"{statistics.median(markers):.2f}s"
-        )
+            for machine in machines:
+                spec = MachineSpec(smp=smp, tcg_threads=args.tcg_threads, machine=machine)
+                with VM(built, img, spec) as vm:
+                    assert vm.record is not None and vm.record.vcpus_seen == smp
+                    times[machine].append(vm.boot_seconds)
+                    markers[machine].append(vm.marker_seconds)
+                    accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
+        first = statistics.median(times[machines[0]])
+        for machine in machines:
+            median = statistics.median(times[machine])
+            ratio = "" if machine == machines[0] else f", x{median / first:.2f} vs {machines[0]}"
+            print(
+                f"smp={smp} {machine} ({accel}): boot to SSH ready median {median:.2f}s "
+                f"({', '.join(f'{t:.2f}' for t in times[machine])}){ratio}; ready marker on "
+                f"the console median {statistics.median(markers[machine]):.2f}s"
+            )
     return 0
 
 

@@ -90,6 +90,12 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
         help="TCG threading: multi (true parallelism) or single (exact cross-modifying code)",
     )
     parser.add_argument("--oops-panic", action="store_true", help="boot with oops=panic")
+    parser.add_argument(
+        "--machine",
+        default="auto",
+        choices=["auto", "microvm", "pc"],
+        help="QEMU machine type (default auto: microvm where the kernel has virtio-mmio)",
+    )
 
 
 def _machine_spec(args):
@@ -101,6 +107,7 @@ def _machine_spec(args):
         accel=args.accel,
         tcg_threads=args.tcg_threads,
         oops_panic=args.oops_panic,
+        machine=args.machine,
     )
 
 
@@ -124,7 +131,7 @@ def cmd_boot(args) -> int:
             f"guest up in {machine.boot_seconds:.1f}s: {record.kernel_release}, "
             f"{record.vcpus_seen} vCPU(s), {record.accel}"
             f"{'/' + record.tcg_threads if record.tcg_threads else ''}, "
-            f"ssh 127.0.0.1:{machine.port}, console {machine.console_log}"
+            f"machine {record.machine}, ssh 127.0.0.1:{machine.port}, console {machine.console_log}"
         )
         if command:
             import shlex

@@ -55,6 +55,11 @@ def pytest_addoption(parser):
         help="vCPU counts for SMP-parametrized scenarios, e.g. 1,4",
     )
     group.addoption("--accel", default=os.environ.get("UPH_ACCEL", "auto"))
+    group.addoption(
+        "--machine",
+        default=os.environ.get("UPH_MACHINE", "auto"),
+        help="QEMU machine type: auto (microvm where the kernel has virtio-mmio), microvm, pc",
+    )
     group.addoption("--repeat", type=int, default=1, help="repeat race-sensitive checks N times")
 
 

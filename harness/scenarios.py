@@ -64,8 +64,9 @@ class _Slot:
 class VMPool:
     """One VM per (smp, TCG threading), shared across tests; replaced after a crash."""
 
-    def __init__(self, kernel, image, accel: str, workdir):
+    def __init__(self, kernel, image, accel: str, workdir, machine: str = "auto"):
         self.kernel, self.image, self.accel, self.workdir = kernel, image, accel, workdir
+        self.machine = machine
         self._slots: dict[tuple[int, str], _Slot] = {}
         self._serial = 0
 
@@ -79,7 +80,7 @@ class VMPool:
         if slot is not None:
             self.retire(slot.guest)
         self._serial += 1
-        spec = MachineSpec(smp=smp, accel=self.accel, tcg_threads=tcg)
+        spec = MachineSpec(smp=smp, accel=self.accel, tcg_threads=tcg, machine=self.machine)
         vm = VM(
             self.kernel,
             self.image,
@@ -122,7 +123,11 @@ class VMPool:
 @pytest.fixture(scope="session")
 def vm_pool(request, kernel, image, tmp_path_factory):
     pool = VMPool(
-        kernel, image, request.config.getoption("--accel"), tmp_path_factory.mktemp("vms")
+        kernel,
+        image,
+        request.config.getoption("--accel"),
+        tmp_path_factory.mktemp("vms"),
+        machine=request.config.getoption("--machine"),
     )
     yield pool
     pool.close()
@@ -154,6 +159,7 @@ def guest(request, vm_pool) -> Guest:
         ("kernel_release", record.kernel_release),
         ("accel", record.accel),
         ("tcg_threads", record.tcg_threads),
+        ("machine", record.machine),
         ("vcpus", record.vcpus_seen),
         ("xmc_stale", check.xmc_stale),
         ("xmc_runs", check.xmc_runs),

@@ -3,6 +3,7 @@
 import pytest
 
 from harness import data
+from harness.errors import InfraError
 from harness.machine import vm
 from harness.paths import CONFIGS_DIR
 
@@ -16,7 +17,7 @@ def test_shipped_machine_loads():
 
 def test_machine_errors_name_the_file_and_the_key(tmp_path):
     path = tmp_path / "qemu_x86_64.toml"
-    path.write_text(SHIPPED + "smp = 2\n")
+    path.write_text("smp = 2\n" + SHIPPED)
     with pytest.raises(
         data.DataError,
         match=r"qemu_x86_64.toml: top level: unknown key 'smp'; "
@@ -30,3 +31,48 @@ def test_machine_errors_name_the_file_and_the_key(tmp_path):
         r"expected `int`, got `str`",
     ):
         data.load(path, vm.Machine)
+
+
+def _config(tmp_path, *options):
+    path = tmp_path / ".config"
+    path.write_text("".join(f"{o}=y\n" for o in options) + "# CONFIG_PCI is not set\n")
+    return path
+
+
+MICROVM_OPTIONS = ("CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES", "CONFIG_ACPI")
+
+
+def test_auto_takes_microvm_where_the_kernel_has_virtio_mmio(tmp_path):
+    config = _config(tmp_path, *MICROVM_OPTIONS, "CONFIG_PCI", "CONFIG_VIRTIO_PCI")
+    assert vm.choose_machine("auto", config) == "microvm"
+
+
+def test_auto_falls_back_to_pc_without_virtio_mmio(tmp_path):
+    config = _config(tmp_path, "CONFIG_ACPI", "CONFIG_PCI", "CONFIG_VIRTIO_PCI")
+    assert vm.choose_machine("auto", config) == "pc"
+    # a bare bzImage (no .config to read) boots on the last, most compatible type
+    assert vm.choose_machine("auto", None) == "pc"
+
+
+def test_a_named_machine_the_kernel_cannot_use_is_refused_with_the_options(tmp_path):
+    config = _config(tmp_path, "CONFIG_ACPI", "CONFIG_PCI", "CONFIG_VIRTIO_PCI")
+    with pytest.raises(InfraError, match="CONFIG_VIRTIO_MMIO, CONFIG_VIRTIO_MMIO_CMDLINE"):
+        vm.choose_machine("microvm", config)
+    assert vm.choose_machine("pc", config) == "pc"
+    with pytest.raises(InfraError, match="unknown machine 'q35'"):
+        vm.choose_machine("q35", config)
+
+
+def test_the_qemu_command_uses_the_chosen_machine_type(tmp_path):
+    class Kernel:
+        bzimage, config, identity, label = tmp_path / "bzImage", None, "k", "k"
+
+    class Image:
+        initramfs = tmp_path / "initramfs"
+
+    guest = vm.VM(Kernel(), Image(), vm.MachineSpec(machine="microvm"), workdir=tmp_path)
+    guest.accel = vm.AccelChoice("tcg", "test")
+    guest.machine = "microvm"
+    command = guest._qemu_command()
+    assert command[command.index("-machine") + 1] == "microvm"
+    assert "virtio-net-device,netdev=n0" in command

@@ -37,24 +37,38 @@ from harness.paths import CONFIGS_DIR, cache_dir
 log = logging.getLogger(__name__)
 
 
+class MachineType(data.Spec):
+    """One QEMU machine type a guest can run on (a [machines.NAME] table)."""
+
+    qemu_machine: str  # -machine
+    nic: str  # the virtio-net device for that machine's bus
+    requires: list[str]  # kernel options "auto" needs in the kernel's .config
+    bios: str = ""  # firmware; "": QEMU's default
+
+
 class Machine(data.Spec):
     """The QEMU machine guests run on (harness/configs/qemu_x86_64.toml, which says more)."""
 
     binary: str
-    machine: str
+    machine: str  # "auto" or a key of machines
     cpu_tcg: str
     cpu_kvm: str
     memory_mb: int
     console: str
-    nic: str
     cmdline: list[str]
     unresponsive_s: int
     boot_timeout_s: int
     kvm_probe_s: int
-    bios: str = ""  # firmware; "": QEMU's default
+    machines: dict[str, MachineType]
 
 
 MACHINE = data.load(CONFIGS_DIR / "qemu_x86_64.toml", Machine)
+if MACHINE.machine != "auto" and MACHINE.machine not in MACHINE.machines:
+    raise data.error(
+        CONFIGS_DIR / "qemu_x86_64.toml",
+        "machine",
+        f"'{MACHINE.machine}' is neither \"auto\" nor one of {sorted(MACHINE.machines)}",
+    )
 UNIX_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
 SOCKET_DIR_PREFIX = "uph-qmp-"
@@ -142,6 +156,49 @@ class MachineSpec:
     tcg_threads: str = "multi"  # multi | single (only under TCG)
     oops_panic: bool = False
     extra_cmdline: tuple[str, ...] = ()
+    machine: str = "auto"  # auto | a key of the machine definition's machines (pc, microvm)
+
+
+def _config_options(config: Path | None) -> set[str] | None:
+    """The options set (=y or =m) in a kernel .config; None when there is none to read."""
+    if config is None or not Path(config).is_file():
+        return None
+    options = set()
+    for line in Path(config).read_text(errors="replace").splitlines():
+        name, sep, value = line.partition("=")
+        if sep and value in ("y", "m") and name.startswith("CONFIG_"):
+            options.add(name)
+    return options
+
+
+def choose_machine(requested: str, config: Path | None) -> str:
+    """The machine type a guest boots on: REQUESTED if it names one; for "auto", the first
+    of the machine definition's types whose required options the kernel's .config has (the
+    last type when the kernel has no .config). A named type the kernel lacks options for is
+    refused with the missing options named."""
+    requested = MACHINE.machine if requested == "auto" else requested
+    names = list(MACHINE.machines)
+    options = _config_options(config)
+    if requested != "auto":
+        if requested not in MACHINE.machines:
+            raise InfraError(f"unknown machine '{requested}'; known: auto, {', '.join(names)}")
+        missing = [
+            o
+            for o in MACHINE.machines[requested].requires
+            if options is not None and o not in options
+        ]
+        if missing:
+            raise InfraError(
+                f"machine '{requested}' needs {', '.join(missing)} in the kernel's "
+                f"configuration ({config}); use --machine auto or a config fragment with them"
+            )
+        return requested
+    if options is None:
+        return names[-1]
+    for name in names:
+        if all(o in options for o in MACHINE.machines[name].requires):
+            return name
+    return names[-1]
 
 
 @dataclass(frozen=True)
@@ -196,6 +253,7 @@ class GuestRecord:
     vcpus_seen: int
     kernel_identity: str
     kernel_release: str
+    machine: str = ""  # the QEMU machine type (pc, microvm)
 
 
 def qemu_binary() -> str:
@@ -331,6 +389,7 @@ class VM:
         self.watch = ConsoleWatch()
         self.port = 0
         self.accel: AccelChoice | None = None
+        self.machine = ""  # the machine type, chosen in start()
         self.record: GuestRecord | None = None
         self.command: list[str] = []
         self.boot_seconds = 0.0
@@ -360,9 +419,8 @@ class VM:
         args += list(self.spec.extra_cmdline)
         return " ".join(args)
 
-    @staticmethod
-    def _firmware_args() -> list[str]:
-        bios = MACHINE.bios
+    def _firmware_args(self) -> list[str]:
+        bios = MACHINE.machines[self.machine].bios
         return ["-bios", bios] if bios and Path(bios).is_file() else []
 
     def _qemu_command(self) -> list[str]:
@@ -379,7 +437,7 @@ class VM:
         return [
             qemu_binary(),
             "-machine",
-            MACHINE.machine,
+            MACHINE.machines[self.machine].qemu_machine,
             "-accel",
             accel_arg,
             "-cpu",
@@ -404,7 +462,7 @@ class VM:
             "-netdev",
             net,
             "-device",
-            f"{MACHINE.nic},netdev=n0",
+            f"{MACHINE.machines[self.machine].nic},netdev=n0",
             "-qmp",
             f"unix:{qemu_option_value(self.qmp_socket)},server=on,wait=off",
         ]
@@ -412,6 +470,7 @@ class VM:
     def start(self, timeout: float | None = None) -> VM:
         timeout = timeout or MACHINE.boot_timeout_s
         self.accel = choose_accel(self.spec.accel, self.kernel.bzimage)
+        self.machine = choose_machine(self.spec.machine, getattr(self.kernel, "config", None))
         started = time.monotonic()
         try:
             for _attempt in range(5):
@@ -516,6 +575,7 @@ class VM:
             seen,
             self.kernel.identity,
             release,
+            self.machine,
         )
         if seen != self.spec.smp:
             self.shutdown()

@@ -20,6 +20,8 @@ RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
     # a uprobe consumer through perf_event_open (the uprobe PMU)
     "perf_uprobe": (("perf_uprobe.c",), ()),
+    # a uprobe consumer through BPF (perf-event attach, uprobe_multi links, sessions)
+    "bpf_uprobe": (("bpf_uprobe.c",), ()),
     # how often code addresses run, counted with ptrace breakpoints (no uprobes)
     "bpcount": (("bpcount.c",), ()),
     "xol_many": (("xol_many.c", "xol_sites.S", "hits_sites.S"), ("-pthread",)),

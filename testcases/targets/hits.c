@@ -6,6 +6,9 @@
  * usage: hits SITE NTHREADS ITERS [SECONDS]   SITE = push | mov | riprel | ret | nop10
  *        (with SECONDS, each thread also stops at that deadline: a fixed-length run)
  * prints: calls=<total> bad=<wrong results> threads=<n>
+ *        With HITS_EXIT_TOGETHER=1 in the environment, the threads also wait for each other
+ *        after their last call, so no thread exits while a sibling still calls the site (a
+ *        control for hit losses that depend on threads outliving their siblings).
  *
  *        hits peek SITE SECONDS [STOPFILE]   one thread calls SITE for SECONDS (or until
  *        STOPFILE exists, checked every 1024 calls) and reads the site's
@@ -33,6 +36,8 @@ static long expected_kind;       /* 0: returns arg (mov), 1: arg+1 (ret), 2: con
 static long iterations;
 static double deadline;            /* CLOCK_MONOTONIC seconds; 0: none */
 static pthread_barrier_t start_line;
+static pthread_barrier_t finish_line; /* only with HITS_EXIT_TOGETHER=1 */
+static int exit_together;
 static uint64_t calls;
 static uint64_t bad;
 
@@ -58,6 +63,8 @@ static void *worker(void *arg)
 		if ((expected_kind != 3 && out != want) || !regs_ok)
 			__atomic_fetch_add(&bad, 1, __ATOMIC_RELAXED);
 	}
+	if (exit_together)
+		pthread_barrier_wait(&finish_line);
 	return NULL;
 }
 
@@ -119,6 +126,9 @@ int main(int argc, char **argv)
 		deadline = now() + atof(argv[4]);
 	pthread_t *tids = calloc(nthreads, sizeof(*tids));
 	pthread_barrier_init(&start_line, NULL, nthreads);
+	const char *together = getenv("HITS_EXIT_TOGETHER");
+	exit_together = together && !strcmp(together, "1");
+	pthread_barrier_init(&finish_line, NULL, nthreads);
 	for (long t = 0; t < nthreads; t++)
 		if (pthread_create(&tids[t], NULL, worker, (void *)t)) {
 			perror("pthread_create");

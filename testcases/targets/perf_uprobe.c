@@ -103,6 +103,10 @@ int main(int argc, char **argv)
 	if (pipe(go))
 		return 2;
 	pid_t child = fork();
+	if (child < 0) {
+		fprintf(stderr, "perf_uprobe: fork: %s\n", strerror(errno));
+		return 2;
+	}
 	if (child == 0) { /* wait until the events exist, then become CMD */
 		char byte;
 		close(go[1]);
@@ -120,6 +124,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "perf_uprobe: perf_event_open(pid %d): %s\n", attach,
 				strerror(errno));
 			kill(child, 9);
+			waitpid(child, NULL, 0);
 			return 2;
 		}
 	} else if (filtered) {
@@ -128,6 +133,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "perf_uprobe: perf_event_open(pid %d): %s\n", child,
 				strerror(errno));
 			kill(child, 9);
+			waitpid(child, NULL, 0);
 			return 2;
 		}
 	} else if (!toggled) {
@@ -137,6 +143,7 @@ int main(int argc, char **argv)
 				fprintf(stderr, "perf_uprobe: perf_event_open(cpu %d): %s\n", cpu,
 					strerror(errno));
 				kill(child, 9);
+				waitpid(child, NULL, 0);
 				return 2;
 			}
 		}
