@@ -1,7 +1,8 @@
 """Integration: the newest mainline kernel Debian ships (debian:7.3, fetched from suite
 experimental through the harness's private apt configuration), built with its default series,
-booted, and one scenario family run on it through the main job, as a user would:
-`python -m harness main --kernel debian:7.3 -- -m stack`."""
+booted, and two scenario families run on it through the main job, as a user would:
+`python -m harness main --kernel debian:7.3 -- -m "stack or consumers"` (the consumers
+family reaches the BPF attach modes 6.1 lacks: uprobe_multi links and sessions)."""
 
 import json
 import subprocess
@@ -36,12 +37,15 @@ def test_mainline_builds_from_its_suite_with_the_base_config(mainline):
         "CONFIG_KERNEL_LZ4=y",
         "CONFIG_SECCOMP_FILTER=y",
         "CONFIG_IA32_EMULATION=y",
+        "CONFIG_BPF_SYSCALL=y",
+        "CONFIG_BPF_EVENTS=y",
+        "CONFIG_VIRTIO_MMIO=y",
         "CONFIG_SYSCALL_USER_DISPATCH=y",
     ):  # the last from kernels.toml's fragment
         assert needed in config
 
 
-def test_main_job_runs_the_stack_family_on_mainline(mainline, tmp_path):
+def test_main_job_runs_the_stack_and_consumers_families_on_mainline(mainline, tmp_path):
     results_dir = tmp_path / "results"
     run = subprocess.run(
         [
@@ -57,7 +61,7 @@ def test_main_job_runs_the_stack_family_on_mainline(mainline, tmp_path):
             str(results_dir),
             "--",
             "-m",
-            "stack",
+            "stack or consumers",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -66,8 +70,9 @@ def test_main_job_runs_the_stack_family_on_mainline(mainline, tmp_path):
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     results = report.read_junit(results_dir / "junit.xml")
-    assert len(results) >= 20
-    # with uprobes-7.3-fixes every stack case passes, the userfaultfd push/call ones included
+    assert len(results) >= 60
+    # with uprobes-7.3-fixes every stack and consumers case passes (no skip: 7.3 has every
+    # BPF attach mode), the userfaultfd push/call ones and the process-bound ones included
     assert {r.outcome for r in results} == {"passed"}, [
         (r.name, r.outcome) for r in results if r.outcome != "passed"
     ]
@@ -75,5 +80,10 @@ def test_main_job_runs_the_stack_family_on_mainline(mainline, tmp_path):
     assert {
         "test_probed_stack_write_is_transparent[uffd-push]",
         "test_probed_stack_write_is_transparent[uffd-call]",
+        "test_every_hit_counted_by_the_consumer[smp1-mov-8-bpf_multi]",
+        "test_every_hit_counted_by_the_consumer[smp1-ret-8-bpf_session]",
+        "test_every_hit_counted_by_the_consumer[smp1-riprel-8-perf_pid]",
+        "test_process_bound_event_counts_threads_outliving_their_siblings[staggered]",
+        "test_filtered_bpf_link_keeps_other_processes_untouched[smp1-push]",
     } <= names
     assert all(r.properties.get("kernel", "").startswith("debian:7.3") for r in results)

@@ -76,3 +76,25 @@ def test_the_qemu_command_uses_the_chosen_machine_type(tmp_path):
     command = guest._qemu_command()
     assert command[command.index("-machine") + 1] == "microvm"
     assert "virtio-net-device,netdev=n0" in command
+
+
+def test_microvm_gets_the_host_tsc_frequency_and_pc_does_not(tmp_path, monkeypatch):
+    """microvm has no HPET or ACPI PM timer: a guest whose PIT calibration fails under load
+    would mark its TSC unstable and hang, so the host's TSC frequency goes on its command
+    line; pc calibrates against its HPET."""
+    monkeypatch.setattr(vm.tsc, "host_tsc_khz", lambda: 2445377)
+
+    class Kernel:
+        bzimage, config, identity, label = tmp_path / "bzImage", None, "k", "k"
+
+    guest = vm.VM(Kernel(), None, vm.MachineSpec(), workdir=tmp_path)
+    guest.machine = "microvm"
+    assert "tsc_early_khz=2445377" in guest._cmdline().split()
+    guest.machine = "pc"
+    assert not any(a.startswith("tsc_early_khz=") for a in guest._cmdline().split())
+
+
+def test_the_host_tsc_frequency_is_measured():
+    khz = vm.tsc.host_tsc_khz()
+    # any x86-64 host of the last twenty years: between 500 MHz and 10 GHz
+    assert khz is not None and 500_000 < khz < 10_000_000

@@ -30,6 +30,7 @@ import pexpect
 
 from harness import children, data
 from harness.errors import BootError, InfraError
+from harness.machine import tsc
 from harness.machine.console import ConsoleWatch
 from harness.machine.ssh import SSHSession
 from harness.paths import CONFIGS_DIR, cache_dir
@@ -44,6 +45,7 @@ class MachineType(data.Spec):
     nic: str  # the virtio-net device for that machine's bus
     requires: list[str]  # kernel options "auto" needs in the kernel's .config
     bios: str = ""  # firmware; "": QEMU's default
+    tsc_from_host: bool = False  # pass the host's TSC frequency as tsc_early_khz=
 
 
 class Machine(data.Spec):
@@ -414,6 +416,8 @@ class VM:
     # -- launch -------------------------------------------------------------------------------
     def _cmdline(self) -> str:
         args = [f"console={MACHINE.console}", *MACHINE.cmdline]
+        if MACHINE.machines[self.machine].tsc_from_host and (khz := tsc.host_tsc_khz()):
+            args.append(f"tsc_early_khz={khz}")
         if self.spec.oops_panic:
             args.append("oops=panic")
         args += list(self.spec.extra_cmdline)
