@@ -38,16 +38,21 @@ def _fields(text: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", text))
 
 
+def _consumer_fields(tool: str, result):
+    """A consumer tool's result: (its CMD's fields, the consumer's fields: its last line)."""
+    assert result.status == 0, f"{tool} failed ({result.status}): {result.stderr}"
+    lines = result.stdout.strip().splitlines()
+    consumer = _fields(lines[-1])
+    assert consumer.get("status") == "0", f"the probed program failed: {result.stdout}"
+    return _fields(" ".join(lines[:-1])), consumer
+
+
 def _perf_run(guest, perf, mode: str, path: str, offset: int, kind: str, cmd: list[str]):
     """Run CMD under a perf uprobe consumer; (CMD's fields, the consumer's fields)."""
     flags = {"perf": [], "perf_pid": ["-p"]}[mode]
     flags += [kind] if kind else []
     result = guest.run([perf, *flags, path, hex(offset), "--", *cmd], timeout=600)
-    assert result.status == 0, f"perf_uprobe failed ({result.status}): {result.stderr}"
-    lines = result.stdout.strip().splitlines()
-    consumer = _fields(lines[-1])
-    assert consumer.get("status") == "0", f"the probed program failed: {result.stdout}"
-    return _fields(" ".join(lines[:-1])), consumer
+    return _consumer_fields("perf_uprobe", result)
 
 
 # BPF consumer -> (bpf_uprobe's flags, the first upstream release with that attach mode)
@@ -57,28 +62,30 @@ BPF_MODES = {
     "bpf_multi_pid": (["-m", "multi", "-p"], (6, 6)),
     "bpf_session": (["-m", "session"], (6, 13)),
 }
+BPF_UNSUPPORTED = 3  # bpf_uprobe's exit status when the kernel refuses the attach mode
+
+
+def _skip_where_the_kernel_predates(guest, mode: str, refusal: str) -> None:
+    """bpf_uprobe was refused MODE: skip on a kernel older than the release that added it,
+    fail on any other (the refusal would hide a bug)."""
+    release = guest.record.kernel_release
+    since = BPF_MODES[mode][1]
+    version = version_tuple(release)
+    assert version is not None and version < since, (
+        f"{mode}: the kernel ({release}) refused the attach mode it has had since "
+        f"{since[0]}.{since[1]}: {refusal}"
+    )
+    pytest.skip(f"{mode}: kernel {release} predates it ({since[0]}.{since[1]})")
 
 
 def _bpf_run(guest, bpf, mode: str, path: str, offset: int, kind: str, cmd: list[str]):
-    """Run CMD under a BPF uprobe consumer; (CMD's fields, the consumer's fields). Skips
-    only where the kernel predates the attach mode (bpf_uprobe exits 3 on EINVAL); on a
-    kernel that should have it, EINVAL is a failure."""
-    flags, since = BPF_MODES[mode]
+    """Run CMD under a BPF uprobe consumer; (CMD's fields, the consumer's fields)."""
+    flags, _since = BPF_MODES[mode]
     flags = flags + ([kind] if kind and mode != "bpf_session" else [])
     result = guest.run([bpf, *flags, path, hex(offset), "--", *cmd], timeout=600)
-    if result.status == 3:
-        release = guest.run(["uname", "-r"]).stdout.strip()
-        version = version_tuple(release)
-        assert version is not None and version < since, (
-            f"{mode}: the kernel ({release}) refused the attach mode it has had since "
-            f"{since[0]}.{since[1]}: {result.stderr.strip()}"
-        )
-        pytest.skip(f"{mode}: kernel {release} predates it ({since[0]}.{since[1]})")
-    assert result.status == 0, f"bpf_uprobe failed ({result.status}): {result.stderr}"
-    lines = result.stdout.strip().splitlines()
-    consumer = _fields(lines[-1])
-    assert consumer.get("status") == "0", f"the probed program failed: {result.stdout}"
-    return _fields(" ".join(lines[:-1])), consumer
+    if result.status == BPF_UNSUPPORTED:
+        _skip_where_the_kernel_predates(guest, mode, result.stderr.strip())
+    return _consumer_fields("bpf_uprobe", result)
 
 
 # (threads, consumer): a process-bound event counting threads that outlive a sibling loses
@@ -279,13 +286,8 @@ def test_filtered_bpf_link_keeps_other_processes_untouched(guest, target, site, 
     # status is checked below
     command = f"{probe}; echo BPF_EXIT=$?"
     out, followed, bystander = _peekers(guest, path, site, command)
-    if "BPF_EXIT=3" in out:
-        release = guest.run(["uname", "-r"]).stdout.strip()
-        version = version_tuple(release)
-        assert version is not None and version < BPF_MODES["bpf_multi"][1], (
-            f"the kernel ({release}) refused a uprobe_multi link: {out}"
-        )
-        pytest.skip(f"bpf_multi: kernel {release} predates it (6.6)")
+    if f"BPF_EXIT={BPF_UNSUPPORTED}" in out:
+        _skip_where_the_kernel_predates(guest, "bpf_multi", out)
     assert "BPF_EXIT=0" in out, out
     lines = [line for line in out.strip().splitlines() if not line.startswith("BPF_EXIT=")]
     consumer = _fields(lines[-1])

@@ -184,12 +184,8 @@ def choose_machine(requested: str, config: Path | None) -> str:
     if requested != "auto":
         if requested not in MACHINE.machines:
             raise InfraError(f"unknown machine '{requested}'; known: auto, {', '.join(names)}")
-        missing = [
-            o
-            for o in MACHINE.machines[requested].requires
-            if options is not None and o not in options
-        ]
-        if missing:
+        missing = [o for o in MACHINE.machines[requested].requires if o not in (options or ())]
+        if options is not None and missing:
             raise InfraError(
                 f"machine '{requested}' needs {', '.join(missing)} in the kernel's "
                 f"configuration ({config}); use --machine auto or a config fragment with them"
@@ -414,9 +410,14 @@ class VM:
         self.shutdown()
 
     # -- launch -------------------------------------------------------------------------------
+    @property
+    def machine_type(self) -> MachineType:
+        """The definition of the machine type chosen in start()."""
+        return MACHINE.machines[self.machine]
+
     def _cmdline(self) -> str:
         args = [f"console={MACHINE.console}", *MACHINE.cmdline]
-        if MACHINE.machines[self.machine].tsc_from_host and (khz := tsc.host_tsc_khz()):
+        if self.machine_type.tsc_from_host and (khz := tsc.host_tsc_khz()):
             args.append(f"tsc_early_khz={khz}")
         if self.spec.oops_panic:
             args.append("oops=panic")
@@ -424,7 +425,7 @@ class VM:
         return " ".join(args)
 
     def _firmware_args(self) -> list[str]:
-        bios = MACHINE.machines[self.machine].bios
+        bios = self.machine_type.bios
         return ["-bios", bios] if bios and Path(bios).is_file() else []
 
     def _qemu_command(self) -> list[str]:
@@ -441,7 +442,7 @@ class VM:
         return [
             qemu_binary(),
             "-machine",
-            MACHINE.machines[self.machine].qemu_machine,
+            self.machine_type.qemu_machine,
             "-accel",
             accel_arg,
             "-cpu",
@@ -466,7 +467,7 @@ class VM:
             "-netdev",
             net,
             "-device",
-            f"{MACHINE.machines[self.machine].nic},netdev=n0",
+            f"{self.machine_type.nic},netdev=n0",
             "-qmp",
             f"unix:{qemu_option_value(self.qmp_socket)},server=on,wait=off",
         ]

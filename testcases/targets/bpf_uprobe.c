@@ -31,6 +31,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "held_child.h"
+
 #define ATTACH_UPROBE_MULTI 48   /* BPF_TRACE_UPROBE_MULTI */
 #define ATTACH_UPROBE_SESSION 57 /* BPF_TRACE_UPROBE_SESSION */
 #define UPROBE_MULTI_RETURN 1u   /* BPF_F_UPROBE_MULTI_RETURN */
@@ -183,12 +185,6 @@ static int attach_link(int prog, uint32_t attach_type, const char *path, uint64_
 	return (int)sys_bpf(BPF_LINK_CREATE, &attr, sizeof(attr));
 }
 
-static void stop(pid_t child)
-{
-	kill(child, SIGKILL);
-	waitpid(child, NULL, 0);
-}
-
 int main(int argc, char **argv)
 {
 	enum mode mode = MODE_PERF;
@@ -227,40 +223,24 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bpf_uprobe: BPF_PROG_LOAD: %s\n", strerror(errno));
 		return unknown ? 3 : 2;
 	}
-	int go[2];
-	if (pipe(go))
+	struct held_child child;
+	if (held_child_start(&child, cmd, "bpf_uprobe"))
 		return 2;
-	pid_t child = fork();
-	if (child < 0) {
-		fprintf(stderr, "bpf_uprobe: fork: %s\n", strerror(errno));
-		return 2;
-	}
-	if (child == 0) { /* wait until the probe exists, then become CMD */
-		char byte;
-		close(go[1]);
-		if (read(go[0], &byte, 1) != 1)
-			_exit(127);
-		close(go[0]);
-		execvp(cmd[0], cmd);
-		_exit(127);
-	}
-	close(go[0]);
 	int fd = mode == MODE_PERF ? attach_perf(prog, path, offset, ret)
-		 : attach_link(prog, attach_type, path, offset, ret, filtered ? child : 0);
+		 : attach_link(prog, attach_type, path, offset, ret, filtered ? child.pid : 0);
 	if (fd < 0) {
 		int unknown = errno == EINVAL;
 		fprintf(stderr, "bpf_uprobe: attach (%s): %s\n",
 			mode == MODE_PERF ? "perf event" : "BPF_LINK_CREATE", strerror(errno));
-		stop(child);
+		held_child_stop(&child);
 		return unknown && mode != MODE_PERF ? 3 : 2;
 	}
-	if (write(go[1], "x", 1) != 1) {
-		stop(child);
+	if (held_child_release(&child)) {
+		held_child_stop(&child);
 		return 2;
 	}
-	close(go[1]);
 	int status = 0;
-	waitpid(child, &status, 0);
+	waitpid(child.pid, &status, 0);
 	close(fd);
 	uint64_t count = map_read(map);
 	fflush(stdout);

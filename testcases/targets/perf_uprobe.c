@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "held_child.h"
+
 #define MAX_CPUS 256
 
 static int pmu_type(void)
@@ -99,41 +101,24 @@ int main(int argc, char **argv)
 	int ncpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (ncpus > MAX_CPUS)
 		ncpus = MAX_CPUS;
-	int go[2];
-	if (pipe(go))
+	struct held_child child;
+	if (held_child_start(&child, cmd, "perf_uprobe"))
 		return 2;
-	pid_t child = fork();
-	if (child < 0) {
-		fprintf(stderr, "perf_uprobe: fork: %s\n", strerror(errno));
-		return 2;
-	}
-	if (child == 0) { /* wait until the events exist, then become CMD */
-		char byte;
-		close(go[1]);
-		if (read(go[0], &byte, 1) != 1)
-			_exit(127);
-		close(go[0]);
-		execvp(cmd[0], cmd);
-		_exit(127);
-	}
-	close(go[0]);
 	int fds[MAX_CPUS], nfds = 0;
 	if (attach) {
 		fds[nfds] = open_event(type, path, offset, ret, attach, -1, 0);
 		if (fds[nfds++] < 0) {
 			fprintf(stderr, "perf_uprobe: perf_event_open(pid %d): %s\n", attach,
 				strerror(errno));
-			kill(child, 9);
-			waitpid(child, NULL, 0);
+			held_child_stop(&child);
 			return 2;
 		}
 	} else if (filtered) {
-		fds[nfds] = open_event(type, path, offset, ret, child, -1, 1);
+		fds[nfds] = open_event(type, path, offset, ret, child.pid, -1, 1);
 		if (fds[nfds++] < 0) {
-			fprintf(stderr, "perf_uprobe: perf_event_open(pid %d): %s\n", child,
+			fprintf(stderr, "perf_uprobe: perf_event_open(pid %d): %s\n", child.pid,
 				strerror(errno));
-			kill(child, 9);
-			waitpid(child, NULL, 0);
+			held_child_stop(&child);
 			return 2;
 		}
 	} else if (!toggled) {
@@ -142,25 +127,24 @@ int main(int argc, char **argv)
 			if (fds[nfds++] < 0) {
 				fprintf(stderr, "perf_uprobe: perf_event_open(cpu %d): %s\n", cpu,
 					strerror(errno));
-				kill(child, 9);
-				waitpid(child, NULL, 0);
+				held_child_stop(&child);
 				return 2;
 			}
 		}
 	}
-	if (write(go[1], "x", 1) != 1)
+	if (held_child_release(&child)) {
+		held_child_stop(&child);
 		return 2;
-	close(go[1]);
+	}
 	int status = 0;
 	long toggles = 0;
 	if (toggled) {
 		struct timespec pause = {0, 2 * 1000 * 1000};
-		while (waitpid(child, &status, WNOHANG) == 0) {
+		while (waitpid(child.pid, &status, WNOHANG) == 0) {
 			int fd = open_event(type, path, offset, ret, -1, toggles % ncpus, 0);
 			if (fd < 0) {
 				fprintf(stderr, "perf_uprobe: toggled open: %s\n", strerror(errno));
-				kill(child, 9);
-				waitpid(child, &status, 0);
+				held_child_stop(&child);
 				return 2;
 			}
 			nanosleep(&pause, NULL);
@@ -168,7 +152,7 @@ int main(int argc, char **argv)
 			toggles++;
 		}
 	} else {
-		waitpid(child, &status, 0);
+		waitpid(child.pid, &status, 0);
 	}
 	uint64_t total = 0;
 	for (int i = 0; i < nfds; i++) {
