@@ -1,5 +1,7 @@
 """The QEMU machine definition (harness/configs/qemu_x86_64.toml) is typed data."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from harness import data
@@ -63,16 +65,18 @@ def test_a_named_machine_the_kernel_cannot_use_is_refused_with_the_options(tmp_p
         vm.choose_machine("q35", config)
 
 
+def _unstarted_vm(tmp_path, machine: str) -> vm.VM:
+    """A VM object that is never started, its machine type set as start() would."""
+    kernel = SimpleNamespace(bzimage=tmp_path / "bzImage", config=None, identity="k", label="k")
+    image = SimpleNamespace(initramfs=tmp_path / "initramfs")
+    guest = vm.VM(kernel, image, vm.MachineSpec(machine=machine), workdir=tmp_path)
+    guest.machine = machine
+    return guest
+
+
 def test_the_qemu_command_uses_the_chosen_machine_type(tmp_path):
-    class Kernel:
-        bzimage, config, identity, label = tmp_path / "bzImage", None, "k", "k"
-
-    class Image:
-        initramfs = tmp_path / "initramfs"
-
-    guest = vm.VM(Kernel(), Image(), vm.MachineSpec(machine="microvm"), workdir=tmp_path)
+    guest = _unstarted_vm(tmp_path, "microvm")
     guest.accel = vm.AccelChoice("tcg", "test")
-    guest.machine = "microvm"
     command = guest._qemu_command()
     assert command[command.index("-machine") + 1] == "microvm"
     assert "virtio-net-device,netdev=n0" in command
@@ -83,12 +87,7 @@ def test_microvm_gets_the_host_tsc_frequency_and_pc_does_not(tmp_path, monkeypat
     would mark its TSC unstable and hang, so the host's TSC frequency goes on its command
     line; pc calibrates against its HPET."""
     monkeypatch.setattr(vm.tsc, "host_tsc_khz", lambda: 2445377)
-
-    class Kernel:
-        bzimage, config, identity, label = tmp_path / "bzImage", None, "k", "k"
-
-    guest = vm.VM(Kernel(), None, vm.MachineSpec(), workdir=tmp_path)
-    guest.machine = "microvm"
+    guest = _unstarted_vm(tmp_path, "microvm")
     assert "tsc_early_khz=2445377" in guest._cmdline().split()
     guest.machine = "pc"
     assert not any(a.startswith("tsc_early_khz=") for a in guest._cmdline().split())
