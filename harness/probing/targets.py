@@ -19,9 +19,9 @@ RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
     "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
     # a uprobe consumer through perf_event_open (the uprobe PMU)
-    "perf_uprobe": (("perf_uprobe.c", "held_child.h"), ()),
+    "perf_uprobe": (("perf_uprobe.c", "held_child.h", "uprobe_pmu.h"), ()),
     # a uprobe consumer through BPF (perf-event attach, uprobe_multi links, sessions)
-    "bpf_uprobe": (("bpf_uprobe.c", "held_child.h"), ()),
+    "bpf_uprobe": (("bpf_uprobe.c", "held_child.h", "uprobe_pmu.h"), ()),
     # how often code addresses run, counted with ptrace breakpoints (no uprobes)
     "bpcount": (("bpcount.c",), ()),
     "xol_many": (("xol_many.c", "xol_sites.S", "hits_sites.S"), ("-pthread",)),

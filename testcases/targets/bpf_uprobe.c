@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "held_child.h"
+#include "uprobe_pmu.h"
 
 #define ATTACH_UPROBE_MULTI 48   /* BPF_TRACE_UPROBE_MULTI */
 #define ATTACH_UPROBE_SESSION 57 /* BPF_TRACE_UPROBE_SESSION */
@@ -131,20 +132,9 @@ static int prog_load(int map, uint32_t expected_attach_type)
 	return fd;
 }
 
-static int pmu_type(void)
-{
-	FILE *f = fopen("/sys/bus/event_source/devices/uprobe/type", "r");
-	int type = -1;
-	if (!f || fscanf(f, "%d", &type) != 1)
-		type = -1;
-	if (f)
-		fclose(f);
-	return type;
-}
-
 static int attach_perf(int prog, const char *path, uint64_t offset, int ret)
 {
-	int type = pmu_type();
+	int type = uprobe_pmu_type();
 	if (type < 0) {
 		fprintf(stderr, "bpf_uprobe: no uprobe PMU in /sys/bus/event_source/devices\n");
 		errno = ENOENT;

@@ -31,19 +31,9 @@
 #include <unistd.h>
 
 #include "held_child.h"
+#include "uprobe_pmu.h"
 
 #define MAX_CPUS 256
-
-static int pmu_type(void)
-{
-	FILE *f = fopen("/sys/bus/event_source/devices/uprobe/type", "r");
-	int type = -1;
-	if (!f || fscanf(f, "%d", &type) != 1)
-		type = -1;
-	if (f)
-		fclose(f);
-	return type;
-}
 
 static int open_event(int type, const char *path, uint64_t offset, int ret, pid_t pid, int cpu,
 		      int on_exec)
@@ -93,7 +83,7 @@ int main(int argc, char **argv)
 	const char *path = argv[optind];
 	uint64_t offset = strtoull(argv[optind + 1], NULL, 0);
 	char **cmd = &argv[optind + 3];
-	int type = pmu_type();
+	int type = uprobe_pmu_type();
 	if (type < 0) {
 		fprintf(stderr, "perf_uprobe: no uprobe PMU in /sys/bus/event_source/devices\n");
 		return 2;
