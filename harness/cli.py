@@ -348,6 +348,7 @@ def cmd_mutate(args) -> int:
             scope=args.scope,
             jobs=args.jobs,
             baseline_runs=args.baseline_runs,
+            run_first=not args.no_run_first,
         )
     )
     print(mutate.format_outcome(outcome))
@@ -580,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="run all families on each mutant (the full table, default) or only "
         "the declared ones (faster)",
+    )
+    p.add_argument(
+        "--no-run-first",
+        action="store_true",
+        help="with --scope declared: run every declared family in full instead of the "
+        "mutant's run_first tests (mutant.toml) first",
     )
     p.add_argument(
         "--baseline-runs",

@@ -1,11 +1,15 @@
 """Mutant metadata, classification and the mutation table (no kernel builds here)."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from harness.errors import HarnessError
 from harness.jobs import mutate
+from harness.paths import REPO_ROOT
 from harness.results import report
 
 
@@ -54,7 +58,7 @@ def test_unknown_family_is_named(tmp_path):
         (
             'file = "f.c"\n',
             'file = "f.c"\nfiles = ["g.c"]\n',
-            "unknown key 'files'; known keys: summary, kernel, mechanism, file, breaks",
+            "unknown key 'files'; known keys: summary, kernel, mechanism, file, breaks, run_first",
         ),
         ('breaks = ["stack"]', 'breaks = "stack"', "breaks: expected `array`, got `str`"),
     ],
@@ -63,6 +67,30 @@ def test_mutant_toml_errors_name_the_file_and_the_key(tmp_path, old, new, compla
     _write_mutant(tmp_path, "bad", GOOD_TOML.replace(old, new), [])
     with pytest.raises(HarnessError, match=r"bad/mutant.toml: top level: " + re.escape(complaint)):
         mutate.load_mutants(root=tmp_path)
+
+
+def test_a_run_first_test_outside_the_declared_families_is_named(tmp_path):
+    toml = GOOD_TOML + 'run_first = ["test_stack.py::a[x]", "test_fp.py::b"]\n'
+    _write_mutant(tmp_path, "bad", toml, [])
+    with pytest.raises(HarnessError, match=r"bad/mutant.toml: run_first\[1\]: 'test_fp.py::b'"):
+        mutate.load_mutants(root=tmp_path)
+
+
+def test_every_run_first_test_exists_at_the_default_vcpu_counts():
+    """A renamed test would silently send its mutant down the slow path."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "testcases", "--collect-only", "-q"]
+        + ["-p", "no:cacheprovider", f"--smp={mutate.RunOptions(Path()).smp}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    collected = {line.removeprefix("testcases/") for line in listed if "::" in line}
+    wanted = {(m.name, n) for m in mutate.load_mutants() for n in m.run_first}
+    assert len(wanted) >= len(mutate.load_mutants())
+    assert [w for w in wanted if w[1] not in collected] == []
 
 
 def test_series_without_the_default_series_is_refused(tmp_path):
@@ -144,3 +172,69 @@ def test_table_marks_declared_families_and_lists_failing_titles():
 def test_baseline_flake_rate():
     baseline = mutate.Baseline(2, [100, 100], [[], ["t: x"]], [1.0, 1.0])
     assert baseline.flake_rate == pytest.approx(0.005) and not baseline.clean
+
+
+class _FakeRuns:
+    """run_suite stand-in: what each pytest run would have found, and what was asked."""
+
+    def __init__(self, run_first_outcomes, family_outcomes):
+        self.run_first_outcomes = run_first_outcomes  # None: the run wrote no results
+        self.family_outcomes = family_outcomes
+        self.calls = []
+
+    def __call__(self, kernel, series, families, junit, options, node_ids=()):
+        self.calls.append((families, node_ids))
+        if node_ids:
+            if self.run_first_outcomes is None:
+                raise HarnessError("pytest wrote no results")
+            return [_result(m, o) for m, o in self.run_first_outcomes], 1.0
+        return [_result(f"test_{f}", self.family_outcomes[f]) for f in families], 10.0
+
+
+def _run_mutant(monkeypatch, tmp_path, fake, scope="declared", run_first=True):
+    from harness.build import kernel
+
+    class Built:
+        cached = True
+
+    monkeypatch.setattr(kernel, "build", lambda request: Built())
+    monkeypatch.setattr(mutate, "run_suite", fake)
+    mutant = mutate.Mutant(
+        "m",
+        tmp_path,
+        "s",
+        "debian:6.1",
+        "mech",
+        "f.c",
+        ("stack", "fp"),
+        ("test_stack.py::a[x]", "test_fp.py::b"),
+    )
+    options = mutate.RunOptions(tmp_path, scope=scope, run_first=run_first)
+    return mutate.run_mutant(mutant, options)
+
+
+def test_a_family_its_run_first_tests_catch_is_not_run_again(monkeypatch, tmp_path):
+    fake = _FakeRuns([("test_stack", "failed"), ("test_fp", "passed")], {"fp": "failed"})
+    result = _run_mutant(monkeypatch, tmp_path, fake)
+    assert fake.calls == [(None, ("test_stack.py::a[x]", "test_fp.py::b")), (("fp",), ())]
+    assert result.ok and result.families["stack"].by_run_first
+    assert not result.families["fp"].by_run_first and result.test_seconds == 11.0
+
+
+def test_a_run_first_test_that_passes_leaves_the_verdict_to_the_whole_family(monkeypatch, tmp_path):
+    fake = _FakeRuns(
+        [("test_stack", "passed"), ("test_fp", "passed")], {"stack": "passed", "fp": "failed"}
+    )
+    result = _run_mutant(monkeypatch, tmp_path, fake)
+    assert fake.calls[1] == (("stack", "fp"), ())
+    assert result.missed == ["stack"] and not result.ok
+
+
+def test_run_first_without_results_or_switched_off_runs_the_whole_families(monkeypatch, tmp_path):
+    fake = _FakeRuns(None, {"stack": "failed", "fp": "failed"})
+    assert _run_mutant(monkeypatch, tmp_path, fake).ok
+    assert fake.calls[-1] == (("stack", "fp"), ())
+    for scope, run_first in (("declared", False), ("all", True)):
+        fake = _FakeRuns([("test_stack", "failed")], {f: "failed" for f in mutate.FAMILIES})
+        _run_mutant(monkeypatch, tmp_path, fake, scope, run_first)
+        assert [c[1] for c in fake.calls] == [()]

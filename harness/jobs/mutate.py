@@ -7,6 +7,12 @@ saying which families must break. Each mutant is built incrementally from the de
 family "catches" the mutant when at least one of its tests fails, crashes or errors.
 A baseline run of the unmutated default kernel first shows that those failures are the
 mutant's doing: a family that fails on the baseline cannot catch anything.
+
+With `--scope declared` a mutant's `run_first` tests (mutant.toml: tests that caught it
+before) run first, alone; a declared family one of them catches is done, and only the
+families they did not catch run in full. The verdict is the same as a full run's (a family
+catches when one of its tests fails), found sooner: mutation tools call this running the
+killing tests first. A stale list costs time, never a verdict.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class _MutantFile(data.Spec):
     mechanism: str
     file: str  # the kernel file the injected bug is in
     breaks: list[str]  # families that must catch it
+    run_first: list[str] = []  # node ids under testcases/ that caught it before
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,14 @@ class Mutant:
     mechanism: str
     file: str
     breaks: tuple[str, ...]
+    run_first: tuple[str, ...] = ()
 
 
 @dataclass
 class FamilyVerdict:
     ran: bool = False
     caught: bool = False
+    by_run_first: bool = False  # caught by the mutant's run_first tests alone
     failing: list[str] = field(default_factory=list)  # "test name: first message line"
     harness_errors: list[str] = field(default_factory=list)  # not counted as catches
 
@@ -113,6 +122,7 @@ def load_mutant(directory: Path) -> Mutant:
             f"of {', '.join(FAMILIES)}; unknown: "
             f"{', '.join(unknown) or 'none'}.",
         )
+    _check_run_first(spec_file, spec)
     if not (directory / "series").is_file():
         raise MutantError(f"{directory}: no quilt 'series' file listing the patches.")
     mutant = Mutant(
@@ -123,9 +133,28 @@ def load_mutant(directory: Path) -> Mutant:
         spec.mechanism,
         spec.file,
         tuple(spec.breaks),
+        tuple(spec.run_first),
     )
     _check_on_default_series(mutant)
     return mutant
+
+
+def run_first_family(node_id: str) -> str | None:
+    """The family of a run_first entry ("test_threads.py::name[id]" -> "threads")."""
+    module = node_id.split("::", 1)[0].removesuffix(".py")
+    return report.FAMILIES.get(module) if "::" in node_id else None
+
+
+def _check_run_first(spec_file: Path, spec: _MutantFile) -> None:
+    for index, node_id in enumerate(spec.run_first):
+        family = run_first_family(node_id)
+        if family not in spec.breaks:
+            raise data.error(
+                spec_file,
+                f"run_first[{index}]",
+                f"{node_id!r} is not a test of a declared family: write "
+                f"MODULE.py::TEST[ID] of testcases/ for one of {', '.join(spec.breaks)}.",
+            )
 
 
 def _check_on_default_series(mutant: Mutant) -> None:
@@ -212,6 +241,7 @@ class RunOptions:
     accel: str = "auto"
     scope: str = "all"  # "all" families, or only the "declared" ones
     jobs: int = 0
+    run_first: bool = True  # with scope "declared": the mutants' run_first tests first
 
 
 def run_suite(
@@ -220,9 +250,11 @@ def run_suite(
     families: tuple[str, ...] | None,
     junit: Path,
     options: RunOptions,
+    node_ids: tuple[str, ...] = (),
 ) -> tuple[list[report.TestResult], float]:
     """Run the families' scenarios (None: the whole scenario suite, the instruction sweep
-    included) in a pytest subprocess; return results and wall time."""
+    included), or only the given node ids under testcases/, in a pytest subprocess; return
+    results and wall time."""
     cmd = scenario_run.pytest_command(
         kernel,
         junit,
@@ -230,6 +262,7 @@ def run_suite(
         smp=options.smp,
         accel=options.accel,
         extra=(selection(families) if families else ()) + ("-q",),
+        targets=tuple(f"testcases/{n}" for n in node_ids) or ("testcases",),
     )
     log_path = junit.with_suffix(".log")
     finished = scenario_run.run(cmd, junit, log=log_path)
@@ -262,16 +295,42 @@ def run_mutant(mutant: Mutant, options: RunOptions) -> MutantResult:
         f"mutant {mutant.name}: built in {result.build_seconds:.1f}s"
         f"{' (cached)' if built.cached else ''}; running {', '.join(families)}"
     )
-    junit = options.results_dir / mutant.name / "junit.xml"
+    directory = options.results_dir / mutant.name
+    verdicts: dict[str, FamilyVerdict] = {}
     try:
-        tests, result.test_seconds = run_suite(
-            mutant.kernel, str(mutant.directory), families, junit, options
-        )
+        if options.scope == "declared" and options.run_first and mutant.run_first:
+            verdicts = _run_first(mutant, directory / "run-first" / "junit.xml", options, result)
+        rest = tuple(f for f in families if not verdicts.get(f, FamilyVerdict()).caught)
+        if rest:
+            tests, seconds = run_suite(
+                mutant.kernel, str(mutant.directory), rest, directory / "junit.xml", options
+            )
+            result.test_seconds += seconds
+            verdicts.update(classify(tests, rest))
     except HarnessError as error:
         result.error = str(error)
         return result
-    result.families = classify(tests, families)
+    result.families = {f: verdicts[f] for f in families}
     return result
+
+
+def _run_first(
+    mutant: Mutant, junit: Path, options: RunOptions, result: MutantResult
+) -> dict[str, FamilyVerdict]:
+    """The mutant's run_first tests alone: the declared families they catch. A run that
+    wrote no results (an id this --smp does not generate) catches nothing."""
+    try:
+        tests, seconds = run_suite(
+            mutant.kernel, str(mutant.directory), None, junit, options, mutant.run_first
+        )
+    except HarnessError as error:
+        log.warning(f"mutant {mutant.name}: run_first gave no verdict ({error}); full families")
+        return {}
+    result.test_seconds += seconds
+    verdicts = classify(tests, mutant.breaks)
+    for verdict in verdicts.values():
+        verdict.by_run_first = verdict.caught
+    return {f: v for f, v in verdicts.items() if v.caught}
 
 
 @dataclass
@@ -346,7 +405,8 @@ def format_table(results: list[MutantResult]) -> str:
                 shown = verdict.failing[:3]
                 more = len(verdict.failing) - len(shown)
                 lines.append(
-                    f"  {r.name} / {family}: {len(verdict.failing)} failing: "
+                    f"  {r.name} / {family}: {len(verdict.failing)} failing"
+                    f"{' (run first)' if verdict.by_run_first else ''}: "
                     + "; ".join(s.split(":", 1)[0] for s in shown)
                     + (f" (+{more} more)" if more > 0 else "")
                 )
@@ -397,6 +457,7 @@ class MutateRequest:
     scope: str = "all"  # "all" families, or only the "declared" ones
     jobs: int = 0
     baseline_runs: int = 0
+    run_first: bool = True
 
 
 @dataclass
@@ -433,7 +494,9 @@ def run(request: MutateRequest) -> MutateOutcome:
     mutants = load_mutants(request.mutants)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = (request.results_dir or Path("results") / f"mutate-{stamp}").resolve()
-    options = RunOptions(results_dir, request.smp, request.accel, request.scope, request.jobs)
+    options = RunOptions(
+        results_dir, request.smp, request.accel, request.scope, request.jobs, request.run_first
+    )
     start = time.monotonic()
     baseline = None
     if request.baseline_runs:

@@ -27,13 +27,15 @@ def pytest_command(
     smp: str = "1,4",
     accel: str = "auto",
     extra: tuple[str, ...] = (),
+    targets: tuple[str, ...] = ("testcases",),
 ) -> list[str]:
-    """Run from the repository root (the rootdir with conftest.py and pytest.ini)."""
+    """Run from the repository root (the rootdir with conftest.py and pytest.ini); `targets`
+    are pytest's paths or node ids (the whole scenario suite by default)."""
     cmd = [
         sys.executable,
         "-m",
         "pytest",
-        "testcases",
+        *targets,
         "-p",
         "no:cacheprovider",
         f"--junitxml={junit}",
