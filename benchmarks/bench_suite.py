@@ -2,6 +2,12 @@
 a built kernel (median of N runs), and each family's share of the full suite.
 
   python benchmarks/bench_suite.py [--runs 3] [-- EXTRA PYTEST ARGS]
+
+With --machines, the same selection on each machine type instead, runs interleaved (so
+a slow minute of the host hits every machine alike), medians, each family's test time, and
+the ratio against the first machine:
+
+  python benchmarks/bench_suite.py --machines pc,microvm --runs 3 -- -m "threads or sweep"
 """
 
 from __future__ import annotations
@@ -44,11 +50,41 @@ def run(selection: list[str], extra: list[str]) -> tuple[float, list[report.Test
         return elapsed, report.read_junit(junit)
 
 
+def compare_machines(machines: list[str], runs: int, extra: list[str]) -> int:
+    walls: dict[str, list[float]] = defaultdict(list)
+    family_seconds: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for machine in machines:  # warm-up: kernel and targets built, keys made
+        run([f"--machine={machine}", "--collect-only"], extra)
+    for _ in range(runs):
+        for machine in machines:
+            elapsed, results = run([f"--machine={machine}"], extra)
+            walls[machine].append(elapsed)
+            per_family: dict[str, float] = defaultdict(float)
+            for result in results:
+                per_family[result.family] += result.seconds
+            for family, seconds in per_family.items():
+                family_seconds[machine][family].append(seconds)
+            print(f"  {machine}: {elapsed:.1f}s, {len(results)} results", flush=True)
+    base = statistics.median(walls[machines[0]])
+    for machine in machines:
+        median = statistics.median(walls[machine])
+        print(
+            f"{machine:<8} wall median {median:.1f}s "
+            f"({', '.join(f'{w:.1f}' for w in walls[machine])}), ratio {median / base:.2f}"
+        )
+        for family, seconds in sorted(family_seconds[machine].items()):
+            print(f"  {family:<10} test time median {statistics.median(seconds):.1f}s")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--machines", help="e.g. pc,microvm: compare machine types")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
+    if args.machines:
+        return compare_machines(args.machines.split(","), args.runs, args.extra)
     run([], args.extra)  # warm-up: kernel and targets built, keys made
     smp = [run(["-m", "smp"], args.extra)[0] for _ in range(args.runs)]
     full, shares = [], defaultdict(list)

@@ -322,8 +322,8 @@ def test_flake_rates_count_only_runs_with_identical_inputs(tmp_path):
 def test_a_known_bug_that_stops_showing_is_its_own_category_and_a_stale_entry(tmp_path):
     """r1: the entry's bug shows (xfail); r2: the test passes where the entry applies
     (xpass): 'known bug gone', not a new failure, and the entry is named as stale."""
-    bug = known_bugs.KnownBug(("t_a",), ("*",), "", "nhit is racy", "")
-    other = known_bugs.KnownBug(("t_never",), ("*",), "", "never met", "")
+    bug = known_bugs.KnownBug(("t_a",), ("*",), (), "nhit is racy", "")
+    other = known_bugs.KnownBug(("t_never",), ("*",), (), "never met", "")
     states = {"xfail": "showed", "xpass": "absent"}
 
     class Recording(ScriptedRunner):

@@ -25,7 +25,7 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)")
 class KnownBug:
     test: tuple[str, ...]
     kernels: tuple[str, ...]
-    fixed_by: str
+    fixed_by: tuple[str, ...]  # patch name patterns: any of them in the series fixes it
     reason: str
     link: str
     fixed_upstream: str = ""  # first upstream version known to carry the fix
@@ -50,7 +50,7 @@ class KnownBug:
             have, fixed = version_tuple(release), version_tuple(self.fixed_upstream)
             if have and fixed and have >= fixed:
                 return False
-        if self.fixed_by and any(fnmatch.fnmatch(p, self.fixed_by) for p in patches):
+        if any(fnmatch.fnmatch(p, pattern) for p in patches for pattern in self.fixed_by):
             return False
         return True
 
@@ -79,7 +79,7 @@ class _Entry(data.Spec):
     test: str | list[str]  # a test name pattern or a list of them
     kernels: list[str]  # kernel specs ("*": any)
     reason: str  # a sentence
-    fixed_by: str = ""  # a patch name pattern
+    fixed_by: str | list[str] = ""  # a patch name pattern or a list of them (any)
     fixed_upstream: str = ""  # a version such as "7.2"
     link: str = ""  # a URL or repo path
     splat: str = ""  # text of the kernel splat's title the bug causes
@@ -104,7 +104,7 @@ def load(path: Path = KNOWN_BUGS_FILE) -> list[KnownBug]:
             KnownBug(
                 _as_tuple(entry.test),
                 tuple(entry.kernels),
-                entry.fixed_by,
+                _as_tuple(entry.fixed_by) if entry.fixed_by else (),
                 entry.reason,
                 entry.link,
                 entry.fixed_upstream,
