@@ -238,6 +238,37 @@ def test_consumers_together_one_toggled(guest, target, uprobe, site, smp):
     assert hits.trace == calls, f"tracefs saw {hits.trace} of {calls} hits"
 
 
+@pytest.mark.vm(smp=4, tcg="exact")
+@pytest.mark.parametrize("site", ["push", "ret"])
+def test_process_bound_event_counts_each_hit_once(guest, target, site):
+    """A perf event bound to a process counts each hit of its 32 threads exactly once, on
+    entry and on return, over eight runs. A kernel that gives every inherited copy of the
+    event a uprobe consumer of its own runs one handler per thread for each hit, each
+    counting it only if its copy is the one current carries at that moment: a thread
+    preempted between two handlers (or, for a return probe, between the entry and the
+    return) counts a hit twice or not at all."""
+    path, binary = target("hits")
+    perf, _ = target("perf_uprobe")
+    symbol, kind = SITES[site]
+    threads = 32
+    wrong = []
+    for run in range(8):
+        program, fields = _perf_run(
+            guest,
+            perf,
+            "perf_pid",
+            path,
+            symbol_offset(binary, symbol),
+            kind,
+            [path, site, str(threads), str(ITERATIONS)],
+        )
+        assert int(program["calls"]) == threads * ITERATIONS
+        assert program["bad"] == "0", "the probed instruction computed wrong results"
+        if int(fields["perf_count"]) != threads * ITERATIONS:
+            wrong.append(f"run {run + 1}: {fields['perf_count']}")
+    assert not wrong, f"of {threads * ITERATIONS} hits the event counted: {', '.join(wrong)}"
+
+
 @pytest.mark.vm(smp=1, tcg="exact")
 @pytest.mark.parametrize("exit_together", [False, True], ids=["staggered", "together"])
 def test_process_bound_event_counts_threads_outliving_their_siblings(guest, target, exit_together):

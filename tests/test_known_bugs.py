@@ -3,7 +3,9 @@ import pytest
 from harness.errors import HarnessError
 from harness.results import known_bugs
 
-BUG = known_bugs.KnownBug(("test_profile*?smp4?",), ("debian:6.1",), ("*per-CPU*",), "lost hits", "")
+BUG = known_bugs.KnownBug(
+    ("test_profile*?smp4?",), ("debian:6.1",), ("*per-CPU*",), "lost hits", ""
+)
 
 
 def test_applies_to_stock_kernel_only():
