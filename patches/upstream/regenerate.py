@@ -54,13 +54,37 @@ def format_group(tree: Path, base: str, names: list[str], out: Path, cover: bool
     run(["git", "checkout", "-q", "--detach", base], tree)
     for name in names:
         run(["git", *sources.GIT_IDENTITY, "am", "-q", str(SERIES / name)], tree)
-    maintainers = run(["perl", "scripts/get_maintainer.pl", "--no-git", "--no-git-fallback",
-                       "--no-rolestats", *[str(SERIES / n) for n in names]], tree).splitlines()
+    maintainers = run(
+        [
+            "perl",
+            "scripts/get_maintainer.pl",
+            "--no-git",
+            "--no-git-fallback",
+            "--no-rolestats",
+            *[str(SERIES / n) for n in names],
+        ],
+        tree,
+    ).splitlines()
     lists = [m for m in maintainers if "@vger." in m or m.startswith("x86@")]
     people = [m for m in maintainers if m not in lists]
-    run(["git", *sources.GIT_IDENTITY, "format-patch", "-q", "--zero-commit", "--no-signature",
-         "--thread=shallow", "-o", str(out), *(["--cover-letter"] if cover else []),
-         *[f"--to={p}" for p in people], *[f"--cc={m}" for m in lists], f"{base}..HEAD"], tree)
+    run(
+        [
+            "git",
+            *sources.GIT_IDENTITY,
+            "format-patch",
+            "-q",
+            "--zero-commit",
+            "--no-signature",
+            "--thread=shallow",
+            "-o",
+            str(out),
+            *(["--cover-letter"] if cover else []),
+            *[f"--to={p}" for p in people],
+            *[f"--cc={m}" for m in lists],
+            f"{base}..HEAD",
+        ],
+        tree,
+    )
     if cover:
         letter = next(out.glob("0000-cover-letter.patch"))
         subject, body = (HERE / "cover-letter.txt").read_text().split("\n", 1)
@@ -70,10 +94,17 @@ def format_group(tree: Path, base: str, names: list[str], out: Path, cover: bool
     for path in sorted(out.glob("*.patch")):
         if path.name.startswith("0000-"):
             continue
-        check = subprocess.run(["perl", "scripts/checkpatch.pl", "--strict", str(path)],
-                               cwd=tree, capture_output=True, text=True).stdout
-        findings = [line for line in check.splitlines()
-                    if line.startswith(("WARNING", "ERROR", "CHECK", "total:"))]
+        check = subprocess.run(
+            ["perl", "scripts/checkpatch.pl", "--strict", str(path)],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        ).stdout
+        findings = [
+            line
+            for line in check.splitlines()
+            if line.startswith(("WARNING", "ERROR", "CHECK", "total:"))
+        ]
         report.append(f"{path.name}\n" + "\n".join(f"  {f}" for f in findings))
     return report
 
@@ -90,18 +121,25 @@ def build_each(names: list[str]) -> list[str]:
             (part / "series").write_text("".join(f"{n}\n" for n in names[:count]))
             started = time.monotonic()
             built = kernel.build(kernel.BuildRequest(kernel=KERNEL, series=str(part)))
-            how = ("cached: built earlier from the same patches" if built.cached else
-                   f"built in {time.monotonic() - started:.0f} s")
-            builds.append(f"after {names[count - 1]}: {built.release}, {how}, "
-                          f"artefact {built.identity[:12]}")
+            how = (
+                "cached: built earlier from the same patches"
+                if built.cached
+                else f"built in {time.monotonic() - started:.0f} s"
+            )
+            builds.append(
+                f"after {names[count - 1]}: {built.release}, {how}, artefact {built.identity[:12]}"
+            )
             print(builds[-1])
     return builds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--build-each", action="store_true",
-                        help="build the kernel after every x86 patch (incremental, a few s each)")
+    parser.add_argument(
+        "--build-each",
+        action="store_true",
+        help="build the kernel after every x86 patch (incremental, a few s each)",
+    )
     args = parser.parse_args()
     names = [p.name for p in series.load_series(str(SERIES)).patches]
     groups: dict[str, list[str]] = {}
@@ -113,8 +151,7 @@ def main() -> int:
         # the lock a build holds while it patches and resets the cache tree
         with sources.locked(kernel.source_lock_name(spec)):
             pristine = sources.prepare(spec)
-            run(["git", "clone", "-q", "--no-checkout", str(pristine.tree), str(tree)],
-                Path(tmp))
+            run(["git", "clone", "-q", "--no-checkout", str(pristine.tree), str(tree)], Path(tmp))
             base = pristine.commit
         for prefix, where, cover in GROUPS:
             if where not in groups:
@@ -129,13 +166,18 @@ def main() -> int:
                 shutil.copy(path, target / path.name)
             (target / "checkpatch.txt").write_text(
                 "scripts/checkpatch.pl --strict, run in Debian's 7.3-rc tree (no git history)\n\n"
-                + "\n".join(report) + "\n")
+                + "\n".join(report)
+                + "\n"
+            )
             print(f"{where}/ ({prefix or 'everything else'}):\n" + "\n".join(report))
     if args.build_each and "." in groups:
         builds = build_each(groups["."])
         with (HERE / "checkpatch.txt").open("a") as handle:
-            handle.write("\nBisectability (python -m harness build after every patch):\n"
-                         + "\n".join(f"  {b}" for b in builds) + "\n")
+            handle.write(
+                "\nBisectability (python -m harness build after every patch):\n"
+                + "\n".join(f"  {b}" for b in builds)
+                + "\n"
+            )
     return 0
 
 
