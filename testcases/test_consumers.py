@@ -238,6 +238,30 @@ def test_consumers_together_one_toggled(guest, target, uprobe, site, smp):
     assert hits.trace == calls, f"tracefs saw {hits.trace} of {calls} hits"
 
 
+def _process_bound_counts(guest, target, site, threads, iterations, runs, env=()) -> list[int]:
+    """`hits SITE THREADS ITERATIONS` run RUNS times under a perf event bound to it (with
+    inherit); the event's count of each run, the program's own checks passed."""
+    path, binary = target("hits")
+    perf, _ = target("perf_uprobe")
+    symbol, kind = SITES[site]
+    offset = symbol_offset(binary, symbol)
+    counts = []
+    for _run in range(runs):
+        program, fields = _perf_run(
+            guest,
+            perf,
+            "perf_pid",
+            path,
+            offset,
+            kind,
+            [*env, path, site, str(threads), str(iterations)],
+        )
+        assert int(program["calls"]) == threads * iterations
+        assert program["bad"] == "0", "the probed instruction computed wrong results"
+        counts.append(int(fields["perf_count"]))
+    return counts
+
+
 @pytest.mark.vm(smp=4, tcg="exact")
 @pytest.mark.parametrize("site", ["push", "ret"])
 def test_process_bound_event_counts_each_hit_once(guest, target, site):
@@ -247,25 +271,9 @@ def test_process_bound_event_counts_each_hit_once(guest, target, site):
     counting it only if its copy is the one current carries at that moment: a thread
     preempted between two handlers (or, for a return probe, between the entry and the
     return) counts a hit twice or not at all."""
-    path, binary = target("hits")
-    perf, _ = target("perf_uprobe")
-    symbol, kind = SITES[site]
     threads = 32
-    wrong = []
-    for run in range(8):
-        program, fields = _perf_run(
-            guest,
-            perf,
-            "perf_pid",
-            path,
-            symbol_offset(binary, symbol),
-            kind,
-            [path, site, str(threads), str(ITERATIONS)],
-        )
-        assert int(program["calls"]) == threads * ITERATIONS
-        assert program["bad"] == "0", "the probed instruction computed wrong results"
-        if int(fields["perf_count"]) != threads * ITERATIONS:
-            wrong.append(f"run {run + 1}: {fields['perf_count']}")
+    counts = _process_bound_counts(guest, target, site, threads, ITERATIONS, runs=8)
+    wrong = [f"run {n}: {c}" for n, c in enumerate(counts, 1) if c != threads * ITERATIONS]
     assert not wrong, f"of {threads * ITERATIONS} hits the event counted: {', '.join(wrong)}"
 
 
@@ -277,25 +285,9 @@ def test_process_bound_event_counts_threads_outliving_their_siblings(guest, targ
     rescheduling their events, so a thread can count in a context inherited from a sibling
     that has exited already. 64 threads x 200 calls, three runs, each count exact;
     `together` (the threads wait for each other before exiting) is the control."""
-    path, binary = target("hits")
-    perf, _ = target("perf_uprobe")
-    offset = symbol_offset(binary, "site_mov")
     threads, iterations = 64, 200
-    env = ["env", f"HITS_EXIT_TOGETHER={int(exit_together)}"]
-    counts = []
-    for _run in range(3):
-        program, fields = _perf_run(
-            guest,
-            perf,
-            "perf_pid",
-            path,
-            offset,
-            "",
-            [*env, path, "mov", str(threads), str(iterations)],
-        )
-        assert int(program["calls"]) == threads * iterations
-        assert program["bad"] == "0", "the probed instruction computed wrong results"
-        counts.append(int(fields["perf_count"]))
+    env = ("env", f"HITS_EXIT_TOGETHER={int(exit_together)}")
+    counts = _process_bound_counts(guest, target, "mov", threads, iterations, runs=3, env=env)
     assert counts == [threads * iterations] * 3, (
         f"the process-bound event counted {counts} hits in three runs of "
         f"{threads * iterations} calls each"
