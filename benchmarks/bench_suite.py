@@ -53,8 +53,7 @@ def run(selection: list[str], extra: list[str]) -> tuple[float, list[report.Test
 def compare_machines(machines: list[str], runs: int, extra: list[str]) -> int:
     walls: dict[str, list[float]] = defaultdict(list)
     family_seconds: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for machine in machines:  # warm-up: kernel and targets built, keys made
-        run([f"--machine={machine}", "--collect-only"], extra)
+    run([f"--machine={machines[0]}"], extra)  # warm-up: kernel and targets built, keys made
     for _ in range(runs):
         for machine in machines:
             elapsed, results = run([f"--machine={machine}"], extra)
