@@ -82,3 +82,64 @@ def test_no_capabilities_and_a_read_only_git_directory(tmp_path):
     assert "CapEff:\t0000000000000000" in out, out
     assert "REMOUNTED" not in out and "GIT_WRITTEN" not in out
     assert "TREE_WRITTEN" in out and (tree / "built").read_text() == "y\n"
+
+
+def test_every_tree_is_built_at_the_same_place(tmp_path, monkeypatch):
+    """Two trees and their build directories are seen at the same two paths: the step runs
+    in the tree (as seen), writes land in the real directories, the .git stays read-only."""
+    monkeypatch.setenv("UPROBE_HARNESS_SANDBOX", "on")
+    seen = set()
+    for name in ("one", "two"):
+        tree, build = tmp_path / name / "tree", tmp_path / name / "build"
+        (tree / ".git").mkdir(parents=True)
+        view = sandbox.build_view(tree, build)
+        script = (
+            f"pwd; echo {name} > {view.seen_build_dir}/out; "
+            "echo x > .git/config 2>/dev/null && echo GIT_WRITTEN"
+        )
+        out = subprocess.run(
+            view.wrap(["sh", "-c", script]), capture_output=True, text=True, timeout=60
+        ).stdout
+        assert "GIT_WRITTEN" not in out
+        assert (build / "out").read_text() == f"{name}\n"
+        seen.add((out.splitlines()[0], view.seen_build_dir))
+    assert seen == {(str(sandbox.SEEN_TREE), sandbox.SEEN_BUILD)}
+
+
+def test_without_the_sandbox_a_tree_is_built_where_it_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPROBE_HARNESS_SANDBOX", "off")
+    view = sandbox.build_view(tmp_path / "tree", tmp_path / "build")
+    assert (view.seen_tree, view.seen_build_dir) == (tmp_path / "tree", tmp_path / "build")
+
+
+def test_ccache_shares_objects_between_trees(tmp_path, monkeypatch):
+    """The reason for the fixed places: the same file compiled in a second tree, with the
+    absolute paths kbuild puts on the command line of an out-of-tree build, is a cache hit."""
+    if sandbox.ccache_dir() is None:
+        raise AssertionError("ccache is a dependency of the build (./run installs it)")
+    monkeypatch.setenv("UPROBE_HARNESS_SANDBOX", "on")
+    monkeypatch.setenv("CCACHE_DIR", str(tmp_path / "ccache"))
+    sandbox.ccache_dir.cache_clear()
+    try:
+        stats = []
+        for name in ("one", "two"):
+            tree, build = tmp_path / name / "tree", tmp_path / name / "build"
+            (tree / "include").mkdir(parents=True)
+            build.mkdir()
+            (tree / "include" / "answer.h").write_text("#define ANSWER 42\n")
+            (tree / "x.c").write_text('#include "answer.h"\nint f(void) { return ANSWER; }\n')
+            view = sandbox.build_view(tree, build)
+            compile_ = (
+                f"ccache gcc -I{view.seen_tree}/include -c {view.seen_tree}/x.c "
+                f"-o {view.seen_build_dir}/x.o && ccache --print-stats"
+            )
+            out = subprocess.run(
+                view.wrap(["sh", "-c", compile_]), capture_output=True, text=True, timeout=60
+            )
+            assert out.returncode == 0, out.stderr
+            assert (build / "x.o").is_file()
+            counters = dict(line.split("\t") for line in out.stdout.splitlines() if "\t" in line)
+            stats.append((int(counters["direct_cache_hit"]), int(counters["cache_miss"])))
+        assert stats == [(0, 1), (1, 1)]
+    finally:
+        sandbox.ccache_dir.cache_clear()

@@ -161,30 +161,26 @@ def _symbol_exists(source: Path, symbol: str) -> bool:
 
 
 def make_config(
-    source: Path,
-    build_dir: Path,
+    view: sandbox.BuildView,
     fragments: list[Fragment],
     make_args: list[str],
     log,
     readable: Sequence[Path] = (),
 ) -> dict[str, str]:
-    """tinyconfig + fragments (merge_config.sh) + olddefconfig in build_dir, then verify.
+    """tinyconfig + fragments (merge_config.sh) + olddefconfig in the view's build
+    directory, then verify.
 
     The .config keeps its old mtime when its content did not change, so an unchanged
     configuration never triggers a rebuild."""
-    config_file = build_dir / ".config"
+    source = view.tree
+    config_file = view.build_dir / ".config"
     previous = config_file.read_bytes() if config_file.exists() else None
     previous_stat = config_file.stat() if config_file.exists() else None
 
     def run(cmd: list[str]) -> None:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        boxed = sandbox.wrap(
-            cmd,
-            sandbox.build_paths(source, build_dir),
-            [*readable, *(f.path for f in fragments)],
-            cwd=source,
-        )
+        boxed = view.wrap(cmd, [*readable, *(f.path for f in fragments)])
         result = subprocess.run(boxed, cwd=source, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             raise ConfigError(f"Config step failed: {' '.join(cmd)} (see {log.name}).")
@@ -195,8 +191,8 @@ def make_config(
             "scripts/kconfig/merge_config.sh",
             "-m",
             "-O",
-            str(build_dir),
-            str(config_file),
+            str(view.seen_build_dir),
+            str(view.seen_build_dir / ".config"),
             *[str(f.path) for f in fragments],
         ]
     )

@@ -143,10 +143,11 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
                 sources._reset(source.tree, source.commit)
                 raise
             patched = time.monotonic()
-            make_args = _make_args(build_dir, request.jobs)
-            _configure(source, series, fragments, build_dir, make_args, log, progress)
+            view = sandbox.build_view(source.tree, build_dir)
+            make_args = _make_args(view.seen_build_dir, request.jobs)
+            _configure(source, series, fragments, view, make_args, log, progress)
             configured = time.monotonic()
-            _run_make(source, make_args, log, log_path, progress, build_dir)
+            _run_make(source, make_args, log, log_path, progress, view)
             built = time.monotonic()
         release = (build_dir / "include/config/kernel.release").read_text().strip()
         durations = {
@@ -188,7 +189,9 @@ _KCONFIG_PATH = re.compile(
 )
 
 
-def _configure(source, series, fragments, build_dir: Path, make_args, log, progress) -> None:
+def _configure(
+    source, series, fragments, view: sandbox.BuildView, make_args, log, progress
+) -> None:
     """Generate and verify .config, unless the build directory already holds the one these
     inputs give: same pristine commit, same fragments, and no patch touching Kconfig or
     Makefiles (a series that only changes C files cannot change the configuration)."""
@@ -196,15 +199,15 @@ def _configure(source, series, fragments, build_dir: Path, make_args, log, progr
     for patch in series.patches:
         if _KCONFIG_PATH.search(patch.text):
             h.update(patch.text)
+    h.update(f"\0{view.seen_tree}\0{view.seen_build_dir}".encode())  # paths in its Makefiles
+    build_dir = view.build_dir
     stamp_file = build_dir / ".uprobe-harness-config"
     stamp = h.hexdigest()
     if (build_dir / ".config").exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return
     progress.note(f"configuring {source.label} in {build_dir}")
     stamp_file.unlink(missing_ok=True)
-    kconfig.make_config(
-        source.tree, build_dir, fragments, make_args, log, readable=_readable(source)
-    )
+    kconfig.make_config(view, fragments, make_args, log, readable=_readable(source))
     stamp_file.write_text(stamp)
 
 
@@ -227,7 +230,10 @@ def _readable(source) -> list[Path]:
     return [source.spec.path] if source.spec.kind == "git" and source.spec.path else []
 
 
-def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_dir: Path) -> None:
+def _run_make(
+    source, make_args, log, log_path: Path, progress: Progress, view: sandbox.BuildView
+) -> None:
+    build_dir = view.build_dir
     cmd = ["make", *make_args, "bzImage"]
     log.write(("$ " + shlex.join(cmd) + "\n").encode())
     log.flush()
@@ -235,9 +241,7 @@ def _run_make(source, make_args, log, log_path: Path, progress: Progress, build_
     progress.start("building", expected)
     env = {**os.environ, **REPRODUCIBLE_ENV}
     # dies with us (children); its own session, so that an interruption stops all its jobs
-    boxed = sandbox.wrap(
-        cmd, sandbox.build_paths(source.tree, build_dir), _readable(source), cwd=source.tree
-    )
+    boxed = view.wrap(cmd, _readable(source))
     proc = children.popen(
         boxed,
         cwd=source.tree,
