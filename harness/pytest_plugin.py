@@ -12,28 +12,13 @@ import pytest
 from harness import scenarios
 from harness.machine import console
 from harness.probing.guest import Guest
-from harness.results import known_bugs
+from harness.results import families, known_bugs
 from harness.scenarios import CONSOLE_START, GUEST
 
 # plugin state on pytest's own objects (config, items); a report carries one flag as an
 # attribute (reports travel between xdist workers and have no stash)
 KNOWN_BUGS = pytest.StashKey[list]()
 CRASHED = "_uph_crashed"
-
-MARKERS = {
-    "smp": "needs at least 2 vCPUs (runs on the SMP VMs)",
-    "threads": "multithreaded-hits family",
-    "stack": "stack-VMA family",
-    "fp": "FP/SIMD family",
-    "riprel": "RIP-relative family",
-    "sweep": "differential instruction sweep (every generated instruction form)",
-    "optimized": "optimized uprobes (7.x: a probed nop10 rewritten into a trampoline call)",
-    "realcode": "real programs (Debian's) probed at every function entry, their own workload",
-    "consumers": "the ways a uprobe is attached: tracefs, perf_event_open (system-wide, one "
-    "process), several at once",
-    "slow": "takes long (kernel builds, many boots)",
-    "vm(smp=1, tcg='multi'|'single'|'exact'|'parallel')": "the machine a test needs",
-}
 
 
 def pytest_addoption(parser):
@@ -64,7 +49,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    for name, text in MARKERS.items():
+    for name, text in families.markers().items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.stash[KNOWN_BUGS] = known_bugs.load()
     if not config.pluginmanager.has_plugin("harness.scenarios"):

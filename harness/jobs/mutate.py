@@ -28,15 +28,16 @@ from harness import data
 from harness.errors import HarnessError
 from harness.jobs import scenario_run
 from harness.paths import PATCHES_DIR
+from harness.results import families as family_data
 from harness.results import report
 from harness.results.outcome import BAD
 
 log = logging.getLogger(__name__)
 
 KNOWN_BAD_DIR = PATCHES_DIR / "known-bad"
-# the hand-written families (pytest markers, one per test module); the instruction sweep is
+# the hand-written families (families.toml, one per test module); the instruction sweep is
 # run by the baseline only: per mutant it would add a minute and it declares no mechanism
-FAMILIES = tuple(f for f in report.FAMILIES.values() if f != "sweep")
+FAMILIES = family_data.mutable()
 CAUGHT_OUTCOMES = BAD
 
 
@@ -142,7 +143,7 @@ def load_mutant(directory: Path) -> Mutant:
 def run_first_family(node_id: str) -> str | None:
     """The family of a run_first entry ("test_threads.py::name[id]" -> "threads")."""
     module = node_id.split("::", 1)[0].removesuffix(".py")
-    return report.FAMILIES.get(module) if "::" in node_id else None
+    return family_data.by_module().get(module) if "::" in node_id else None
 
 
 def _check_run_first(spec_file: Path, spec: _MutantFile) -> None:

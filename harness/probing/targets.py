@@ -8,30 +8,35 @@ import os
 import subprocess
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+from harness import data
 from harness.errors import HarnessError
 from harness.paths import TARGETS_DIR, cache_dir
 
-# target name -> sources (relative to testcases/targets; headers are hashed, not passed to
-# gcc) and extra flags; data, not code
-RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "hits": (("hits.c", "hits_sites.S"), ("-pthread",)),
-    "xmc_canary": (("xmc_canary.c",), ("-pthread",)),
-    # a uprobe consumer through perf_event_open (the uprobe PMU)
-    "perf_uprobe": (("perf_uprobe.c", "held_child.h", "uprobe_pmu.h"), ()),
-    # a uprobe consumer through BPF (perf-event attach, uprobe_multi links, sessions)
-    "bpf_uprobe": (("bpf_uprobe.c", "held_child.h", "uprobe_pmu.h"), ()),
-    # how often code addresses run, counted with ptrace breakpoints (no uprobes)
-    "bpcount": (("bpcount.c",), ()),
-    "xol_many": (("xol_many.c", "xol_sites.S", "hits_sites.S"), ("-pthread",)),
-    "stack": (("stack.c", "stack_sites.S"), ("-pthread",)),
-    # the same sites in a 32-bit (compat) task: static i386 libc from gcc-multilib
-    "stack32": (("stack.c", "stack_sites.S"), ("-pthread", "-m32")),
-    "opt": (("opt.c", "opt_env.c", "opt.h", "opt_sites.S", "hits_sites.S"), ("-pthread",)),
-    # a 32-bit (compat) task, freestanding: no 32-bit libc on the host
-    "opt32": (("opt32.c",), ("-m32", "-ffreestanding", "-nostdlib", "-fno-stack-protector")),
-}
+RECIPES_FILE = TARGETS_DIR / "targets.toml"
+
+
+class Recipe(data.Spec):
+    sources: list[str]  # relative to testcases/targets; headers are hashed, not compiled
+    flags: list[str] = []
+
+
+class _Recipes(data.Spec):
+    target: dict[str, Recipe]
+
+
+@lru_cache(maxsize=None)
+def recipes(path: Path = RECIPES_FILE) -> dict[str, Recipe]:
+    """{target name: recipe} from testcases/targets/targets.toml; every source must exist."""
+    found = data.load(path, _Recipes).target
+    for name, recipe in found.items():
+        missing = [s for s in recipe.sources if not (path.parent / s).is_file()]
+        if missing:
+            where = f"[target{data.key_step(name)}]"
+            raise data.error(path, where, f"no such source file: {', '.join(missing)}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,10 @@ class Target:
 
 
 def compile_target(name: str) -> Target:
-    if name not in RECIPES:
-        raise HarnessError(f"unknown target '{name}'; known: {', '.join(sorted(RECIPES))}")
-    sources, flags = RECIPES[name]
+    known = recipes()
+    if name not in known:
+        raise HarnessError(f"unknown target '{name}'; known: {', '.join(sorted(known))}")
+    sources, flags = known[name].sources, known[name].flags
     paths = [TARGETS_DIR / s for s in sources]
     h = hashlib.sha256(" ".join(flags).encode())
     for path in paths:

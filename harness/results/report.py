@@ -12,18 +12,9 @@ import jinja2
 
 from harness.errors import InfraError
 from harness.paths import TEMPLATES_DIR
+from harness.results import families
 from harness.results.outcome import ORDER
 
-FAMILIES = {
-    "test_threads": "threads",
-    "test_stack": "stack",
-    "test_fp": "fp",
-    "test_riprel": "riprel",
-    "test_optimized": "optimized",
-    "test_consumers": "consumers",
-    "test_real_programs": "realcode",
-    "test_sweep": "sweep",
-}
 # A probe the kernel refuses is a failure (pytest_plugin), not an outcome of its own.
 OUTCOMES = tuple(o.value for o in ORDER)
 
@@ -45,7 +36,7 @@ class TestResult:
 
     @property
     def family(self) -> str:
-        return FAMILIES.get(self.module.rsplit(".", 1)[-1], self.module)
+        return families.by_module().get(self.module.rsplit(".", 1)[-1], self.module)
 
 
 def read_junit(path: Path) -> list[TestResult]:
