@@ -106,6 +106,18 @@ def symbol_offsets(elf_path: Path, symbols: list[str]) -> dict[str, int]:
         }
 
 
+def symbol_places(elf_path: Path, symbols: list[str]) -> dict[str, tuple[int, int]]:
+    """Many symbols at once: {symbol: (its address, the file offset of that address)}."""
+    with open(elf_path, "rb") as handle:
+        elf = ELFFile(handle)
+        addresses = _defined_symbols(elf)
+        places = {}
+        for symbol in symbols:
+            address = _lookup(addresses, symbol, elf_path)
+            places[symbol] = (address, _file_offset(elf, elf_path, address))
+        return places
+
+
 # -- tracefs control, as shell commands run in the guest -----------------------------------------
 
 
@@ -154,6 +166,25 @@ def parse_profile(text: str) -> dict[str, int]:
 def trace_counts_command(tracefs: str = TRACEFS) -> str:
     """Shell: the number of events per event name in the trace buffer ('  COUNT NAME: (')."""
     return f"grep -v '^#' {tracefs}/trace | grep -o ' [A-Za-z0-9_]*: (' | sort | uniq -c"
+
+
+def address_counts_command(event: str, tracefs: str = TRACEFS) -> str:
+    """Shell: the number of hits per address of one (multi-probe) event in the trace buffer
+    ('  COUNT 0xADDR'); a uprobe's trace line names the address it hit."""
+    return (
+        f"grep -v '^#' {tracefs}/trace | grep -o ' {event}: (0x[0-9a-f]*)' "
+        f"| grep -o '0x[0-9a-f]*' | sort | uniq -c"
+    )
+
+
+def parse_address_counts(text: str) -> dict[int, int]:
+    """Output of address_counts_command() -> {address: hits}."""
+    counts = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*(\d+)\s+0x([0-9a-f]+)\s*$", line)
+        if match:
+            counts[int(match.group(2), 16)] = int(match.group(1))
+    return counts
 
 
 def parse_trace_counts(text: str) -> dict[str, int]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.machine import console
 from harness.probing import insn, probes
+from harness.probing.guest import Guest
 from harness.probing.probes import TRACEFS, Probe
 
 OUTCOMES = ("identical", "differs", "refused", "hits", "signal", "missing", "crashed")
@@ -47,6 +49,43 @@ def supported(cases: list[insn.Case], flags: set[str]) -> tuple[list[insn.Case],
 # each case runs twice in both runs (the driver's --twice): on 7.x a probe's first hit takes
 # another path than its later ones (a nop10 is rewritten into a call to the trampoline)
 EXECUTION_SUFFIXES = ("", "@2")
+
+
+# every probe of a batched run is a location of this one event
+BATCH_EVENT = "batch"
+OUTPUT = "/tmp/uph-insn.out"
+
+
+def batched_run_script(path: str, program_probes: list[Probe], output: str) -> str:
+    """One guest script for many probes, all locations of ONE event (a multi-probe event)
+    enabled before the program starts: registering finds no process that maps the program,
+    and each probe is installed when the program's exec maps it. An instruction the kernel
+    refuses is then silently left unprobed: it shows as a case without hits, which
+    run_cases() asks about again with probed_run_script(). Disabling one event waits for
+    RCU once; 6.12 and later wait for an RCU tasks-trace grace period per disabled event,
+    700 times for a sweep batch of one event per probe. A line 'unbatched ERROR' says the
+    event could not be enabled at all."""
+    enable = f"{TRACEFS}/events/{probes.GROUP}/{BATCH_EVENT}/enable"
+    lines = [
+        f"{probes.remove_all_command()}",
+        f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
+        f"echo 1 > {TRACEFS}/tracing_on",
+    ]
+    for probe in program_probes:  # one write per definition (see probed_run_script)
+        located = Probe(BATCH_EVENT, probe.path, probe.offset, probe.kind)
+        lines.append(
+            f"{probes.add_command(located)} 2>/tmp/uph-err || "
+            f'echo "refused {probe.name} add $(cat /tmp/uph-err)"'
+        )
+    lines += [
+        f'echo 1 > {enable} 2>/tmp/uph-err || echo "unbatched $(cat /tmp/uph-err)"',
+        f'{shlex.quote(path)} --kmsg --twice > {shlex.quote(output)} 2>&1; echo "status=$?"',
+        f"cat {shlex.quote(output)}",
+        f"echo ===; {probes.address_counts_command(BATCH_EVENT)}",
+        f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
+        probes.remove_all_command(),
+    ]
+    return "\n".join(lines)
 
 
 def probed_run_script(path: str, program_probes: list[Probe], output: str) -> str:
@@ -93,60 +132,111 @@ def run_cases(
     guest, program: insn.Program, guest_path: str, states: dict | None = None
 ) -> dict[str, CaseVerdict]:
     """{case name: verdict}; with `states`, also fill {case name: [(unprobed, probed) of
-    each execution]}."""
+    each execution]}.
+
+    The program runs unprobed, then with every case probed through one multi-probe event
+    (batched_run_script); the cases that were reached but never hit (a refused instruction,
+    or a probe that does not fire) run again probed one event each, the program stopped
+    while they are enabled (probed_run_script), so that a refusal names its error and the
+    verdict of such a case is the one the one-event-per-probe run gives."""
     unprobed = guest.run([guest_path, "--twice"], timeout=300)
     expected = insn.parse_output(unprobed.stdout)
-    offsets = probes.symbol_offsets(
-        program.binary, [f"probe_{i}" for i in range(len(program.cases))]
-    )
+    places = probes.symbol_places(program.binary, [f"probe_{i}" for i in range(len(program.cases))])
     case_probes = {
-        case.name: Probe(f"c{index}", guest_path, offsets[f"probe_{index}"])
+        case.name: Probe(f"c{index}", guest_path, places[f"probe_{index}"][1])
         for index, case in enumerate(program.cases)
     }
-    script = probed_run_script(guest_path, list(case_probes.values()), "/tmp/uph-insn.out")
-    console_start = guest.vm.console_offset()
-    # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
-    result = guest.run(script, timeout=600)
-    time.sleep(0.1)  # let the console drain the last lines
-    crashes = crashes_by_case(guest.vm.console_since(console_start))
-    main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
-    refused = {}
-    for line in main_text.splitlines():
-        if line.startswith("refused "):
-            _, name, step, *message = line.split(" ", 3)
-            refused[name] = f"{step}: {' '.join(message).strip()}"
-    actual = insn.parse_output(main_text)
-    counts = probes.parse_trace_counts(counts_text)
-    overruns = probes.parse_overruns(stats_text)
-    status_words = [w for w in main_text.split() if w.startswith("status=")]
-    probed_status = int(status_words[-1].split("=")[1]) if status_words else -1
-    verdicts = {}
-    for case in program.cases:
-        probe = case_probes[case.name]
-        hits = counts.get(probe.name, 0)
-        runs = [
-            (expected.get(case.name + suffix), actual.get(case.name + suffix))
-            for suffix in EXECUTION_SUFFIXES
-        ]
-        verdicts[case.name] = _classify(
-            case.name, runs, refused.get(probe.name), hits, overruns, unprobed.status
-        )
-        if states is not None:
-            states[case.name] = runs
-    for name, title in crashes.items():
-        if name in verdicts:
-            verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)
-    if probed_status != unprobed.status:  # e.g. a stray SIGTRAP after the last case
-        for name, verdict in verdicts.items():
-            if verdict.outcome == "identical":
-                verdicts[name] = CaseVerdict(
-                    name,
-                    "signal",
-                    f"the probed run exited with status {probed_status}, "
-                    f"the unprobed one with {unprobed.status}",
-                    verdict.hits,
-                )
+    at_address = {places[f"probe_{index}"][0]: f"c{index}" for index in range(len(program.cases))}
+    run = _ProbedRun(guest, case_probes, expected, unprobed.status)
+    batched = batched_run_script(guest_path, list(case_probes.values()), OUTPUT)
+    verdicts, runs, unbatched = run.verdicts(batched, program.cases, at_address)
+    again = [
+        case
+        for case in program.cases
+        if unbatched or (verdicts[case.name].hits == 0 and expected.get(case.name) is not None)
+    ]
+    if again:
+        alone = probed_run_script(guest_path, [case_probes[c.name] for c in again], OUTPUT)
+        more, more_runs, _ = run.verdicts(alone, again, None)
+        verdicts.update(more)
+        runs.update(more_runs)
+    if states is not None:
+        states.update(runs)
     return verdicts
+
+
+@dataclass
+class _ProbedRun:
+    """One probed run of a cases program, classified against its unprobed run."""
+
+    guest: Guest
+    case_probes: dict[str, Probe]
+    expected: dict
+    unprobed_status: int
+
+    def verdicts(
+        self, script: str, cases: Sequence[insn.Case], at_address: dict[int, str] | None
+    ) -> tuple[dict[str, CaseVerdict], dict[str, list], bool]:
+        """Run `script` (probing `cases`); their verdicts, their (unprobed, probed) states,
+        and whether the script said its multi-probe event could not be enabled. Hits are
+        counted per event name, or per address of the batch event (`at_address`:
+        {address: probe name})."""
+        guest = self.guest
+        console_start = guest.vm.console_offset()
+        # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
+        result = guest.run(script, timeout=600)
+        time.sleep(0.1)  # let the console drain the last lines
+        crashes = crashes_by_case(guest.vm.console_since(console_start))
+        main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
+        refused, unbatched = {}, False
+        for line in main_text.splitlines():
+            if line.startswith("refused "):
+                _, name, step, *message = line.split(" ", 3)
+                refused[name] = f"{step}: {' '.join(message).strip()}"
+            elif line.startswith("unbatched "):
+                unbatched = True
+        actual = insn.parse_output(main_text)
+        if at_address is None:
+            counts = probes.parse_trace_counts(counts_text)
+        else:
+            counts = {
+                at_address[address]: hits
+                for address, hits in probes.parse_address_counts(counts_text).items()
+                if address in at_address
+            }
+        overruns = probes.parse_overruns(stats_text)
+        status_words = [w for w in main_text.split() if w.startswith("status=")]
+        probed_status = int(status_words[-1].split("=")[1]) if status_words else -1
+        verdicts, runs = {}, {}
+        for case in cases:
+            probe = self.case_probes[case.name]
+            hits = counts.get(probe.name, 0)
+            runs[case.name] = [
+                (self.expected.get(case.name + suffix), actual.get(case.name + suffix))
+                for suffix in EXECUTION_SUFFIXES
+            ]
+            verdicts[case.name] = _classify(
+                case.name,
+                runs[case.name],
+                refused.get(probe.name),
+                hits,
+                overruns,
+                self.unprobed_status,
+            )
+        for name, title in crashes.items():
+            if name in verdicts:
+                verdicts[name] = CaseVerdict(name, "crashed", title, verdicts[name].hits)
+        if probed_status != self.unprobed_status:  # e.g. a stray SIGTRAP after the last case
+            for name, verdict in verdicts.items():
+                if verdict.outcome == "identical":
+                    verdicts[name] = CaseVerdict(
+                        name,
+                        "signal",
+                        f"the probed run exited with status {probed_status}, "
+                        f"the unprobed one with {self.unprobed_status}",
+                        verdict.hits,
+                    )
+        return verdicts, runs, unbatched
 
 
 def crashes_by_case(console_text: str) -> dict[str, str]:
