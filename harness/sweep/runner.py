@@ -2,7 +2,8 @@
 in the guest once unprobed and once with a uprobe on it; the two states are compared.
 
 Forms are batched: one program per batch (one case function per form) and one probe per
-form, all registered for one probed run (harness/probing/transparency.py does the runs). Verdicts
+form, all locations of one event for one probed run (harness/probing/transparency.py does
+the runs, and runs the forms never hit again, one event each). Verdicts
 are classified per form: identical, differs (names what), signal (a different signal),
 hits (probe hit count wrong), refused (the kernel would not probe it, with errno), crashed
 (a kernel splat while it ran), missing (the unprobed run printed nothing).
