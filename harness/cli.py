@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 
@@ -372,8 +373,15 @@ def cmd_sweep(args) -> int:
     built = kernel.build(_build_request(args), progress)
     img = image.build_image()
     spec = vm.MachineSpec(smp=1, memory_mb=args.memory, accel=args.accel)
-    with vm.VM(built, img, spec) as machine:
-        report = sweep.sweep_guest(Guest(machine), built, args.filter, args.batch)
+    count = args.machines or sweep.default_machines()
+    if count < 1:
+        raise HarnessError(f"sweep: --machines must be at least 1, not {count}")
+    with contextlib.ExitStack() as stack:
+        guests = []
+        for number in range(count):
+            machine = vm.VM(built, img, spec, name=f"sweep-{number}")
+            guests.append(Guest(stack.enter_context(machine)))
+        report = sweep.sweep_guest(guests[0], built, args.filter, args.batch, guests[1:])
     print(sweep.format_report(report, limit=args.limit))
     if args.json:
         sweep.write_json(report, Path(args.json))
@@ -623,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="list at most N differences")
     p.add_argument("--memory", type=int, default=0, help="guest memory in MiB")
     p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    p.add_argument(
+        "--machines",
+        type=int,
+        default=0,
+        help="guests sharing the batches, one vCPU each (default: one per host CPU, at most 4)",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(

@@ -62,18 +62,19 @@ class _Slot:
 
 
 class VMPool:
-    """One VM per (smp, TCG threading), shared across tests; replaced after a crash."""
+    """One VM per (smp, TCG threading), shared across tests; replaced after a crash. `copy`
+    asks for another VM of the same kind (a test that spreads its work over several)."""
 
     def __init__(self, kernel, image, accel: str, workdir, machine: str = "auto"):
         self.kernel, self.image, self.accel, self.workdir = kernel, image, accel, workdir
         self.machine = machine
-        self._slots: dict[tuple[int, str], _Slot] = {}
+        self._slots: dict[tuple[int, str, int], _Slot] = {}
         self._serial = 0
 
-    def get(self, smp: int, tcg: str) -> Guest:
+    def get(self, smp: int, tcg: str, copy: int = 0) -> Guest:
         from harness.machine.vm import VM, MachineSpec
 
-        key = (smp, tcg)
+        key = (smp, tcg, copy)
         slot = self._slots.get(key)
         if slot is not None and slot.vm.alive() and not slot.spoiled:
             return slot.guest
@@ -291,16 +292,24 @@ def insn_family(request, guest, _insn_results):
 
 
 @pytest.fixture
-def instruction_sweep(request, guest, kernel, _insn_results):
+def instruction_sweep(request, guest, kernel, vm_pool, _insn_results):
     """The sweep report for this guest (run once per guest and session)."""
     from harness.sweep import runner as sweep
 
     key = (id(guest), "sweep")
     if key not in _insn_results:
+        # more guests of the same kind share the batches (one per host CPU), retired after
+        helpers = [
+            vm_pool.get(1, guest.vm.spec.tcg_threads, copy=number)
+            for number in range(1, sweep.default_machines())
+        ]
         try:
-            _insn_results[key] = sweep.sweep_guest(guest, kernel)
+            _insn_results[key] = sweep.sweep_guest(guest, kernel, helpers=helpers)
         except Exception as error:  # one failed sweep, not one per class test
             _insn_results[key] = error
+        finally:
+            for helper in helpers:
+                vm_pool.retire(helper)
         request.node.stash[CONSOLE_START] = guest.vm.console_offset()
     if isinstance(_insn_results[key], Exception):
         raise _insn_results[key]

@@ -35,7 +35,8 @@ def test_markers_are_the_families_and_the_others():
     "text, message",
     [
         (
-            '[family.a]\nmodule = "test_x"\nhelp = "a"\n[family.b]\nmodule = "test_x"\nhelp = "b"\n',
+            '[family.a]\nmodule = "test_x"\nhelp = "a"\n'
+            '[family.b]\nmodule = "test_x"\nhelp = "b"\n',
             "module 'test_x' is in two families",
         ),
         ('[family.a]\nmodule = "test_x"\n', "missing key 'help'"),

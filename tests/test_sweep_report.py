@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.probing import transparency
 from harness.sweep import corpus as sweep_corpus
 from harness.sweep import runner as sweep
@@ -123,3 +125,48 @@ def test_an_entry_that_shows_or_does_not_apply_is_not_stale():
     assert "branch" in sweep.attach_known_bugs(identical, FakeKernel())
     # a form the emulator cannot judge is no evidence either way
     assert sweep.attach_known_bugs([_result("onebyte-9c", "emulator")], FakeKernel()) == {}
+
+
+def _batched_forms(count):
+    return [_form(f"onebyte-{i:04x}") for i in range(count)]
+
+
+def test_several_guests_share_the_batches(monkeypatch):
+    ran = {}
+
+    def run_batch(guest, number, total, chunk, host_flags):
+        ran.setdefault(guest, []).append(number)
+        verdicts = {f.name: transparency.CaseVerdict(f.name, "identical") for f in chunk}
+        return verdicts, {}
+
+    monkeypatch.setattr(sweep, "_run_batch", run_batch)
+    verdicts, batches = sweep.run_sweep(["a", "b"], _batched_forms(10), batch=2)
+    assert batches == 5 and len(verdicts) == 10
+    assert sorted(n for numbers in ran.values() for n in numbers) == [1, 2, 3, 4, 5]
+
+
+def test_a_guest_that_dies_stops_and_the_others_go_on(monkeypatch):
+    def run_batch(guest, number, total, chunk, host_flags):
+        if guest == "dies":
+            raise sweep._MachineDied("Kernel panic")
+        return {f.name: transparency.CaseVerdict(f.name, "identical") for f in chunk}, {}
+
+    monkeypatch.setattr(sweep, "_run_batch", run_batch)
+    verdicts, _ = sweep.run_sweep(["dies", "lives"], _batched_forms(10), batch=2)
+    outcomes = sorted(v.outcome for v in verdicts.values())
+    assert outcomes == ["crashed"] * 2 + ["identical"] * 8
+    crashed = [v for v in verdicts.values() if v.outcome == "crashed"]
+    assert all("Kernel panic" in v.detail for v in crashed)
+    # alone, a dying guest leaves the batches after its own unrun
+    verdicts, _ = sweep.run_sweep("dies", _batched_forms(6), batch=2)
+    assert [v.outcome for v in verdicts.values()].count("missing") == 4
+    assert all("batch 1" in v.detail for v in verdicts.values())
+
+
+def test_an_error_in_one_guest_is_raised(monkeypatch):
+    def run_batch(guest, number, total, chunk, host_flags):
+        raise sweep.HarnessError("did not link")
+
+    monkeypatch.setattr(sweep, "_run_batch", run_batch)
+    with pytest.raises(sweep.HarnessError, match="did not link"):
+        sweep.run_sweep(["a", "b"], _batched_forms(4), batch=2)

@@ -11,8 +11,11 @@ hits (probe hit count wrong), refused (the kernel would not probe it, with errno
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import os
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -61,6 +64,7 @@ class SweepReport:
     dropped: Counter
     seconds: float
     batches: int
+    machines: int = 1
     timings: dict = field(default_factory=dict)
     stale: dict = field(default_factory=dict)  # {class: [stale known-bugs entry message]}
     known_states: dict = field(default_factory=dict)  # {class: {entry: showed|absent}}
@@ -86,72 +90,133 @@ class SweepReport:
         return Counter(r.known_bug for r in self.differences(klass) if r.known_bug)
 
 
+def default_machines() -> int:
+    """How many guests share a sweep: one per host CPU (each guest has one vCPU, one TCG
+    thread), at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _MachineDied(Exception):
+    pass
+
+
 def run_sweep(
-    guest, forms: list[sweep_corpus.Form], batch: int = DEFAULT_BATCH, states: dict | None = None
+    guests,
+    forms: list[sweep_corpus.Form],
+    batch: int = DEFAULT_BATCH,
+    states: dict | None = None,
 ) -> tuple[dict[str, transparency.CaseVerdict], int]:
-    """Run the forms in the guest; {form name: verdict} and the number of batches. With
-    `states`, keep {name: (unprobed, probed)} of every form that was not identical."""
+    """Run the forms in the guest (or guests: a list, each taking the next batch when it is
+    free); {form name: verdict} and the number of batches. With `states`, keep {name:
+    (unprobed, probed)} of every form that was not identical. A guest whose machine dies
+    marks its batch "crashed" and takes no more; batches no guest could run are "missing"."""
     if batch < 1:
         raise HarnessError(f"sweep: --batch must be at least 1, not {batch}")
+    guests = list(guests) if isinstance(guests, (list, tuple)) else [guests]
     verdicts: dict[str, transparency.CaseVerdict] = {}
     host_flags = _host_cpu_flags()
     chunks = []
     for bits in (64, 32):  # a program is either 64-bit or a 32-bit task
         same = [f for f in forms if f.bits == bits]
         chunks += [same[i : i + batch] for i in range(0, len(same), batch)]
-    for number, chunk in enumerate(chunks, start=1):
-        cases = [sweep_corpus.to_case(f) for f in chunk]
-        program = insn.build_program(
-            cases, f"sweep{number}", source="the instruction sweep", bits=chunk[0].bits
-        )
-        problems = sweep_corpus.verify_program(program, chunk)
-        if problems:
-            raise HarnessError(
-                f"sweep batch {number}: {len(problems)} form(s) did not link "
-                f"as generated ({program.binary.parent}): " + "; ".join(problems[:5])
-            )
-        path = guest.upload(target_from_binary(f"sweep{number}", program.binary, program.digest))
-        start = time.monotonic()
-        try:
-            batch_states: dict = {}
-            batch_verdicts = transparency.run_cases(guest, program, path, batch_states)
-            batch_verdicts = check_emulator(
-                guest, path, program, chunk, batch_verdicts, batch_states, host_flags
-            )
-        except Exception:
-            if guest.vm.alive():
-                raise
-            # the machine died (a kernel panic, or the emulator itself): the batch is
-            # "crashed", the rest is not run; the console says why
-            last = [line for line in guest.vm.console_text().splitlines() if line.strip()]
-            why = last[-1][:200] if last else "no console output"
-            for form in chunk:
-                verdicts[form.name] = transparency.CaseVerdict(
-                    form.name, "crashed", f"the VM died during batch {number}: {why}"
+    pending = collections.deque(enumerate(chunks, start=1))
+    lock = threading.Lock()
+    deaths: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(guest) -> None:
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                number, chunk = pending.popleft()
+            try:
+                batch_verdicts, batch_states = _run_batch(
+                    guest, number, len(chunks), chunk, host_flags
                 )
-            for form in (f for later in chunks[number:] for f in later):
-                verdicts[form.name] = transparency.CaseVerdict(
-                    form.name, "missing", f"not run: the VM died during batch {number}"
-                )
-            log.warning(f"sweep batch {number}/{len(chunks)}: the VM died ({why})")
-            return verdicts, len(chunks)
-        batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states, host_flags)
-        verdicts.update(batch_verdicts)
-        if states is not None:
-            states.update(
-                {
-                    name: pair
-                    for name, pair in batch_states.items()
-                    if batch_verdicts[name].outcome != "identical"
-                }
+            except _MachineDied as died:
+                with lock:
+                    deaths.append(number)
+                    for form in chunk:
+                        verdicts[form.name] = transparency.CaseVerdict(
+                            form.name, "crashed", f"the VM died during batch {number}: {died}"
+                        )
+                return
+            except BaseException as error:  # re-raised by run_sweep
+                with lock:
+                    errors.append(error)
+                return
+            with lock:
+                verdicts.update(batch_verdicts)
+                if states is not None:
+                    states.update(
+                        {
+                            name: pair
+                            for name, pair in batch_states.items()
+                            if batch_verdicts[name].outcome != "identical"
+                        }
+                    )
+
+    if len(guests) == 1:
+        work(guests[0])
+    else:
+        threads = [
+            threading.Thread(target=work, args=(g,), name=f"sweep-{number}")
+            for number, g in enumerate(guests)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    for _, chunk in pending:
+        for form in chunk:
+            verdicts[form.name] = transparency.CaseVerdict(
+                form.name, "missing", f"not run: the VM died during batch {min(deaths)}"
             )
-        odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
-        log.info(
-            f"sweep batch {number}/{len(chunks)}: {len(chunk)} forms in "
-            f"{time.monotonic() - start:.1f}s, {odd} not identical"
-        )
-        guest.ensure_alive()
     return verdicts, len(chunks)
+
+
+def _run_batch(
+    guest, number: int, total: int, chunk: list[sweep_corpus.Form], host_flags: set[str]
+) -> tuple[dict[str, transparency.CaseVerdict], dict]:
+    """One batch in one guest: its verdicts and {name: [(unprobed, probed)]}; _MachineDied
+    (with the console's last line) when the machine died while it ran."""
+    cases = [sweep_corpus.to_case(f) for f in chunk]
+    program = insn.build_program(
+        cases, f"sweep{number}", source="the instruction sweep", bits=chunk[0].bits
+    )
+    problems = sweep_corpus.verify_program(program, chunk)
+    if problems:
+        raise HarnessError(
+            f"sweep batch {number}: {len(problems)} form(s) did not link "
+            f"as generated ({program.binary.parent}): " + "; ".join(problems[:5])
+        )
+    path = guest.upload(target_from_binary(f"sweep{number}", program.binary, program.digest))
+    start = time.monotonic()
+    try:
+        batch_states: dict = {}
+        batch_verdicts = transparency.run_cases(guest, program, path, batch_states)
+        batch_verdicts = check_emulator(
+            guest, path, program, chunk, batch_verdicts, batch_states, host_flags
+        )
+    except Exception:
+        if guest.vm.alive():
+            raise
+        # the machine died (a kernel panic, or the emulator itself): the console says why
+        last = [line for line in guest.vm.console_text().splitlines() if line.strip()]
+        why = last[-1][:200] if last else "no console output"
+        log.warning(f"sweep batch {number}/{total}: the VM died ({why})")
+        raise _MachineDied(why) from None
+    batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states, host_flags)
+    odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
+    log.info(
+        f"sweep batch {number}/{total}: {len(chunk)} forms in "
+        f"{time.monotonic() - start:.1f}s, {odd} not identical"
+    )
+    guest.ensure_alive()
+    return batch_verdicts, batch_states
 
 
 def check_emulator(
@@ -314,9 +379,14 @@ def attach_known_bugs(
 
 
 def sweep_guest(
-    guest, kernel, filters: tuple[str, ...] | list[str] = (), batch: int = DEFAULT_BATCH
+    guest,
+    kernel,
+    filters: tuple[str, ...] | list[str] = (),
+    batch: int = DEFAULT_BATCH,
+    helpers: list | tuple = (),
 ) -> SweepReport:
-    """Generate the corpus for the guest's CPU, run it, classify, attach known bugs."""
+    """Generate the corpus for the guest's CPU, run it (sharing the batches with `helpers`,
+    more guests of the same kernel), classify, attach known bugs."""
     start = time.monotonic()
     flags = transparency.guest_cpu_flags(guest)
     corpus = sweep_corpus.generate(flags)
@@ -328,7 +398,7 @@ def sweep_guest(
         f"{sum(corpus.dropped.values())} dropped) in batches of {batch}"
     )
     states: dict = {}
-    verdicts, batches = run_sweep(guest, forms, batch, states)
+    verdicts, batches = run_sweep([guest, *helpers], forms, batch, states)
     results = [
         FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0]) for f in forms
     ]
@@ -343,6 +413,7 @@ def sweep_guest(
         corpus.dropped,
         time.monotonic() - start,
         batches,
+        machines=1 + len(helpers),
         stale=stale if not filters else {},  # a filter may leave out forms
         known_states=known_states if not filters else {},
     )
@@ -357,7 +428,8 @@ def format_report(report: SweepReport, limit: int = 0) -> str:
     outcomes = [o for o in OUTCOMES if any(c[o] for c in table.values())]
     lines = [
         f"instruction sweep on {report.kernel}: {report.corpus_size} forms in "
-        f"{report.seconds / 60:.1f} min ({report.batches} batches)",
+        f"{report.seconds / 60:.1f} min ({report.batches} batches, {report.machines} "
+        f"machine{'s' if report.machines > 1 else ''})",
         f"{'class':<10}{'forms':>7}" + "".join(f"{o:>10}" for o in outcomes),
     ]
     total: Counter[str] = Counter()
@@ -400,6 +472,7 @@ def write_json(report: SweepReport, path: Path) -> None:
         "dropped": dict(report.dropped),
         "seconds": round(report.seconds, 1),
         "batches": report.batches,
+        "machines": report.machines,
         "table": {k: dict(v) for k, v in report.table().items()},
         "results": [
             {
