@@ -103,3 +103,16 @@ def test_address_counts_pipeline_on_a_recorded_trace(tmp_path):
         check=True,
     ).stdout
     assert probes.parse_address_counts(out) == {0x401126: 2, 0x4011A0: 1}
+
+
+def test_a_case_that_is_a_breakpoint_itself_is_never_in_the_batch():
+    program = insn.build_program(
+        [insn.Case("load", "mov scratch+0x20(%rip), %rax"), insn.Case("trap", "int3")],
+        "transparency_trap",
+    )
+    guest = FakeGuest(program, never_hit=-1, refused=-1)
+    verdicts = transparency.run_cases(guest, program, "/tmp/p")
+    batched, alone = guest.scripts
+    trap_offset = probes.symbol_places(program.binary, ["probe_1"])["probe_1"][1]
+    assert f":{trap_offset:#x}" not in batched and f"p:uph/c1 /tmp/p:{trap_offset:#x}" in alone
+    assert verdicts["trap"].outcome == "identical" and verdicts["load"].hits == 2

@@ -147,13 +147,26 @@ def run_cases(
         for index, case in enumerate(program.cases)
     }
     at_address = {places[f"probe_{index}"][0]: f"c{index}" for index in range(len(program.cases))}
+    # a case whose probed instruction is a breakpoint itself stays out of the batch: a
+    # uprobe registered before the program maps the file cannot be prepared there, and the
+    # kernel then restarts the program's own int3 for ever instead of sending SIGTRAP
+    # (known_bugs.toml: test_own_breakpoint_under_a_probe_registered_before_exec)
+    code = program.binary.read_bytes()
+    traps = {
+        case.name
+        for index, case in enumerate(program.cases)
+        if code[places[f"probe_{index}"][1]] == 0xCC
+    }
+    in_batch = [case for case in program.cases if case.name not in traps]
     run = _ProbedRun(guest, case_probes, expected, unprobed.status)
-    batched = batched_run_script(guest_path, list(case_probes.values()), OUTPUT)
-    verdicts, runs, unbatched = run.verdicts(batched, program.cases, at_address)
+    batched = batched_run_script(guest_path, [case_probes[c.name] for c in in_batch], OUTPUT)
+    verdicts, runs, unbatched = run.verdicts(batched, in_batch, at_address)
     again = [
         case
         for case in program.cases
-        if unbatched or (verdicts[case.name].hits == 0 and expected.get(case.name) is not None)
+        if case.name in traps
+        or unbatched
+        or (verdicts[case.name].hits == 0 and expected.get(case.name) is not None)
     ]
     if again:
         alone = probed_run_script(guest_path, [case_probes[c.name] for c in again], OUTPUT)
