@@ -321,3 +321,25 @@ def test_filtered_bpf_link_keeps_other_processes_untouched(guest, target, site, 
         f"a process the link does not follow saw the breakpoint in {bystander['int3_seen']} "
         f"of {bystander['calls']} reads: the uprobe_multi filter let it in"
     )
+
+
+@pytest.mark.vm(tcg="exact")
+def test_own_breakpoint_under_a_probe_registered_before_exec(guest, target, uprobe):
+    """A program's own int3 (a debug-break it catches) under a uprobe registered before the
+    program runs, and another probe on its main: the kernel cannot prepare a probe on a
+    breakpoint, so it installs nothing there when the program's exec maps the file (the
+    probe on main is installed), and the program must get its SIGTRAP as without the probes
+    (registered while a process maps the file, the probe on the int3 is refused). The probe
+    on main matters: only a process with a uprobe installed takes its traps to uprobes."""
+    path, binary = target("own_int3")
+    command = ["timeout", "-s", "KILL", "20", path, "3"]
+    alone = guest.run(command, timeout=60)
+    assert alone.status == 0 and "traps=3" in alone.stdout, alone.describe()
+    uprobe.add("other", path, binary, "main")
+    uprobe.add("own", path, binary, "own_int3")
+    probed = guest.run(command, timeout=60)
+    assert probed.status == 0 and "traps=3" in probed.stdout, (
+        f"under the probe the program {probed.describe()} ({probed.stdout.strip()!r}; "
+        f"without it: {alone.stdout.strip()!r}): killed after 20 s means it never got past "
+        f"its own int3"
+    )
