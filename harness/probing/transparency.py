@@ -94,7 +94,8 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
     by its own write (a write of many lines could split one, and the kernel would take the
     piece for a definition); all are enabled by one write to the group's enable file, and a
     probe that stayed disabled is enabled alone again, so that `refused NAME add|enable
-    ERROR` names it."""
+    ERROR` names it. When none could be enabled, the program is killed instead of run
+    ("status=skipped")."""
     group = f"{TRACEFS}/events/{probes.GROUP}"
     lines = [
         f"{probes.remove_all_command()}",
@@ -119,7 +120,10 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
             f'echo "refused {probe.name} enable $(cat /tmp/uph-err)"; }}'
         )
     lines += [
-        'kill -CONT $pid; wait $pid; echo "status=$?"',
+        # with every probe refused there is nothing to watch: the program is not run
+        f"if grep -qx 1 {group}/*/enable 2>/dev/null; then "
+        'kill -CONT $pid; wait $pid; echo "status=$?"; '
+        'else kill -KILL $pid; wait $pid; echo "status=skipped"; fi',
         f"cat {shlex.quote(output)}",
         f"echo ===; {probes.trace_counts_command()}",
         f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
@@ -219,7 +223,10 @@ class _ProbedRun:
             }
         overruns = probes.parse_overruns(stats_text)
         status_words = [w for w in main_text.split() if w.startswith("status=")]
-        probed_status = int(status_words[-1].split("=")[1]) if status_words else -1
+        if status_words and status_words[-1] == "status=skipped":  # every probe refused
+            probed_status = self.unprobed_status
+        else:
+            probed_status = int(status_words[-1].split("=")[1]) if status_words else -1
         verdicts, runs = {}, {}
         for case in cases:
             probe = self.case_probes[case.name]
