@@ -66,26 +66,44 @@ def batched_run_script(path: str, program_probes: list[Probe], output: str) -> s
     700 times for a sweep batch of one event per probe. A line 'unbatched ERROR' says the
     event could not be enabled at all."""
     enable = f"{TRACEFS}/events/{probes.GROUP}/{BATCH_EVENT}/enable"
-    lines = [
-        f"{probes.remove_all_command()}",
-        f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
-        f"echo 1 > {TRACEFS}/tracing_on",
-    ]
+    lines = _fresh_tracing()
     for probe in program_probes:  # one write per definition (see probed_run_script)
-        located = Probe(BATCH_EVENT, probe.path, probe.offset, probe.kind)
-        lines.append(
-            f"{probes.add_command(located)} 2>/tmp/uph-err || "
-            f'echo "refused {probe.name} add $(cat /tmp/uph-err)"'
-        )
+        lines.append(_add(probe, Probe(BATCH_EVENT, probe.path, probe.offset, probe.kind)))
     lines += [
         f'echo 1 > {enable} 2>/tmp/uph-err || echo "unbatched $(cat /tmp/uph-err)"',
         f'{shlex.quote(path)} --kmsg --twice > {shlex.quote(output)} 2>&1; echo "status=$?"',
+        *_report(output, probes.address_counts_command(BATCH_EVENT)),
+    ]
+    return "\n".join(lines)
+
+
+def _fresh_tracing() -> list[str]:
+    """Script lines: no probes left, an empty and large enough trace buffer, tracing on."""
+    return [
+        probes.remove_all_command(),
+        f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
+        f"echo 1 > {TRACEFS}/tracing_on",
+    ]
+
+
+def _add(probe: Probe, defined: Probe) -> str:
+    """Script line: define `defined` (the probe itself, or the probe as a location of the
+    batch event); a refusal is printed as 'refused NAME add ERROR' with the probe's name."""
+    return (
+        f"{probes.add_command(defined)} 2>/tmp/uph-err || "
+        f'echo "refused {probe.name} add $(cat /tmp/uph-err)"'
+    )
+
+
+def _report(output: str, counts_command: str) -> list[str]:
+    """Script lines after the run: the program's output, ===, the hit counts, ===, the
+    ring-buffer stats; then the probes go."""
+    return [
         f"cat {shlex.quote(output)}",
-        f"echo ===; {probes.address_counts_command(BATCH_EVENT)}",
+        f"echo ===; {counts_command}",
         f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
         probes.remove_all_command(),
     ]
-    return "\n".join(lines)
 
 
 def probed_run_script(path: str, program_probes: list[Probe], output: str) -> str:
@@ -97,19 +115,12 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
     ERROR` names it. When none could be enabled, the program is killed instead of run
     ("status=skipped")."""
     group = f"{TRACEFS}/events/{probes.GROUP}"
-    lines = [
-        f"{probes.remove_all_command()}",
-        f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
-        f"echo 1 > {TRACEFS}/tracing_on",
+    lines = _fresh_tracing() + [
         f"{shlex.quote(path)} --pause --kmsg --twice > {shlex.quote(output)} 2>&1 & pid=$!",
         "n=0; while ! grep -q '^State:.*T' /proc/$pid/status 2>/dev/null && [ $n -lt 500 ]; "
         "do sleep 0.01; n=$((n+1)); done",
     ]
-    for probe in program_probes:
-        lines.append(
-            f"{probes.add_command(probe)} 2>/tmp/uph-err || "
-            f'echo "refused {probe.name} add $(cat /tmp/uph-err)"'
-        )
+    lines += [_add(probe, probe) for probe in program_probes]
     if program_probes:
         lines.append(f"echo 1 > {group}/enable 2>/dev/null")
     for probe in program_probes:
@@ -124,10 +135,7 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
         f"if grep -qx 1 {group}/*/enable 2>/dev/null; then "
         'kill -CONT $pid; wait $pid; echo "status=$?"; '
         'else kill -KILL $pid; wait $pid; echo "status=skipped"; fi',
-        f"cat {shlex.quote(output)}",
-        f"echo ===; {probes.trace_counts_command()}",
-        f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
-        probes.remove_all_command(),
+        *_report(output, probes.trace_counts_command()),
     ]
     return "\n".join(lines)
 
