@@ -73,9 +73,12 @@ def test_main_job_runs_the_stack_and_consumers_families_on_mainline(mainline, tm
     assert len(results) >= 60
     # with uprobes-7.3-fixes every stack and consumers case passes (no skip: 7.3 has every
     # BPF attach mode), the userfaultfd push/call ones and the process-bound ones included
-    # (each_hit_once: 32 threads on 4 vCPUs, where per-copy perf consumers miscount)
-    assert {r.outcome for r in results} == {"passed"}, [
-        (r.name, r.outcome) for r in results if r.outcome != "passed"
+    # (each_hit_once: 32 threads on 4 vCPUs, where per-copy perf consumers miscount); the
+    # own-int3 one is the known bug whose fix (0016) is staged, not yet in the series
+    staged = {"test_own_breakpoint_under_a_probe_registered_before_exec": "xfailed"}
+    assert {r.name: r.outcome for r in results if r.name in staged} == staged
+    assert {r.outcome for r in results if r.name not in staged} == {"passed"}, [
+        (r.name, r.outcome) for r in results if r.outcome != "passed" and r.name not in staged
     ]
     names = {r.name for r in results}
     assert {
