@@ -97,13 +97,7 @@ def symbol_offset(elf_path: Path, location: str) -> int:
 
 def symbol_offsets(elf_path: Path, symbols: list[str]) -> dict[str, int]:
     """Many symbols at once (one ELF parse): {symbol: file offset of its address}."""
-    with open(elf_path, "rb") as handle:
-        elf = ELFFile(handle)
-        addresses = _defined_symbols(elf)
-        return {
-            symbol: _file_offset(elf, elf_path, _lookup(addresses, symbol, elf_path))
-            for symbol in symbols
-        }
+    return {symbol: offset for symbol, (_, offset) in symbol_places(elf_path, symbols).items()}
 
 
 def symbol_places(elf_path: Path, symbols: list[str]) -> dict[str, tuple[int, int]]:
