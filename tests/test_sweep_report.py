@@ -158,7 +158,7 @@ def test_a_guest_that_dies_stops_and_the_others_go_on(monkeypatch):
     crashed = [v for v in verdicts.values() if v.outcome == "crashed"]
     assert all("Kernel panic" in v.detail for v in crashed)
     # alone, a dying guest leaves the batches after its own unrun
-    verdicts, _ = sweep.run_sweep("dies", _batched_forms(6), batch=2)
+    verdicts, _ = sweep.run_sweep(["dies"], _batched_forms(6), batch=2)
     assert [v.outcome for v in verdicts.values()].count("missing") == 4
     assert all("batch 1" in v.detail for v in verdicts.values())
 

@@ -11,13 +11,12 @@ hits (probe hit count wrong), refused (the kernel would not probe it, with errno
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,25 +100,24 @@ class _MachineDied(Exception):
 
 
 def run_sweep(
-    guests,
+    guests: list,
     forms: list[sweep_corpus.Form],
     batch: int = DEFAULT_BATCH,
     states: dict | None = None,
 ) -> tuple[dict[str, transparency.CaseVerdict], int]:
-    """Run the forms in the guest (or guests: a list, each taking the next batch when it is
-    free); {form name: verdict} and the number of batches. With `states`, keep {name:
-    (unprobed, probed)} of every form that was not identical. A guest whose machine dies
-    marks its batch "crashed" and takes no more; batches no guest could run are "missing"."""
+    """Run the forms in the guests (each takes the next batch when it is free); {form name:
+    verdict} and the number of batches. With `states`, keep {name: (unprobed, probed)} of
+    every form that was not identical. A guest whose machine dies marks its batch "crashed"
+    and takes no more; batches no guest could run are "missing"."""
     if batch < 1:
         raise HarnessError(f"sweep: --batch must be at least 1, not {batch}")
-    guests = list(guests) if isinstance(guests, (list, tuple)) else [guests]
     verdicts: dict[str, transparency.CaseVerdict] = {}
     host_flags = _host_cpu_flags()
     chunks = []
     for bits in (64, 32):  # a program is either 64-bit or a 32-bit task
         same = [f for f in forms if f.bits == bits]
         chunks += [same[i : i + batch] for i in range(0, len(same), batch)]
-    pending = collections.deque(enumerate(chunks, start=1))
+    pending = deque(enumerate(chunks, start=1))
     lock = threading.Lock()
     deaths: list[int] = []
     errors: list[BaseException] = []
