@@ -73,12 +73,10 @@ def test_main_job_runs_the_stack_and_consumers_families_on_mainline(mainline, tm
     assert len(results) >= 60
     # with uprobes-7.3-fixes every stack and consumers case passes (no skip: 7.3 has every
     # BPF attach mode), the userfaultfd push/call ones and the process-bound ones included
-    # (each_hit_once: 32 threads on 4 vCPUs, where per-copy perf consumers miscount); the
-    # own-int3 one is the known bug whose fix (0016) is staged, not yet in the series
-    staged = {"test_own_breakpoint_under_a_probe_registered_before_exec": "xfail"}
-    assert {r.name: r.outcome for r in results if r.name in staged} == staged
-    assert {r.outcome for r in results if r.name not in staged} == {"passed"}, [
-        (r.name, r.outcome) for r in results if r.outcome != "passed" and r.name not in staged
+    # (each_hit_once: 32 threads on 4 vCPUs, where per-copy perf consumers miscount), and
+    # the own-int3 one (its fix is 0016)
+    assert {r.outcome for r in results} == {"passed"}, [
+        (r.name, r.outcome) for r in results if r.outcome != "passed"
     ]
     names = {r.name for r in results}
     assert {
@@ -88,6 +86,7 @@ def test_main_job_runs_the_stack_and_consumers_families_on_mainline(mainline, tm
         "test_every_hit_counted_by_the_consumer[smp1-ret-8-bpf_session]",
         "test_every_hit_counted_by_the_consumer[smp1-riprel-8-perf_pid]",
         "test_process_bound_event_counts_threads_outliving_their_siblings[staggered]",
+        "test_own_breakpoint_under_a_probe_registered_before_exec",
         "test_process_bound_event_counts_each_hit_once[push]",
         "test_process_bound_event_counts_each_hit_once[ret]",
         "test_filtered_bpf_link_keeps_other_processes_untouched[smp1-push]",

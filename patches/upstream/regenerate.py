@@ -1,7 +1,8 @@
 """Regenerate patches/upstream/ from patches/uprobes-7.3-fixes, split by the maintainers who
 take them (the subject's prefix): the x86 uprobes patches as one `git format-patch
 --cover-letter` series in patches/upstream/, the tracing ones (`tracing/...`) as a series of
-their own in patches/upstream/tracing/. Each is made against Debian's pristine 7.3-rc source
+their own in patches/upstream/tracing/, the generic uprobes ones (`uprobes: ...`, in
+kernel/events/) in patches/upstream/core/. Each is made against Debian's pristine 7.3-rc source
 (each applies there alone), To/Cc from the tree's own scripts/get_maintainer.pl,
 `scripts/checkpatch.pl --strict` on every patch (checkpatch.txt), and with --build-each a
 harness build after every patch of the x86 series (it is bisectable).
@@ -40,7 +41,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> str:
 
 # subject prefix -> the directory its series goes to (relative to patches/upstream), and
 # whether it gets a cover letter; the first matching prefix wins, "" matches every patch
-GROUPS = [("tracing/", "tracing", False), ("", ".", True)]
+GROUPS = [("tracing/", "tracing", False), ("uprobes: ", "core", False), ("", ".", True)]
 
 
 def group_of(patch_text: str) -> str:
