@@ -5,7 +5,6 @@ this plugin registers."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -128,10 +127,11 @@ def pytest_runtest_makereport(item, call):
 
 def _attribute_kernel_log(item, g: Guest, report) -> None:
     vm = g.vm
+    answered = False  # the guest answered the marker's SSH command: it is responsive
     if vm.alive():
         try:
-            g.kmsg_marker(f"END {item.nodeid}")
-            time.sleep(0.05)
+            g.kmsg_marker(f"END {item.nodeid}", wait_s=1.0)
+            answered = True
         except Exception:
             pass
     end = vm.console_offset()
@@ -145,7 +145,7 @@ def _attribute_kernel_log(item, g: Guest, report) -> None:
     elif not vm.alive():
         title = "the VM died during the test"
         problem = f"crashed: {title} (console: {vm.console_log})"
-    elif not vm.responsive():
+    elif not answered and not vm.responsive():
         title = "guest unresponsive"
         problem = f"crashed: {title}"
     if problem is None:

@@ -213,3 +213,51 @@ def test_a_tree_owned_by_another_user_gets_a_message_that_says_so(tmp_path, monk
 )
 def test_what_counts_as_a_configuration_change(patch, touches):
     assert bool(kernel._KCONFIG_PATH.search(patch)) is touches
+
+
+def _commit_tree(tree, files: dict[str, str]) -> str:
+    for name, text in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+    sources.git(tree, "add", "-A")
+    sources.git(tree, "commit", "-q", "-m", "edit")
+    return sources.git(tree, "rev-parse", "HEAD")
+
+
+@pytest.mark.parametrize(
+    "edited, reconfigures",
+    [
+        ("arch/x86/kernel/uprobes.c", False),  # a developer's edit: no new .config
+        ("arch/x86/Kconfig", True),
+        ("init/Kconfig.debug", True),
+        ("kernel/configs/tiny.config", True),
+        ("scripts/cc-version.sh", True),  # Kconfig runs it
+        ("arch/x86/kernel/Makefile", True),
+    ],
+)
+def test_a_commit_reconfigures_only_when_a_configuration_input_changed(
+    tmp_path, edited, reconfigures
+):
+    """A git tree's build directory keeps its .config across commits that change no file
+    the configuration is made from (the config stamp hashes those files' blob ids)."""
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    sources.git(tree, "init", "-q")
+    files = {
+        name: "original\n"
+        for name in (
+            "arch/x86/kernel/uprobes.c",
+            "arch/x86/Kconfig",
+            "init/Kconfig.debug",
+            "kernel/configs/tiny.config",
+            "scripts/cc-version.sh",
+            "arch/x86/kernel/Makefile",
+        )
+    }
+    first = _commit_tree(tree, files)
+    second = _commit_tree(tree, {edited: "edited\n"})
+
+    def digest(commit):
+        return kernel._kconfig_inputs(sources.Source(None, tree, commit, "", "", ""))
+
+    assert (digest(first) != digest(second)) is reconfigures

@@ -189,13 +189,31 @@ _KCONFIG_PATH = re.compile(
 )
 
 
+# the same as paths in a tree, and what Kconfig runs ($(shell,...) calls into scripts/)
+_KCONFIG_INPUT = re.compile(r"(?:^|/)(?:Kconfig[^/]*|Makefile[^/]*|[^/]*\.config)$|^scripts/")
+
+
+def _kconfig_inputs(source) -> str:
+    """Digest of the files the configuration is made from in the source's pristine commit,
+    by their git blob ids: two commits that differ only in C files (a developer's edit of
+    uprobes.c) configure alike."""
+    listing = sources.git(source.tree, "ls-tree", "-r", "--full-tree", source.commit)
+    h = hashlib.sha256()
+    for line in listing.splitlines():
+        meta, _, path = line.partition("\t")
+        if _KCONFIG_INPUT.search(path):
+            h.update(f"{meta}\t{path}\n".encode())
+    return h.hexdigest()
+
+
 def _configure(
     source, series, fragments, view: sandbox.BuildView, make_args, log, progress
 ) -> None:
     """Generate and verify .config, unless the build directory already holds the one these
-    inputs give: same pristine commit, same fragments, and no patch touching Kconfig or
-    Makefiles (a series that only changes C files cannot change the configuration)."""
-    h = hashlib.sha256(f"{source.commit}\0{kconfig.fragments_digest(fragments)}".encode())
+    inputs give: the same Kconfig files, Makefiles and scripts in the pristine commit, the
+    same fragments, and no patch touching Kconfig or Makefiles (a series that only changes C
+    files cannot change the configuration)."""
+    h = hashlib.sha256(f"{_kconfig_inputs(source)}\0{kconfig.fragments_digest(fragments)}".encode())
     for patch in series.patches:
         if _KCONFIG_PATH.search(patch.text):
             h.update(patch.text)

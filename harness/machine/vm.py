@@ -529,16 +529,17 @@ class VM:
             except (pexpect.EOF, OSError, ValueError):
                 break
             self.last_output = time.monotonic()
-            self._log_handle.write(data)
-            self._log_handle.flush()
             text = data.decode(errors="replace")
-            with self._lock:
+            with self._lock:  # console_note() writes both too
+                self._log_handle.write(data)
+                self._log_handle.flush()
                 self.watch.feed(text)
             pending = (pending + text)[-4096:]
             if marker in pending and not self._ready.is_set():
                 self.marker_seconds = time.monotonic() - self._started
                 self._ready.set()
-        self._log_handle.close()
+        with self._lock:
+            self._log_handle.close()
 
     def _wait_ready(self, deadline: float) -> None:
         while not self._ready.is_set():
@@ -603,6 +604,20 @@ class VM:
     def console_text(self) -> str:
         with self._lock:
             return self.watch.text
+
+    def console_note(self, text: str) -> None:
+        """A line of the harness's own, `uprobe-harness: TEXT`, added on the host to the
+        console log and watch, on a line of its own: a marker that costs no round trip to
+        the guest, for a moment when the guest's console is quiet (e.g. between tests)."""
+        with self._lock:
+            fed = self.watch.fed
+            if getattr(self, "_log_handle", None) is None or self._log_handle.closed:
+                return
+            at_line_start = fed == 0 or self.watch.since(fed - 1) == "\n"
+            line = ("" if at_line_start else "\n") + f"uprobe-harness: {text}\n"
+            self._log_handle.write(line.encode())
+            self._log_handle.flush()
+            self.watch.feed(line)
 
     def console_offset(self) -> int:
         """Where the console stands now: an offset for console_since()."""

@@ -4,6 +4,7 @@ uprobes through tracefs, mark test windows in the kernel log, run the VM self-ch
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,20 @@ class Guest:
         return target.guest_path
 
     # -- kernel log windows ---------------------------------------------------------------------
-    def kmsg_marker(self, text: str) -> None:
+    def kmsg_marker(self, text: str, wait_s: float = 0.0) -> bool:
+        """Print `uprobe-harness: TEXT` through the guest's kernel log: it lands in the console
+        after every line the kernel printed before it (a barrier). With wait_s, wait up to
+        that long for the line to reach the host's console; whether it did."""
+        start = self.vm.console_offset()
+        line = "uprobe-harness: " + text
         # <4> so the line reaches the console at loglevel 5 and lands between splats in order
-        self.run(f"echo {shlex.quote('<4>uprobe-harness: ' + text)} > /dev/kmsg", timeout=30)
+        self.run(f"echo {shlex.quote('<4>' + line)} > /dev/kmsg", timeout=30)
+        deadline = time.monotonic() + wait_s
+        while line not in self.vm.console_since(start):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     # -- self-check -------------------------------------------------------------------------------
     def run_selfcheck(self, iterations: int = 20000) -> SelfCheck:

@@ -143,12 +143,19 @@ def load_cases(path: Path, family: str = "") -> list[Case]:
     return cases
 
 
-def _render(cases: list[Case], avx: bool, source: str, bits: int = 64) -> tuple[str, str]:
+@functools.lru_cache(maxsize=1)
+def _cases_template() -> jinja2.Template:
+    """Compiled once per process: compat_cases() renders one program per case while the
+    test modules are collected (a fresh Environment each time cost ~50 ms per case)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
+    return env.get_template("insn_cases.S.j2")
+
+
+def _render(cases: list[Case], avx: bool, source: str, bits: int = 64) -> tuple[str, str]:
     items = []
     for index, case in enumerate(cases):
         if not _SAFE_NAME.match(case.name):
@@ -157,7 +164,7 @@ def _render(cases: list[Case], avx: bool, source: str, bits: int = 64) -> tuple[
         data = case.data.replace("{id}", str(index)).strip()
         pre = case.pre.replace("{id}", str(index)).strip()
         items.append({"id": index, "name": case.name, "asm": asm, "data": data, "pre": pre})
-    assembly = env.get_template("insn_cases.S.j2").render(
+    assembly = _cases_template().render(
         cases=items, avx=avx, source=source, bits=bits, pointer=".long" if bits == 32 else ".quad"
     )
     rows = ",\n".join(
