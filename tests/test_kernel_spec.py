@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from harness.build import kconfig, kernel, series, sources
@@ -261,3 +263,22 @@ def test_a_commit_reconfigures_only_when_a_configuration_input_changed(
         return kernel._kconfig_inputs(sources.Source(None, tree, commit, "", "", ""))
 
     assert (digest(first) != digest(second)) is reconfigures
+
+
+def test_a_cached_kernel_is_recorded_under_the_series_asked_for(tmp_path):
+    """The artefact key is content-addressed: a series first built from a temporary copy and
+    later asked for as patches/NAME hits the same entry, whose metadata.json must then name
+    NAME and its reproducer, not the vanished copy (other fields are kept)."""
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(
+        '{"series": "tmpcopy", "reproducer": "python -m harness build --series /tmp/x", '
+        '"patches": ["0001-a.patch"]}'
+    )
+    kernel._rename_series(metadata, "uprobes-6.1-fixes", "python -m harness build --series u")
+    meta = json.loads(metadata.read_text())
+    assert meta == {
+        "series": "uprobes-6.1-fixes",
+        "reproducer": "python -m harness build --series u",
+        "patches": ["0001-a.patch"],
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["metadata.json"]  # no staging file left

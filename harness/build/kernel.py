@@ -131,6 +131,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
         if (store / "metadata.json").is_file():
             # the key is content-addressed: the same patches under another series name
             # hit this entry, but the kernel is reported under the name asked for now
+            _rename_series(store / "metadata.json", series.name, reproducer(request, series.name))
             return dataclasses.replace(_load(store, cached=True), series=series.name)
 
         config_id = kconfig.fragments_digest(fragments)[:16]
@@ -315,6 +316,19 @@ def _store(store: Path, build_dir: Path, metadata: dict) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_series(metadata: Path, name: str, command: str) -> None:
+    """metadata.json of a cached artefact names the series (and the reproducer) of the last
+    request that used it: a series built once from a temporary directory and then asked for
+    as patches/NAME is NAME from then on. Written whole or not at all."""
+    meta = json.loads(metadata.read_text())
+    if meta.get("series") == name and meta.get("reproducer") == command:
+        return
+    meta["series"], meta["reproducer"] = name, command
+    staging = metadata.with_name(metadata.name + f".{os.getpid()}")
+    staging.write_text(json.dumps(meta, indent=2) + "\n")
+    staging.replace(metadata)
 
 
 def _load(store: Path, cached: bool) -> Kernel:
