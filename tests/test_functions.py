@@ -61,6 +61,22 @@ def test_stripped_program_keeps_its_functions_through_the_unwind_table(program, 
     assert sum_address in {e.address for e in unnamed} and {e.address for e in unnamed} <= named
 
 
+def test_entries_are_kept_by_the_file_s_identity(program, tmp_path, monkeypatch):
+    """A second call reads the cache (the same entries); a file changed in place is parsed
+    again, not answered from the cache."""
+    monkeypatch.setenv("UPROBE_HARNESS_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "p"
+    copy.write_bytes(program.read_bytes())
+    first = function_entries(copy)
+    assert len(list((tmp_path / "cache" / "functions").glob("*.json"))) == 1
+    assert function_entries(copy) == first
+    stripped = tmp_path / "stripped"
+    subprocess.run(["strip", "-o", str(stripped), str(copy)], check=True)
+    copy.write_bytes(stripped.read_bytes())  # the same path, other contents
+    again = function_entries(copy)
+    assert again != first and all(e.name == "" for e in again)
+
+
 def test_instructions_of_cover_the_function_exactly(program):
     entries = {e.name: e for e in function_entries(program) if e.name}
     function = entries["sum"]
