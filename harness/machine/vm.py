@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pexpect
 
@@ -395,6 +396,7 @@ class VM:
         self._started = 0.0
         self.last_output = time.monotonic()
         self._child: pexpect.spawn | None = None
+        self._log_handle: BinaryIO | None = None  # the console log, open while QEMU runs
         self._drain: threading.Thread | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -518,8 +520,8 @@ class VM:
         self._drain.start()
 
     def _drain_console(self) -> None:
-        child, marker = self._child, self.image.ready_marker
-        assert child is not None
+        child, marker, log = self._child, self.image.ready_marker, self._log_handle
+        assert child is not None and log is not None
         pending = ""
         while True:
             try:
@@ -531,15 +533,15 @@ class VM:
             self.last_output = time.monotonic()
             text = data.decode(errors="replace")
             with self._lock:  # console_note() writes both too
-                self._log_handle.write(data)
-                self._log_handle.flush()
+                log.write(data)
+                log.flush()
                 self.watch.feed(text)
             pending = (pending + text)[-4096:]
             if marker in pending and not self._ready.is_set():
                 self.marker_seconds = time.monotonic() - self._started
                 self._ready.set()
         with self._lock:
-            self._log_handle.close()
+            log.close()
 
     def _wait_ready(self, deadline: float) -> None:
         while not self._ready.is_set():
@@ -611,7 +613,7 @@ class VM:
         the guest, for a moment when the guest's console is quiet (e.g. between tests)."""
         with self._lock:
             fed = self.watch.fed
-            if getattr(self, "_log_handle", None) is None or self._log_handle.closed:
+            if self._log_handle is None or self._log_handle.closed:
                 return
             at_line_start = fed == 0 or self.watch.since(fed - 1) == "\n"
             line = ("" if at_line_start else "\n") + f"uprobe-harness: {text}\n"
