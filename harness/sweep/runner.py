@@ -155,17 +155,14 @@ def run_sweep(
                         }
                     )
 
-    if len(guests) == 1:
-        work(guests[0])
-    else:
-        threads = [
-            threading.Thread(target=work, args=(g,), name=f"sweep-{number}")
-            for number, g in enumerate(guests)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [
+        threading.Thread(target=work, args=(g,), name=f"sweep-{number}")
+        for number, g in enumerate(guests)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     if errors:
         raise errors[0]
     for _, chunk in pending:
