@@ -31,7 +31,6 @@ def test_mainline_builds_from_its_suite_with_the_base_config(mainline):
     config = mainline.config.read_text()
     for needed in (
         "CONFIG_UPROBE_EVENTS=y",
-        "CONFIG_ACPI=y",
         "CONFIG_X86_MPPARSE=y",
         "CONFIG_USERFAULTFD=y",
         "CONFIG_KERNEL_LZ4=y",

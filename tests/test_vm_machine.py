@@ -41,7 +41,7 @@ def _config(tmp_path, *options):
     return path
 
 
-MICROVM_OPTIONS = ("CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES", "CONFIG_ACPI")
+MICROVM_OPTIONS = ("CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES", "CONFIG_X86_MPPARSE")
 
 
 def test_auto_takes_microvm_where_the_kernel_has_virtio_mmio(tmp_path):
@@ -78,8 +78,17 @@ def test_the_qemu_command_uses_the_chosen_machine_type(tmp_path):
     guest = _unstarted_vm(tmp_path, "microvm")
     guest.accel = vm.AccelChoice("tcg", "test")
     command = guest._qemu_command()
-    assert command[command.index("-machine") + 1] == "microvm"
+    assert command[command.index("-machine") + 1] == "microvm,acpi=off"
     assert "virtio-net-device,netdev=n0" in command
+
+
+def test_microvm_resets_by_triple_fault_and_pc_by_its_default(tmp_path):
+    """Without ACPI (microvm runs with acpi=off) a panicking guest would try keyboard-
+    controller resets forever instead of letting -no-reboot end QEMU."""
+    guest = _unstarted_vm(tmp_path, "microvm")
+    assert "reboot=t" in guest._cmdline().split()
+    guest.machine = "pc"
+    assert not any(a.startswith("reboot=") for a in guest._cmdline().split())
 
 
 def test_microvm_gets_the_host_tsc_frequency_and_pc_does_not(tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ class MachineType(data.Spec):
     requires: list[str]  # kernel options "auto" needs in the kernel's .config
     bios: str = ""  # firmware; "": QEMU's default
     tsc_from_host: bool = False  # pass the host's TSC frequency as tsc_early_khz=
+    cmdline: list[str] = []  # kernel arguments this machine type needs, after the common ones
 
 
 class Machine(data.Spec):
@@ -419,6 +420,7 @@ class VM:
 
     def _cmdline(self) -> str:
         args = [f"console={MACHINE.console}", *MACHINE.cmdline]
+        args += self.machine_type.cmdline
         if self.machine_type.tsc_from_host and (khz := tsc.host_tsc_khz()):
             args.append(f"tsc_early_khz={khz}")
         if self.spec.oops_panic:
