@@ -589,9 +589,7 @@ def build_image(recipe: str = "default", modules: Sequence[Path] = ()) -> Image:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info(
-        "built image %s (%d bytes) in %.2fs", final, len(archive), time.monotonic() - started
-    )
+    log.info("built image %s (%d bytes) in %.2fs", final, len(archive), time.monotonic() - started)
     return _image(final, identity, inputs.keys)
 
 
