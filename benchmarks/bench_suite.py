@@ -3,6 +3,10 @@ a built kernel (median of N runs), and each family's share of the full suite.
 
   python benchmarks/bench_suite.py [--runs 3] [-- EXTRA PYTEST ARGS]
 
+The extra arguments go to every run, the `-m smp` ones and the full-suite ones alike (e.g.
+`-- --kernel debian:7.3`); a selection of its own (`-m`, `-k`, test paths) is refused there,
+since the full-suite figure would silently measure that selection instead.
+
 With --machines, the same selection on each machine type instead, runs interleaved (so
 a slow minute of the host hits every machine alike), medians, each family's test time, and
 the ratio against the first machine:
@@ -84,6 +88,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.machines:
         return compare_machines(args.machines.split(","), args.runs, args.extra)
+    selecting = [
+        a for a in args.extra if a in ("-m", "-k") or a.startswith(("-m=", "-k=", "testcases"))
+    ]
+    if selecting:
+        print(
+            f"bench_suite.py: {' '.join(selecting)} would replace the full suite with a "
+            f"selection; measure a selection with --machines M (one machine type is enough)",
+            file=sys.stderr,
+        )
+        return 2
     run([], args.extra)  # warm-up: kernel and targets built, keys made
     smp = [run(["-m", "smp"], args.extra)[0] for _ in range(args.runs)]
     full, shares = [], defaultdict(list)

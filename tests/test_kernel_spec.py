@@ -210,11 +210,33 @@ def test_a_tree_owned_by_another_user_gets_a_message_that_says_so(tmp_path, monk
         (b"--- a/kernel/configs/tiny.config\n+++ b/kernel/configs/tiny.config\n", True),
         (b"--- a/scripts/kconfig/merge_config.sh\n+++ b/scripts/kconfig/merge_config.sh\n", True),
         (b"diff --git a/x/Kconfig b/y/Kconfig\nrename from x/Kconfig\nrename to y/Kconfig\n", True),
+        (b"--- a/scripts/cc-version.sh\n+++ b/scripts/cc-version.sh\n", True),  # Kconfig runs it
+        (b"--- /dev/null\n+++ b/arch/x86/kernel/Makefile.extra\n", True),  # an added Makefile
         (b"--- a/arch/x86/kernel/uprobes.c\n+++ b/arch/x86/kernel/uprobes.c\n", False),
+        (b"--- a/Documentation/kbuild/kconfig.rst\n+++ b/Documentation/kconfig.rst\n", False),
+        (b"rename from tools/scripts/x.c\nrename to tools/scripts/y.c\n", False),
     ],
 )
 def test_what_counts_as_a_configuration_change(patch, touches):
-    assert bool(kernel._KCONFIG_PATH.search(patch)) is touches
+    assert kernel.patch_touches_kconfig_inputs(patch) is touches
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "arch/x86/kernel/uprobes.c",
+        "arch/x86/Kconfig",
+        "init/Kconfig.debug",
+        "kernel/configs/tiny.config",
+        "scripts/cc-version.sh",
+        "arch/x86/kernel/Makefile",
+    ],
+)
+def test_a_patch_and_a_commit_agree_on_what_is_a_configuration_input(path):
+    """One rule for both: a series patch reconfigures exactly when a commit changing the same
+    file would."""
+    patch = f"--- a/{path}\n+++ b/{path}\n".encode()
+    assert kernel.patch_touches_kconfig_inputs(patch) is kernel.is_kconfig_input(path)
 
 
 def _commit_tree(tree, files: dict[str, str]) -> str:

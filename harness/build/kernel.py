@@ -181,17 +181,33 @@ def build(request: BuildRequest, progress: Progress | None = None) -> Kernel:
         return _load(store, cached=False)
 
 
-# a patch that touches what the configuration is made from: Kconfig files (added, changed,
-# deleted, renamed), Makefiles, config fragments such as tiny.config, scripts/kconfig/
-_KCONFIG_PATH = re.compile(
-    rb"^(?:\+\+\+ |--- |rename from |rename to |copy to )"
-    rb"\S*(?:Kconfig|Makefile|\.config\b|scripts/kconfig/)\S*",
-    re.MULTILINE,
+# What the configuration is made from, as a path in the tree: Kconfig files, Makefiles,
+# config fragments such as tiny.config, and scripts/ (Kconfig's $(shell,...) calls run
+# scripts/*.sh; scripts/kconfig/ is Kconfig itself). One rule for a tree's files and for the
+# files a patch touches.
+_KCONFIG_INPUT = re.compile(r"(?:^|/)(?:Kconfig[^/]*|Makefile[^/]*|[^/]*\.config)$|^scripts/")
+
+# the paths a patch touches, from its diff headers (added, changed, deleted, renamed, copied)
+_PATCH_PATH = re.compile(
+    rb"^(?:\+\+\+ |--- |rename from |rename to |copy from |copy to )(\S+)", re.MULTILINE
 )
 
 
-# the same as paths in a tree, and what Kconfig runs ($(shell,...) calls into scripts/)
-_KCONFIG_INPUT = re.compile(r"(?:^|/)(?:Kconfig[^/]*|Makefile[^/]*|[^/]*\.config)$|^scripts/")
+def is_kconfig_input(path: str) -> bool:
+    return bool(_KCONFIG_INPUT.search(path))
+
+
+def patch_touches_kconfig_inputs(text: bytes) -> bool:
+    """Whether a patch changes a configuration input; `a/` and `b/` prefixes are dropped."""
+    for match in _PATCH_PATH.finditer(text):
+        path = match.group(1).decode(errors="replace")
+        if path == "/dev/null":
+            continue
+        if path.startswith(("a/", "b/")) and not match.group(0).startswith((b"rename", b"copy")):
+            path = path[2:]
+        if is_kconfig_input(path):
+            return True
+    return False
 
 
 def _kconfig_inputs(source) -> str:
@@ -202,7 +218,7 @@ def _kconfig_inputs(source) -> str:
     h = hashlib.sha256()
     for line in listing.splitlines():
         meta, _, path = line.partition("\t")
-        if _KCONFIG_INPUT.search(path):
+        if is_kconfig_input(path):
             h.update(f"{meta}\t{path}\n".encode())
     return h.hexdigest()
 
@@ -216,7 +232,7 @@ def _configure(
     files cannot change the configuration)."""
     h = hashlib.sha256(f"{_kconfig_inputs(source)}\0{kconfig.fragments_digest(fragments)}".encode())
     for patch in series.patches:
-        if _KCONFIG_PATH.search(patch.text):
+        if patch_touches_kconfig_inputs(patch.text):
             h.update(patch.text)
     h.update(f"\0{view.seen_tree}\0{view.seen_build_dir}".encode())  # paths in its Makefiles
     build_dir = view.build_dir
