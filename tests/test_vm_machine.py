@@ -106,3 +106,31 @@ def test_the_host_tsc_frequency_is_measured():
     khz = vm.tsc.host_tsc_khz()
     # any x86-64 host of the last twenty years: between 500 MHz and 10 GHz
     assert khz is not None and 500_000 < khz < 10_000_000
+
+
+def _kernel_files(tmp_path, *options, vmlinux=True):
+    (tmp_path / "bzImage").write_bytes(b"bz")
+    if vmlinux:
+        (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
+    return SimpleNamespace(
+        bzimage=tmp_path / "bzImage",
+        vmlinux=tmp_path / "vmlinux" if vmlinux else None,
+        config=_config(tmp_path, *options),
+    )
+
+
+def test_microvm_boots_the_vmlinux_through_pvh_where_the_kernel_has_it(tmp_path):
+    microvm, pc = vm.MACHINE.machines["microvm"], vm.MACHINE.machines["pc"]
+    with_pvh = _kernel_files(tmp_path, "CONFIG_PVH")
+    assert vm.kernel_image(with_pvh, microvm) == tmp_path / "vmlinux"
+    assert vm.kernel_image(with_pvh, pc) == tmp_path / "bzImage"  # pc: no PVH loader used
+
+
+@pytest.mark.parametrize(
+    "options, vmlinux", [((), True), (("CONFIG_PVH",), False)], ids=["no-pvh", "no-vmlinux"]
+)
+def test_microvm_falls_back_to_the_bzimage(tmp_path, options, vmlinux):
+    """A kernel without the PVH entry point (QEMU would refuse its vmlinux) or without a
+    vmlinux (a bare bzImage) boots from its bzImage."""
+    kernel = _kernel_files(tmp_path, *options, vmlinux=vmlinux)
+    assert vm.kernel_image(kernel, vm.MACHINE.machines["microvm"]) == tmp_path / "bzImage"

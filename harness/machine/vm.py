@@ -48,6 +48,9 @@ class MachineType(data.Spec):
     bios: str = ""  # firmware; "": QEMU's default
     tsc_from_host: bool = False  # pass the host's TSC frequency as tsc_early_khz=
     cmdline: list[str] = []  # kernel arguments this machine type needs, after the common ones
+    # boot the uncompressed vmlinux through its PVH entry point when the kernel has one
+    # (CONFIG_PVH and a vmlinux next to the bzImage): no decompression, no real-mode setup
+    pvh: bool = False
 
 
 class Machine(data.Spec):
@@ -173,6 +176,17 @@ def _config_options(config: Path | None) -> set[str] | None:
         if sep and value in ("y", "m") and name.startswith("CONFIG_"):
             options.add(name)
     return options
+
+
+def kernel_image(kernel, machine_type: MachineType) -> Path:
+    """The file QEMU's -kernel loads: the kernel's vmlinux where the machine type boots PVH
+    and the kernel was built for it, else its bzImage."""
+    vmlinux = getattr(kernel, "vmlinux", None)
+    if machine_type.pvh and vmlinux is not None and Path(vmlinux).is_file():
+        options = _config_options(getattr(kernel, "config", None))
+        if options is not None and "CONFIG_PVH" in options:
+            return Path(vmlinux)
+    return kernel.bzimage
 
 
 def choose_machine(requested: str, config: Path | None) -> str:
@@ -463,7 +477,7 @@ class VM:
             "-serial",
             "stdio",
             "-kernel",
-            str(self.kernel.bzimage),
+            str(kernel_image(self.kernel, self.machine_type)),
             "-initrd",
             str(self.image.initramfs),
             "-append",

@@ -15,9 +15,11 @@
  * Every call goes through call_checked (hits_sites.S): the result must be the site's own
  * value and every other register must survive. prints: calls=<n> bad=<n> site<k>=<calls> ...
  * (exit: exited=<n> after=ok|hung; the work runs in a child, so a hung child cannot hold
- * the caller's output open).
+ * the caller's output open). Hung: a thread of the child in uninterruptible sleep (D) in
+ * every look for 3 s, or 20 s without progress whatever the threads do.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -106,6 +108,35 @@ static void print_counts(FILE *out)
 	fprintf(out, "\n");
 }
 
+/* Whether one thread of process pid is in uninterruptible sleep: /proc/pid/task/tid/stat's
+ * state field (the first after the parenthesised name, which may itself hold spaces). */
+static int has_thread_in_d(pid_t pid)
+{
+	char dir[64];
+	snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+	DIR *tasks = opendir(dir);
+	if (!tasks)
+		return 0;
+	int found = 0;
+	struct dirent *entry;
+	while (!found && (entry = readdir(tasks))) {
+		if (entry->d_name[0] == '.')
+			continue;
+		char path[128], stat[512];
+		snprintf(path, sizeof(path), "%s/%s/stat", dir, entry->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		size_t n = fread(stat, 1, sizeof(stat) - 1, f);
+		fclose(f);
+		stat[n] = 0;
+		char *close_paren = strrchr(stat, ')');
+		found = close_paren && close_paren[1] == ' ' && close_paren[2] == 'D';
+	}
+	closedir(tasks);
+	return found;
+}
+
 static int run_exit(long nthreads)
 {
 	int fds[2];
@@ -135,12 +166,20 @@ static int run_exit(long nthreads)
 	char text[4096] = "";
 	size_t used = 0;
 	struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+	int quiet_looks = 0, d_looks = 0;                /* 250 ms each */
 	for (;;) {
-		int ready = poll(&pfd, 1, 20000);
-		if (ready <= 0) {                        /* 20 s without progress: hung */
-			printf("%s after=hung\n", text);
+		int ready = poll(&pfd, 1, 250);
+		if (ready == 0) {
+			quiet_looks++;
+			d_looks = has_thread_in_d(child) ? d_looks + 1 : 0;
+		}
+		if (ready < 0 || d_looks >= 12 || quiet_looks >= 80) {
+			printf("%s after=hung\n", text);    /* D for 3 s, or 20 s of silence */
 			return 3;                            /* the child stays behind, unkillable */
 		}
+		if (ready == 0)
+			continue;
+		quiet_looks = 0;
 		ssize_t n = read(fds[0], text + used, sizeof(text) - 1 - used);
 		if (n <= 0)
 			break;
