@@ -4,7 +4,10 @@ each later machine type its ratio to the first one (same session, runs interleav
 the machine's load affects both alike).
 
   python benchmarks/bench_boot.py [--kernel debian:6.1] [--smp 1,2,4] [--runs 5]
-                                  [--machines pc,microvm]
+                                  [--machines pc,microvm] [--bzimage]
+
+--bzimage adds, for each machine type, boots of the same kernel from its bzImage even where the
+machine would start the vmlinux through PVH (named "<machine>/bzImage"), interleaved.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.build import kernel  # noqa: E402
 from harness.machine import image
+from harness.machine import vm as vm_module  # noqa: E402
 from harness.machine.vm import VM, MachineSpec  # noqa: E402
 from harness.progress import Progress  # noqa: E402
 
@@ -30,7 +34,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tcg-threads", default="multi")
     parser.add_argument("--machines", default="auto", help="e.g. pc,microvm (default auto)")
+    parser.add_argument("--bzimage", action="store_true", help="also boot from the bzImage")
     args = parser.parse_args()
+    chosen_image = vm_module.kernel_image
     built = kernel.build(
         kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
     )
@@ -40,13 +46,19 @@ def main() -> int:
         f"initramfs {img.initramfs.stat().st_size / 1e6:.1f} MB"
     )
     machines = args.machines.split(",")
+    if args.bzimage:
+        machines = [v for m in machines for v in (m, f"{m}/bzImage")]
     for smp in (int(v) for v in args.smp.split(",")):
         times: dict[str, list[float]] = {m: [] for m in machines}
         markers: dict[str, list[float]] = {m: [] for m in machines}
         accel = ""
         for _ in range(args.runs):
             for machine in machines:
-                spec = MachineSpec(smp=smp, tcg_threads=args.tcg_threads, machine=machine)
+                machine_type, _, from_bzimage = machine.partition("/")
+                vm_module.kernel_image = (
+                    (lambda kernel, _type: kernel.bzimage) if from_bzimage else chosen_image
+                )
+                spec = MachineSpec(smp=smp, tcg_threads=args.tcg_threads, machine=machine_type)
                 with VM(built, img, spec) as vm:
                     assert vm.record is not None and vm.record.vcpus_seen == smp
                     times[machine].append(vm.boot_seconds)
