@@ -221,17 +221,18 @@ def test_what_counts_as_a_configuration_change(patch, touches):
     assert kernel.patch_touches_kconfig_inputs(patch) is touches
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "arch/x86/kernel/uprobes.c",
-        "arch/x86/Kconfig",
-        "init/Kconfig.debug",
-        "kernel/configs/tiny.config",
-        "scripts/cc-version.sh",
-        "arch/x86/kernel/Makefile",
-    ],
+# a C file and one of each kind of configuration input
+TREE_PATHS = (
+    "arch/x86/kernel/uprobes.c",
+    "arch/x86/Kconfig",
+    "init/Kconfig.debug",
+    "kernel/configs/tiny.config",
+    "scripts/cc-version.sh",
+    "arch/x86/kernel/Makefile",
 )
+
+
+@pytest.mark.parametrize("path", TREE_PATHS)
 def test_a_patch_and_a_commit_agree_on_what_is_a_configuration_input(path):
     """One rule for both: a series patch reconfigures exactly when a commit changing the same
     file would."""
@@ -267,17 +268,7 @@ def test_a_commit_reconfigures_only_when_a_configuration_input_changed(
     tree = tmp_path / "linux"
     tree.mkdir()
     sources.git(tree, "init", "-q")
-    files = {
-        name: "original\n"
-        for name in (
-            "arch/x86/kernel/uprobes.c",
-            "arch/x86/Kconfig",
-            "init/Kconfig.debug",
-            "kernel/configs/tiny.config",
-            "scripts/cc-version.sh",
-            "arch/x86/kernel/Makefile",
-        )
-    }
+    files = dict.fromkeys(TREE_PATHS, "original\n")
     first = _commit_tree(tree, files)
     second = _commit_tree(tree, {edited: "edited\n"})
 
