@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.build import kernel  # noqa: E402
 from harness.machine import image
-from harness.machine import vm as vm_module  # noqa: E402
 from harness.machine.vm import VM, MachineSpec  # noqa: E402
 from harness.progress import Progress  # noqa: E402
 
@@ -36,7 +35,6 @@ def main() -> int:
     parser.add_argument("--machines", default="auto", help="e.g. pc,microvm (default auto)")
     parser.add_argument("--bzimage", action="store_true", help="also boot from the bzImage")
     args = parser.parse_args()
-    chosen_image = vm_module.kernel_image
     built = kernel.build(
         kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
     )
@@ -55,10 +53,12 @@ def main() -> int:
         for _ in range(args.runs):
             for machine in machines:
                 machine_type, _, from_bzimage = machine.partition("/")
-                vm_module.kernel_image = (
-                    (lambda kernel, _type: kernel.bzimage) if from_bzimage else chosen_image
+                spec = MachineSpec(
+                    smp=smp,
+                    tcg_threads=args.tcg_threads,
+                    machine=machine_type,
+                    pvh=not from_bzimage,
                 )
-                spec = MachineSpec(smp=smp, tcg_threads=args.tcg_threads, machine=machine_type)
                 with VM(built, img, spec) as vm:
                     assert vm.record is not None and vm.record.vcpus_seen == smp
                     times[machine].append(vm.boot_seconds)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -113,17 +114,9 @@ def scratch(kernel_spec: str, runs: int) -> int:
                     shutil.copytree(
                         cache_root() / reused, Path(cache) / reused, copy_function=os.link
                     )
-            saved = {k: os.environ.get(k) for k in ("UPROBE_HARNESS_CACHE", "CCACHE_DISABLE")}
-            os.environ["UPROBE_HARNESS_CACHE"] = cache
-            os.environ["CCACHE_DISABLE"] = "1"
-            try:
+            scratch_env = {"UPROBE_HARNESS_CACHE": cache, "CCACHE_DISABLE": "1"}
+            with mock.patch.dict(os.environ, scratch_env):
                 seconds, built = timed(kernel.BuildRequest(kernel=kernel_spec, series="none"))
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
             d = built.durations
             makes.append(d["make_s"])
             objects = sum(1 for _ in (Path(cache) / "builds").rglob("*.o"))

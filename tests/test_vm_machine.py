@@ -124,6 +124,8 @@ def test_microvm_boots_the_vmlinux_through_pvh_where_the_kernel_has_it(tmp_path)
     with_pvh = _kernel_files(tmp_path, "CONFIG_PVH")
     assert vm.kernel_image(with_pvh, microvm) == tmp_path / "vmlinux"
     assert vm.kernel_image(with_pvh, pc) == tmp_path / "bzImage"  # pc: no PVH loader used
+    # asked not to (bench_boot.py --bzimage): the bzImage
+    assert vm.kernel_image(with_pvh, microvm, pvh=False) == tmp_path / "bzImage"
 
 
 @pytest.mark.parametrize(

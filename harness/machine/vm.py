@@ -164,6 +164,7 @@ class MachineSpec:
     oops_panic: bool = False
     extra_cmdline: tuple[str, ...] = ()
     machine: str = "auto"  # auto | a key of the machine definition's machines (pc, microvm)
+    pvh: bool = True  # False: boot the bzImage even where the machine type could boot PVH
 
 
 def _config_options(config: Path | None) -> set[str] | None:
@@ -178,11 +179,11 @@ def _config_options(config: Path | None) -> set[str] | None:
     return options
 
 
-def kernel_image(kernel, machine_type: MachineType) -> Path:
+def kernel_image(kernel, machine_type: MachineType, pvh: bool = True) -> Path:
     """The file QEMU's -kernel loads: the kernel's vmlinux where the machine type boots PVH
-    and the kernel was built for it, else its bzImage."""
+    (and `pvh` allows it) and the kernel was built for it, else its bzImage."""
     vmlinux = getattr(kernel, "vmlinux", None)
-    if machine_type.pvh and vmlinux is not None and Path(vmlinux).is_file():
+    if pvh and machine_type.pvh and vmlinux is not None and Path(vmlinux).is_file():
         options = _config_options(getattr(kernel, "config", None))
         if options is not None and "CONFIG_PVH" in options:
             return Path(vmlinux)
@@ -477,7 +478,7 @@ class VM:
             "-serial",
             "stdio",
             "-kernel",
-            str(kernel_image(self.kernel, self.machine_type)),
+            str(kernel_image(self.kernel, self.machine_type, self.spec.pvh)),
             "-initrd",
             str(self.image.initramfs),
             "-append",
