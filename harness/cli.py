@@ -350,6 +350,9 @@ def cmd_mutate(args) -> int:
             jobs=args.jobs,
             baseline_runs=args.baseline_runs,
             run_first=not args.no_run_first,
+            baseline_kernel=args.baseline_kernel,
+            baseline_series=args.baseline_series,
+            baseline_only=args.baseline_only,
         )
     )
     print(mutate.format_outcome(outcome))
@@ -603,6 +606,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="first run the full suite N times on the unmutated default kernel "
         "and report the flake rate",
+    )
+    p.add_argument(
+        "--baseline-kernel",
+        metavar="SPEC",
+        help="the kernel the baseline runs (default: the mutants' kernel, debian:6.1)",
+    )
+    p.add_argument(
+        "--baseline-series",
+        metavar="SERIES",
+        help="the baseline's series (default: the kernel's default series; 'none': the "
+        "stock kernel, whose known bugs are XFAILs, not unexpected failures)",
+    )
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="run the baseline (--baseline-runs N) and no mutant",
     )
     p.add_argument("--smp", default="1,4", help="vCPU counts for SMP scenarios")
     p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])

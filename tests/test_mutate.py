@@ -174,6 +174,39 @@ def test_baseline_flake_rate():
     assert baseline.flake_rate == pytest.approx(0.005) and not baseline.clean
 
 
+def test_baseline_only_runs_the_given_kernel_and_series_and_no_mutant(monkeypatch, tmp_path):
+    asked = []
+
+    def fake_suite(kernel, series, families, junit, options, node_ids=()):
+        asked.append((kernel, series, families, node_ids))
+        return [_result("test_stack", "xfailed"), _result("test_fp", "passed")], 5.0
+
+    monkeypatch.setattr(mutate, "run_suite", fake_suite)
+    monkeypatch.setattr(mutate, "load_mutants", lambda names: pytest.fail("loaded mutants"))
+    outcome = mutate.run(
+        mutate.MutateRequest(
+            results_dir=tmp_path,
+            baseline_runs=2,
+            baseline_kernel="debian:6.12",
+            baseline_series="none",
+            baseline_only=True,
+        )
+    )
+    assert asked == [("debian:6.12", "none", None, ())] * 2
+    assert outcome.ok and outcome.results == [] and outcome.baseline.clean
+    assert "baseline (debian:6.12, series none): 2 run(s) of 2 tests, 0 unexpected" in (
+        mutate.format_outcome(outcome)
+    )
+
+
+@pytest.mark.parametrize(
+    "request_", [{"mutants": ("push-any-rex",), "baseline_runs": 1}, {"baseline_runs": 0}]
+)
+def test_baseline_only_refuses_mutants_or_no_runs(tmp_path, request_):
+    with pytest.raises(HarnessError, match="--baseline-only"):
+        mutate.run(mutate.MutateRequest(results_dir=tmp_path, baseline_only=True, **request_))
+
+
 class _FakeRuns:
     """run_suite stand-in: what each pytest run would have found, and what was asked."""
 
