@@ -8,12 +8,18 @@ the machine's load affects both alike).
 
 --bzimage adds, for each machine type, boots of the same kernel from its bzImage even where the
 machine would start the vmlinux through PVH (named "<machine>/bzImage"), interleaved.
+
+--against REV boots REV's kernel, image and machine definition (a worktree of REV, its own
+bench_boot.py, one boot at a time) interleaved with this tree's, and prints the ratio
+after/before; REV must have this script's --json (one JSON line per boot).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,7 +40,11 @@ def main() -> int:
     parser.add_argument("--tcg-threads", default="multi")
     parser.add_argument("--machines", default="auto", help="e.g. pc,microvm (default auto)")
     parser.add_argument("--bzimage", action="store_true", help="also boot from the bzImage")
+    parser.add_argument("--against", metavar="REV", help="compare with a worktree of REV")
+    parser.add_argument("--json", action="store_true", help="one JSON line per boot")
     args = parser.parse_args()
+    if args.against:
+        return against(args)
     built = kernel.build(
         kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
     )
@@ -64,6 +74,11 @@ def main() -> int:
                     times[machine].append(vm.boot_seconds)
                     markers[machine].append(vm.marker_seconds)
                     accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
+                if args.json:
+                    boot = {"smp": smp, "machine": vm.record.machine, "accel": accel}
+                    print(json.dumps(boot | {"seconds": vm.boot_seconds}), flush=True)
+        if args.json:
+            continue
         first = statistics.median(times[machines[0]])
         for machine in machines:
             median = statistics.median(times[machine])
@@ -73,6 +88,42 @@ def main() -> int:
                 f"({', '.join(f'{t:.2f}' for t in times[machine])}){ratio}; ready marker on "
                 f"the console median {statistics.median(markers[machine]):.2f}s"
             )
+    return 0
+
+
+def against(args) -> int:
+    """Boots of REV's worktree and of this tree, one at a time, interleaved."""
+    from against import worktree
+
+    def one_boot(tree: Path, smp: int) -> dict:
+        cmd = [sys.executable, "benchmarks/bench_boot.py", "--kernel", args.kernel]
+        cmd += ["--series", args.series] if args.series else []
+        cmd += ["--smp", str(smp), "--runs", "1", "--machines", args.machines.split(",")[0]]
+        cmd += ["--tcg-threads", args.tcg_threads, "--json"]
+        done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            raise SystemExit(f"bench_boot.py in {tree} failed:\n{done.stderr[-2000:]}")
+        return json.loads(lines[-1])
+
+    with worktree(args.against) as before:
+        trees = [(args.against, before), ("current", Path(__file__).resolve().parent.parent)]
+        for smp in (int(v) for v in args.smp.split(",")):
+            times: dict[str, list[float]] = {label: [] for label, _ in trees}
+            machine = {}
+            for _ in range(args.runs):
+                for label, tree in trees:
+                    boot = one_boot(tree, smp)
+                    times[label].append(boot["seconds"])
+                    machine[label] = f"{boot['machine']}, {boot['accel']}"
+            base = statistics.median(times[args.against])
+            for label, _ in trees:
+                median = statistics.median(times[label])
+                print(
+                    f"smp={smp} {label} ({machine[label]}): boot to SSH ready median "
+                    f"{median:.2f}s ({', '.join(f'{t:.2f}' for t in times[label])}), "
+                    f"x{median / base:.2f} vs {args.against}"
+                )
     return 0
 
 

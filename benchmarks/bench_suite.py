@@ -12,6 +12,12 @@ a slow minute of the host hits every machine alike), medians, each family's test
 the ratio against the first machine:
 
   python benchmarks/bench_suite.py --machines pc,microvm --runs 3 -- -m "threads or sweep"
+
+With --against REV, the same selection in a worktree of REV (its config, machine definition
+and code: "before") and in this tree ("after"), interleaved, with the ratio after/before;
+--machines may then name one machine type for both:
+
+  python benchmarks/bench_suite.py --against HEAD~1 --runs 3 -- -m realcode
 """
 
 from __future__ import annotations
@@ -22,16 +28,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from against import worktree  # noqa: E402
+
 from harness.results import report  # noqa: E402
 
 
-def run(selection: list[str], extra: list[str]) -> tuple[float, list[report.TestResult]]:
+def run(
+    selection: list[str], extra: list[str], cwd: Path = ROOT
+) -> tuple[float, list[report.TestResult]]:
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [
@@ -49,33 +59,40 @@ def run(selection: list[str], extra: list[str]) -> tuple[float, list[report.Test
             *extra,
         ]
         started = time.monotonic()
-        subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elapsed = time.monotonic() - started
         return elapsed, report.read_junit(junit)
 
 
-def compare_machines(machines: list[str], runs: int, extra: list[str]) -> int:
+def compare(variants: list[tuple[str, Path, list[str]]], runs: int, extra: list[str]) -> int:
+    """variants: (label, tree, selection arguments); the first is the ratios' base."""
     walls: dict[str, list[float]] = defaultdict(list)
     family_seconds: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    run([f"--machine={machines[0]}"], extra)  # warm-up: kernel and targets built, keys made
+    for _, tree, selection in variants:  # warm-up: kernels and targets built, keys made
+        run(selection, extra, tree)
     for _ in range(runs):
-        for machine in machines:
-            elapsed, results = run([f"--machine={machine}"], extra)
-            walls[machine].append(elapsed)
+        for label, tree, selection in variants:
+            elapsed, results = run(selection, extra, tree)
+            walls[label].append(elapsed)
             per_family: dict[str, float] = defaultdict(float)
             for result in results:
                 per_family[result.family] += result.seconds
             for family, seconds in per_family.items():
-                family_seconds[machine][family].append(seconds)
-            print(f"  {machine}: {elapsed:.1f}s, {len(results)} results", flush=True)
-    base = statistics.median(walls[machines[0]])
-    for machine in machines:
-        median = statistics.median(walls[machine])
+                family_seconds[label][family].append(seconds)
+            outcomes = Counter(r.outcome for r in results)
+            print(
+                f"  {label}: {elapsed:.1f}s, {len(results)} results "
+                f"({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))})",
+                flush=True,
+            )
+    base = statistics.median(walls[variants[0][0]])
+    for label, _, _ in variants:
+        median = statistics.median(walls[label])
         print(
-            f"{machine:<8} wall median {median:.1f}s "
-            f"({', '.join(f'{w:.1f}' for w in walls[machine])}), ratio {median / base:.2f}"
+            f"{label:<8} wall median {median:.1f}s "
+            f"({', '.join(f'{w:.1f}' for w in walls[label])}), ratio {median / base:.2f}"
         )
-        for family, seconds in sorted(family_seconds[machine].items()):
+        for family, seconds in sorted(family_seconds[label].items()):
             print(f"  {family:<10} test time median {statistics.median(seconds):.1f}s")
     return 0
 
@@ -84,10 +101,23 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--machines", help="e.g. pc,microvm: compare machine types")
+    parser.add_argument("--against", metavar="REV", help="compare with a worktree of REV")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
-    if args.machines:
-        return compare_machines(args.machines.split(","), args.runs, args.extra)
+    machines = args.machines.split(",") if args.machines else []
+    if args.against:
+        if len(machines) > 1:
+            print("bench_suite.py: --against takes one machine type at most", file=sys.stderr)
+            return 2
+        selection = [f"--machine={m}" for m in machines]
+        with worktree(args.against) as before:
+            return compare(
+                [(args.against, before, selection), ("current", ROOT, selection)],
+                args.runs,
+                args.extra,
+            )
+    if machines:
+        return compare([(m, ROOT, [f"--machine={m}"]) for m in machines], args.runs, args.extra)
     selecting = [
         a for a in args.extra if a in ("-m", "-k") or a.startswith(("-m=", "-k=", "testcases"))
     ]

@@ -1,0 +1,41 @@
+"""`--against REV` for the benchmarks: the same measurement in a detached git worktree of
+REV (the configuration, machine definition and code before a change), runs interleaved
+with the current tree's so that the host's load hits both alike; the worktree is removed
+afterwards. REV's own benchmark script does its runs (it must know the flags used)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A detached checkout of REV (a commit, tag or branch of this repository)."""
+    resolved = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if resolved.returncode != 0:
+        raise SystemExit(f"--against {rev}: not a commit of {ROOT}")
+    parent = Path(tempfile.mkdtemp(prefix="uph-bench-against-"))
+    path = parent / resolved.stdout.strip()[:12]
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev],
+        check=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+            check=False,
+        )
+        shutil.rmtree(parent, ignore_errors=True)
