@@ -27,15 +27,11 @@ def worktree(rev: str) -> Iterator[Path]:
         raise SystemExit(f"--against {rev}: not a commit of {ROOT}")
     parent = Path(tempfile.mkdtemp(prefix="uph-bench-against-"))
     path = parent / resolved.stdout.strip()[:12]
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev],
-        check=True,
-    )
+    git = ["git", "-C", str(ROOT), "worktree"]
     try:
+        subprocess.run([*git, "add", "--detach", "--quiet", str(path), rev], check=True)
         yield path
     finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
-            check=False,
-        )
+        subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)
         shutil.rmtree(parent, ignore_errors=True)
+        subprocess.run([*git, "prune"], check=False)  # whatever `remove` could not

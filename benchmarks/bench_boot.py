@@ -44,6 +44,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON line per boot")
     args = parser.parse_args()
     if args.against:
+        if "," in args.machines or args.bzimage:
+            print(
+                "bench_boot.py: --against compares one machine type (no --bzimage)",
+                file=sys.stderr,
+            )
+            return 2
         return against(args)
     built = kernel.build(
         kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
@@ -75,7 +81,8 @@ def main() -> int:
                     markers[machine].append(vm.marker_seconds)
                     accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
                 if args.json:
-                    boot = {"smp": smp, "machine": vm.record.machine, "accel": accel}
+                    boot = {"smp": smp, "machine": machine, "qemu_machine": vm.record.machine}
+                    boot |= {"accel": accel}
                     print(json.dumps(boot | {"seconds": vm.boot_seconds}), flush=True)
         if args.json:
             continue
@@ -98,7 +105,7 @@ def against(args) -> int:
     def one_boot(tree: Path, smp: int) -> dict:
         cmd = [sys.executable, "benchmarks/bench_boot.py", "--kernel", args.kernel]
         cmd += ["--series", args.series] if args.series else []
-        cmd += ["--smp", str(smp), "--runs", "1", "--machines", args.machines.split(",")[0]]
+        cmd += ["--smp", str(smp), "--runs", "1", "--machines", args.machines]
         cmd += ["--tcg-threads", args.tcg_threads, "--json"]
         done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -115,7 +122,7 @@ def against(args) -> int:
                 for label, tree in trees:
                     boot = one_boot(tree, smp)
                     times[label].append(boot["seconds"])
-                    machine[label] = f"{boot['machine']}, {boot['accel']}"
+                    machine[label] = f"{boot.get('qemu_machine', boot['machine'])}, {boot['accel']}"
             base = statistics.median(times[args.against])
             for label, _ in trees:
                 median = statistics.median(times[label])

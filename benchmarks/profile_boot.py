@@ -11,7 +11,9 @@ rebuild, no tracing in the guest: it found the 0.35 s `rep stosb` of free_initme
   python benchmarks/profile_boot.py [--kernel debian:6.1] [--smp 1] [--window 0.1] [--top 4]
 
 Sampling slows the guest (each answer stops the vCPUs for a moment): compare the windows'
-order and shares, not their absolute times, with an unprofiled boot.
+order and shares, not their absolute times, with an unprofiled boot. Time 0 is QEMU creating
+its QMP socket. A boot that fails is shut down by the harness while the sampler still holds
+the QMP connection: QEMU is then killed after the QMP quit's timeout.
 """
 
 from __future__ import annotations
@@ -50,21 +52,29 @@ class Symbols:
         pairs.sort()
         self.addresses = [a for a, _ in pairs]
         self.names = [n for _, n in pairs]
+        ends = {n: a for a, n in pairs if n in ("_etext", "_einittext")}
+        self.end = max(ends.values(), default=pairs[-1][0] if pairs else 0)
 
     def name(self, address: int) -> str:
+        """The function holding `address`; "user" below the kernel half; "?" outside the
+        kernel's text (modules, BPF, vsyscall)."""
         if address < USER_END:
             return "user"
+        if address < KERNEL_HALF or address >= self.end:
+            return "?"
         index = bisect.bisect_right(self.addresses, address) - 1
-        return self.names[index] if address >= KERNEL_HALF and index >= 0 else "?"
+        return self.names[index] if index >= 0 else "?"
 
 
-def sample(machine: VM, stop: threading.Event, samples: list, started: float) -> None:
-    """Append (seconds since QEMU start, vCPU, RIP) until `stop`; QMP through qemu.qmp."""
+def sample(machine: VM, stop: threading.Event, samples: list) -> None:
+    """Append (seconds since QEMU made its QMP socket, vCPU, RIP) until `stop` or until
+    QEMU stops answering; QMP through qemu.qmp."""
     from qemu.qmp import QMPClient
 
     async def run() -> None:
         while not machine.qmp_socket.exists() and not stop.is_set():
             await asyncio.sleep(0.005)  # (the VM may move the socket to a shorter path)
+        started = time.monotonic()  # QEMU makes the socket as it starts: the boot's t=0
         client = QMPClient("profile-boot")
         for _ in range(200):  # QEMU creates the socket just before it listens
             try:
@@ -82,8 +92,13 @@ def sample(machine: VM, stop: threading.Event, samples: list, started: float) ->
                 now = time.monotonic() - started
                 for cpu, rip in RIP.findall(str(text)):
                     samples.append((now, int(cpu), int(rip, 16)))
+        except Exception:  # QEMU went away (a failed boot): the samples so far stand
+            pass
         finally:
-            await client.disconnect()  # the harness's own QMP quit needs the socket
+            try:
+                await client.disconnect()  # the harness's own QMP quit needs the socket
+            except Exception:
+                pass
 
     asyncio.run(run())
 
@@ -103,8 +118,7 @@ def main() -> int:
     samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
     machine = VM(built, image.build_image(), MachineSpec(smp=args.smp))
-    started = time.monotonic()
-    sampler = threading.Thread(target=sample, args=(machine, stop, samples, started), daemon=True)
+    sampler = threading.Thread(target=sample, args=(machine, stop, samples), daemon=True)
     sampler.start()
     try:
         with machine:

@@ -604,19 +604,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="first run the full suite N times on the unmutated default kernel "
-        "and report the flake rate",
+        help="first run the full suite N times on the unmutated kernel (the mutants' "
+        "own, or --baseline-kernel with --baseline-only) and report the flake rate",
     )
     p.add_argument(
         "--baseline-kernel",
         metavar="SPEC",
-        help="the kernel the baseline runs (default: the mutants' kernel, debian:6.1)",
+        help="with --baseline-only: the kernel the baseline runs (default debian:6.1)",
     )
     p.add_argument(
         "--baseline-series",
         metavar="SERIES",
-        help="the baseline's series (default: the kernel's default series; 'none': the "
-        "stock kernel, whose known bugs are XFAILs, not unexpected failures)",
+        help="with --baseline-only: its series (default: the kernel's default series; "
+        "'none': the stock kernel, whose known bugs are XFAILs, not unexpected failures)",
     )
     p.add_argument(
         "--baseline-only",

@@ -179,7 +179,7 @@ def test_baseline_only_runs_the_given_kernel_and_series_and_no_mutant(monkeypatc
 
     def fake_suite(kernel, series, families, junit, options, node_ids=()):
         asked.append((kernel, series, families, node_ids))
-        return [_result("test_stack", "xfailed"), _result("test_fp", "passed")], 5.0
+        return [_result("test_stack", "xfail"), _result("test_fp", "passed")], 5.0
 
     monkeypatch.setattr(mutate, "run_suite", fake_suite)
     monkeypatch.setattr(mutate, "load_mutants", lambda names: pytest.fail("loaded mutants"))
@@ -194,17 +194,24 @@ def test_baseline_only_runs_the_given_kernel_and_series_and_no_mutant(monkeypatc
     )
     assert asked == [("debian:6.12", "none", None, ())] * 2
     assert outcome.ok and outcome.results == [] and outcome.baseline.clean
-    assert "baseline (debian:6.12, series none): 2 run(s) of 2 tests, 0 unexpected" in (
-        mutate.format_outcome(outcome)
-    )
+    text = mutate.format_outcome(outcome)
+    assert "baseline (debian:6.12, series none): 2 run(s) of 2 tests, 0 unexpected" in text
+    assert "declared" not in text and not (tmp_path / "mutate.md").exists()
 
 
 @pytest.mark.parametrize(
-    "request_", [{"mutants": ("push-any-rex",), "baseline_runs": 1}, {"baseline_runs": 0}]
+    "request_",
+    [
+        {"mutants": ("push-any-rex",), "baseline_runs": 1, "baseline_only": True},
+        {"baseline_runs": 0, "baseline_only": True},
+        {"baseline_runs": -1},
+        {"baseline_runs": 1, "baseline_kernel": "debian:6.12"},
+        {"baseline_runs": 1, "baseline_series": "none"},
+    ],
 )
-def test_baseline_only_refuses_mutants_or_no_runs(tmp_path, request_):
-    with pytest.raises(HarnessError, match="--baseline-only"):
-        mutate.run(mutate.MutateRequest(results_dir=tmp_path, baseline_only=True, **request_))
+def test_baseline_options_refused_where_they_would_mislead(tmp_path, request_):
+    with pytest.raises(HarnessError, match="--baseline"):
+        mutate.run(mutate.MutateRequest(results_dir=tmp_path, **request_))
 
 
 class _FakeRuns:

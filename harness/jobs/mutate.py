@@ -492,7 +492,8 @@ class MutateOutcome:
         ]
         if self.baseline and not self.baseline.clean:
             lines.append(
-                "the baseline kernel has unexpected failures: the mutation table cannot be trusted"
+                "the baseline kernel has unexpected failures"
+                + (": the mutation table cannot be trusted" if self.results else "")
             )
         return lines
 
@@ -500,10 +501,20 @@ class MutateOutcome:
 def run(request: MutateRequest) -> MutateOutcome:
     """Build every mutant, run its families; optionally the unmutated baseline first.
     Writes mutate.json and mutate.md into the results directory."""
-    if request.baseline_only and (request.mutants or not request.baseline_runs):
+    if request.baseline_runs < 0:
+        raise HarnessError(
+            f"mutate: --baseline-runs must be 0 or more, not {request.baseline_runs}."
+        )
+    if request.baseline_only and (request.mutants or request.baseline_runs < 1):
         raise HarnessError(
             "mutate --baseline-only runs the unmutated kernel alone: give --baseline-runs N "
             "(at least 1) and no mutant names."
+        )
+    if (request.baseline_kernel or request.baseline_series) and not request.baseline_only:
+        raise HarnessError(
+            "mutate: --baseline-kernel and --baseline-series go with --baseline-only; a "
+            "mutation run's baseline is its mutants' own kernel and default series (else "
+            "it would not show that their failures are the mutants' doing)."
         )
     mutants = [] if request.baseline_only else load_mutants(request.mutants)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -524,12 +535,13 @@ def run(request: MutateRequest) -> MutateOutcome:
     results = [run_mutant(mutant, options) for mutant in mutants]
     outcome = MutateOutcome(results, baseline, time.monotonic() - start, results_dir)
     write_json(results, baseline, results_dir / "mutate.json")
-    (results_dir / "mutate.md").write_text(format_markdown(results) + "\n")
+    if results:
+        (results_dir / "mutate.md").write_text(format_markdown(results) + "\n")
     return outcome
 
 
 def format_outcome(outcome: MutateOutcome) -> str:
-    lines = [format_table(outcome.results)]
+    lines = [format_table(outcome.results)] if outcome.results else []
     baseline = outcome.baseline
     if baseline:
         lines.append(
