@@ -26,8 +26,10 @@ SITES = {
 ITERATIONS = 400
 ITERATIONS_TOGGLED = 10**9  # bounded by TOGGLE_SECONDS instead
 TOGGLE_THREADS = 64
-TOGGLES = 300
-TOGGLE_SECONDS = 3
+TOGGLES = 300  # at most
+MIN_TOGGLES = 3  # at least, however slowly each goes (the threads run until then)
+TOGGLE_SECONDS = 3  # toggling lasts at least this long
+TOGGLE_CAP_SECONDS = 120  # the program's own deadline, should the script die
 
 
 def run_hits(guest, path, site, threads, iterations):
@@ -89,18 +91,27 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     # enable = uprobe_register(): breakpoints installed in the running process;
     # disable = uprobe_unregister(): removed again. (Deleting the trace event itself would
     # also reset the trace buffer, so the event stays defined until the test ends.)
+    # The threads run until the script has toggled at least MIN_TOGGLES times for at least
+    # TOGGLE_SECONDS (a stop file; a fixed run time let a slow register starve the test of
+    # toggles: 1 in 3 s once, with 64 threads on 4 vCPUs on 2 host cores).
+    stop = "/tmp/uph-toggle.stop"
     script = (
         f"{probes.add_command(probe)} || exit 90\n"
-        f"{shlex.quote(path)} {site} {TOGGLE_THREADS} {ITERATIONS_TOGGLED} {TOGGLE_SECONDS}"
-        " > /tmp/uph-toggle.out 2>&1 &"
+        f"rm -f {stop}\n"
+        f"HITS_STOP_FILE={stop} {shlex.quote(path)} {site} {TOGGLE_THREADS} "
+        f"{ITERATIONS_TOGGLED} {TOGGLE_CAP_SECONDS} > /tmp/uph-toggle.out 2>&1 &"
         " pid=$!\n"
+        "read start rest < /proc/uptime; start=${start%.*}; elapsed=0\n"
         "i=0\n"
-        f"while kill -0 $pid 2>/dev/null && [ $i -lt {TOGGLES} ]; do\n"
+        f"while kill -0 $pid 2>/dev/null && [ $i -lt {TOGGLES} ] &&"
+        f" {{ [ $i -lt {MIN_TOGGLES} ] || [ $elapsed -lt {TOGGLE_SECONDS} ]; }}; do\n"
         f"  {probes.enable_command(probe)} || exit 91\n"
         "  sleep 0.001\n"
         f"  {probes.enable_command(probe, on=False)} || exit 92\n"
         "  i=$((i+1))\n"
+        "  read now rest < /proc/uptime; elapsed=$((${now%.*} - start))\n"
         "done\n"
+        f"touch {stop}\n"
         "wait $pid; status=$?\n"
         'echo "status=$status toggles=$i"; cat /tmp/uph-toggle.out\n'
         f"grep -v '^#' {tracing}/trace | grep -c ' toggled: ' || true\n"
@@ -110,8 +121,8 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     assert result.status == 0, f"probe control failed ({result.status}): {result.stdout}"
     fields = dict(word.split("=") for word in lines if "=" in word)
     assert fields["status"] == "0", f"the probed program died: {result.stdout}"
-    assert int(fields["toggles"]) >= 2, (
-        f"the program ended before the probe was toggled: {result.stdout}"
+    assert int(fields["toggles"]) >= MIN_TOGGLES, (
+        f"the program ended before the probe was toggled {MIN_TOGGLES} times: {result.stdout}"
     )
     assert int(fields["bad"]) == 0
     traced = int(lines[-1])

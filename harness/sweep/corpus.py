@@ -151,6 +151,7 @@ class _Exclude(data.Spec):
     breaks_driver: list[str]
     operands: list[str]
     emulator_vex_l1: list[str] = []
+    emulator_mmx_rex_b: bool = False
 
 
 class _Program(data.Spec):
@@ -282,7 +283,18 @@ class _Generator:
         self.exclude.update({m: "would break the test driver" for m in exclude.breaks_driver})
         self.bad_operands = set(exclude.operands)
         self.emulator_vex_l1 = set(exclude.emulator_vex_l1)
+        self.emulator_mmx_rex_b = exclude.emulator_mmx_rex_b
         self.gprs = tuple(sorted(config.gprs.items()))
+
+    def _mmx_rm_with_rex_b(self, prefix: bytes, code: bytes, modrm_at: int, operands: str) -> bool:
+        """A register-direct ModRM naming an MMX register in its r/m field, behind a REX
+        prefix with B set: the CPU ignores REX.B there."""
+        if self.bits != 64 or not modrm_at or not prefix or not 0x41 <= prefix[-1] <= 0x4F:
+            return False
+        modrm = code[modrm_at]
+        return (
+            bool(prefix[-1] & 1) and modrm >> 6 == 3 and f"mm{modrm & 7}" in _WORD.findall(operands)
+        )
 
     # -- candidates ---------------------------------------------------------------------
     def modrm_variants(self, reg_values) -> list[tuple[bytes, bool, str]]:
@@ -346,6 +358,14 @@ class _Generator:
             and mnemonic in self.emulator_vex_l1
         ):
             reason = "crashes the emulator (QEMU TCG assertion)"
+        if (
+            reason is None
+            and self.emulator_mmx_rex_b
+            and self._mmx_rm_with_rex_b(
+                prefix, probe, decoded.modrm_offset if has_modrm else 0, operands
+            )
+        ):
+            reason = "MMX register with REX.B (the emulator reads past the MMX registers)"
         if reason:
             self.corpus.dropped[reason] += 1
             return

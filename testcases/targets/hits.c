@@ -4,7 +4,8 @@
  * also checks that the probe left all other general-purpose registers alone (call_checked).
  *
  * usage: hits SITE NTHREADS ITERS [SECONDS]   SITE = push | mov | riprel | ret | nop10
- *        (with SECONDS, each thread also stops at that deadline: a fixed-length run)
+ *        (with SECONDS, each thread also stops at that deadline: a fixed-length run; with
+ *        HITS_STOP_FILE=PATH in the environment, also as soon as PATH exists)
  * prints: calls=<total> bad=<wrong results> threads=<n>
  *        With HITS_EXIT_TOGETHER=1 in the environment, the threads also wait for each other
  *        after their last call, so no thread exits while a sibling still calls the site (a
@@ -35,6 +36,7 @@ static long (*site)(long);
 static long expected_kind;       /* 0: returns arg (mov), 1: arg+1 (ret), 2: constant, 3: any */
 static long iterations;
 static double deadline;            /* CLOCK_MONOTONIC seconds; 0: none */
+static const char *stop_file;      /* stop once it exists; NULL: none */
 static pthread_barrier_t start_line;
 static pthread_barrier_t finish_line; /* only with HITS_EXIT_TOGETHER=1 */
 static int exit_together;
@@ -53,7 +55,8 @@ static void *worker(void *arg)
 	long id = (long)arg;
 	pthread_barrier_wait(&start_line);
 	for (long i = 0; i < iterations; i++) {
-		if (deadline && (i & 255) == 0 && now() > deadline)
+		if ((i & 255) == 0 && ((deadline && now() > deadline) ||
+				       (stop_file && access(stop_file, F_OK) == 0)))
 			break;
 		long in = id * 1000003 + i;
 		long regs_ok = 0;
@@ -124,6 +127,7 @@ int main(int argc, char **argv)
 	}
 	if (argc == 5)
 		deadline = now() + atof(argv[4]);
+	stop_file = getenv("HITS_STOP_FILE");
 	pthread_t *tids = calloc(nthreads, sizeof(*tids));
 	pthread_barrier_init(&start_line, NULL, nthreads);
 	const char *together = getenv("HITS_EXIT_TOGETHER");
