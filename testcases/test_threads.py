@@ -24,7 +24,7 @@ SITES = {
     "nop10": ("site_nop10", "p"),
 }
 ITERATIONS = 400
-ITERATIONS_TOGGLED = 10**9  # bounded by TOGGLE_SECONDS instead
+ITERATIONS_TOGGLED = 10**9  # bounded by the toggling script's stop file instead
 TOGGLE_THREADS = 64
 TOGGLES = 300  # at most
 MIN_TOGGLES = 3  # at least, however slowly each goes (the threads run until then)
@@ -97,7 +97,7 @@ def test_probe_toggled_while_threads_run(guest, target, uprobe, site, smp):
     stop = "/tmp/uph-toggle.stop"
     script = (
         f"{probes.add_command(probe)} || exit 90\n"
-        f"rm -f {stop}\n"
+        f"rm -f {stop}; trap 'touch {stop}' EXIT\n"
         f"HITS_STOP_FILE={stop} {shlex.quote(path)} {site} {TOGGLE_THREADS} "
         f"{ITERATIONS_TOGGLED} {TOGGLE_CAP_SECONDS} > /tmp/uph-toggle.out 2>&1 &"
         " pid=$!\n"
