@@ -81,9 +81,8 @@ def main() -> int:
                     markers[machine].append(vm.marker_seconds)
                     accel = f"{vm.record.accel}/{vm.record.tcg_threads}"
                 if args.json:
-                    boot = {"smp": smp, "machine": machine, "qemu_machine": vm.record.machine}
-                    boot |= {"accel": accel}
-                    print(json.dumps(boot | {"seconds": vm.boot_seconds}), flush=True)
+                    boot = dict(smp=smp, machine=machine, qemu_machine=vm.record.machine)
+                    print(json.dumps(boot | dict(accel=accel, seconds=vm.boot_seconds)), flush=True)
         if args.json:
             continue
         first = statistics.median(times[machines[0]])
@@ -100,7 +99,7 @@ def main() -> int:
 
 def against(args) -> int:
     """Boots of REV's worktree and of this tree, one at a time, interleaved."""
-    from against import worktree
+    from against import ROOT, worktree
 
     def one_boot(tree: Path, smp: int) -> dict:
         cmd = [sys.executable, "benchmarks/bench_boot.py", "--kernel", args.kernel]
@@ -114,7 +113,7 @@ def against(args) -> int:
         return json.loads(lines[-1])
 
     with worktree(args.against) as before:
-        trees = [(args.against, before), ("current", Path(__file__).resolve().parent.parent)]
+        trees = [(args.against, before), ("current", ROOT)]
         for smp in (int(v) for v in args.smp.split(",")):
             times: dict[str, list[float]] = {label: [] for label, _ in trees}
             machine = {}
