@@ -5,7 +5,9 @@ harness.pytest_plugin; testcases/ import check_case from here."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -333,6 +335,34 @@ def check_case(request, results, case: str) -> None:
         request.node.user_properties.append(("verdict", "crashed"))
         pytest.fail(f"crashed: kernel {verdict.detail} (while this case ran probed)")
     assert verdict.outcome == "identical", f"{verdict.outcome}: {verdict.detail}"
+
+
+class PhaseTimer:
+    """`with phases("register"): ...` sums the wall time of each named phase; the test's
+    `phases` property reads e.g. "prepare=1.2 register=30.4 probed=8.1" (seconds, in the
+    order the phases first ran), so a report shows where a long test spends its time."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+
+    def summary(self) -> str:
+        return " ".join(f"{name}={seconds:.1f}" for name, seconds in self.seconds.items())
+
+
+@pytest.fixture
+def phases(request) -> Iterator[PhaseTimer]:
+    timer = PhaseTimer()
+    yield timer
+    if timer.seconds:
+        request.node.user_properties.append(("phases", timer.summary()))
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from harness.probing.functions import (
 )
 from harness.probing.probes import GROUP, TRACEFS, parse_profile
 from harness.probing.targets import target_from_binary
+from harness.scenarios import PhaseTimer
 
 pytestmark = pytest.mark.realcode
 
@@ -106,7 +107,9 @@ def _prepare(guest, target, program: RealProgram) -> Workload:
     return Workload(program, binary, path, work, counter)
 
 
-def _unprobed_and_counted(guest, workload: Workload, sites: list[FunctionEntry], tag: str):
+def _unprobed_and_counted(
+    guest, workload: Workload, sites: list[FunctionEntry], tag: str, phases: PhaseTimer
+):
     """Each command run unprobed, then under the ptrace counter with a breakpoint on every
     site: ([unprobed results], [{probe name: times executed}])."""
     addresses = f"{workload.work}/{tag}.addresses"
@@ -115,10 +118,12 @@ def _unprobed_and_counted(guest, workload: Workload, sites: list[FunctionEntry],
     unprobed, counted = [], []
     for command in workload.program.commands:
         line = _command_line(workload.path, command.argv, command.stdin)
-        plain = guest.run(f"cd {workload.work} && {line}", timeout=300)
-        traced = guest.run(
-            f"cd {workload.work} && {workload.counter} {addresses} -- {line}", timeout=900
-        )
+        with phases("unprobed"):
+            plain = guest.run(f"cd {workload.work} && {line}", timeout=300)
+        with phases("ptrace_counted"):
+            traced = guest.run(
+                f"cd {workload.work} && {workload.counter} {addresses} -- {line}", timeout=900
+            )
         summary = re.search(r"^bpcount status=(\d+) traps=(\d+)$", traced.stderr, re.M)
         assert summary, f"bpcount failed on {command.argv}: {traced.stderr[-2000:]}"
         assert traced.stdout == plain.stdout, f"{command.argv}: the ptrace oracle changed output"
@@ -130,7 +135,9 @@ def _unprobed_and_counted(guest, workload: Workload, sites: list[FunctionEntry],
     return unprobed, counted
 
 
-def _probed_differences(guest, workload: Workload, sites: list[FunctionEntry], unprobed, counted):
+def _probed_differences(
+    guest, workload: Workload, sites: list[FunctionEntry], unprobed, counted, phases: PhaseTimer
+):
     """A probe on every site, the workload run again: (differences from the unprobed run
     and from the counted hits, {probe name: why it was refused})."""
     by_name = {s.probe_name: s for s in sites}
@@ -142,15 +149,18 @@ def _probed_differences(guest, workload: Workload, sites: list[FunctionEntry], u
     ).stdout.strip()
     try:
         guest.run(f"echo 0 > {TRACEFS}/tracing_on", check=True)  # count, do not log
-        refused = _register(guest, path, sites)
+        with phases("register"):
+            refused = _register(guest, path, sites)
         differences = []
         before = _profile(guest)  # each command's "after" is the next one's "before"
         for command, plain, expected in zip(
             workload.program.commands, unprobed, counted, strict=True
         ):
             line = _command_line(path, command.argv, command.stdin)
-            probed = guest.run(f"cd {workload.work} && {line}", timeout=900)
-            after = _profile(guest)
+            with phases("probed"):
+                probed = guest.run(f"cd {workload.work} && {line}", timeout=900)
+            with phases("profile"):
+                after = _profile(guest)
             if (probed.status, probed.stdout, probed.stderr) != (
                 plain.status,
                 plain.stdout,
@@ -201,20 +211,25 @@ def _record(request, sites, counted, refused) -> set[str]:
 _ENTRY_RUNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _entry_runs(guest, workload: Workload, entries: list[FunctionEntry]):
+def _entry_runs(guest, workload: Workload, entries: list[FunctionEntry], phases: PhaseTimer):
     runs = _ENTRY_RUNS.setdefault(guest, {})
     if workload.program.name not in runs:
-        runs[workload.program.name] = _unprobed_and_counted(guest, workload, entries, "entries")
+        runs[workload.program.name] = _unprobed_and_counted(
+            guest, workload, entries, "entries", phases
+        )
     return runs[workload.program.name]
 
 
 @pytest.mark.vm(tcg="exact")
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
-def test_every_function_entry_probed(guest, target, uprobe, no_aslr, program, request):
-    workload = _prepare(guest, target, program)
-    entries = function_entries(workload.binary)
-    unprobed, counted = _entry_runs(guest, workload, entries)
-    differences, refused = _probed_differences(guest, workload, entries, unprobed, counted)
+def test_every_function_entry_probed(guest, target, uprobe, no_aslr, program, request, phases):
+    with phases("prepare"):
+        workload = _prepare(guest, target, program)
+        entries = function_entries(workload.binary)
+    unprobed, counted = _entry_runs(guest, workload, entries, phases)
+    differences, refused = _probed_differences(guest, workload, entries, unprobed, counted, phases)
+    with phases("unregister"):
+        uprobe.clear()
     executed = _record(request, entries, counted, refused)
     assert len(executed) > 50, f"the workload ran only {len(executed)} probed functions"
     assert not differences, f"{len(differences)} difference(s):\n" + "\n".join(differences[:40])
@@ -223,15 +238,16 @@ def test_every_function_entry_probed(guest, target, uprobe, no_aslr, program, re
 @pytest.mark.vm(tcg="exact")
 @pytest.mark.parametrize("program", [p for p in PROGRAMS if p.hot_functions], ids=lambda p: p.name)
 def test_every_instruction_of_hot_functions_probed(
-    guest, target, uprobe, no_aslr, program, request
+    guest, target, uprobe, no_aslr, program, request, phases
 ):
     """The second mode: a probe on every instruction (capstone, linear over the unwind
     table's range) of the functions the workload enters most, so jumps, calls, returns,
     loads and stores of real code run under the probe in the middle of a function, with the
     same two oracles."""
-    workload = _prepare(guest, target, program)
-    entries = function_entries(workload.binary)
-    _, entry_counts = _entry_runs(guest, workload, entries)
+    with phases("prepare"):
+        workload = _prepare(guest, target, program)
+        entries = function_entries(workload.binary)
+    _, entry_counts = _entry_runs(guest, workload, entries, phases)
     totals: dict[str, int] = {}
     for counts in entry_counts:
         for name, n in counts.items():
@@ -241,8 +257,10 @@ def test_every_instruction_of_hot_functions_probed(
     )
     assert len(hot) == program.hot_functions, f"only {len(hot)} hot functions"
     sites = [site for function in hot for site in instructions_of(workload.binary, function)]
-    unprobed, counted = _unprobed_and_counted(guest, workload, sites, "hot")
-    differences, refused = _probed_differences(guest, workload, sites, unprobed, counted)
+    unprobed, counted = _unprobed_and_counted(guest, workload, sites, "hot", phases)
+    differences, refused = _probed_differences(guest, workload, sites, unprobed, counted, phases)
+    with phases("unregister"):
+        uprobe.clear()
     executed = _record(request, sites, counted, refused)
     request.node.user_properties.append(
         ("hot_functions", ", ".join(f"{f.label} ({f.size} bytes)" for f in hot))
