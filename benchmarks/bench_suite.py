@@ -18,6 +18,15 @@ and code: "before") and in this tree ("after"), interleaved, with the ratio afte
 --machines may then name one machine type for both:
 
   python benchmarks/bench_suite.py --against HEAD~1 --runs 3 -- -m realcode
+
+With --workers, the same selection with each number of pytest-xdist workers (1: no xdist;
+N: `-n N --dist loadfile`, each test file on one worker, each worker with its own VMs),
+interleaved, with the ratio against the first:
+
+  python benchmarks/bench_suite.py --workers 1,2 --runs 1 --no-warmup -- -m "not sweep"
+
+--no-warmup skips the first, unmeasured run of each variant (for long selections on a
+kernel that is built and targets that are compiled already).
 """
 
 from __future__ import annotations
@@ -64,11 +73,17 @@ def run(
         return elapsed, report.read_junit(junit)
 
 
-def compare(variants: list[tuple[str, Path, list[str]]], runs: int, extra: list[str]) -> int:
+def workers_arguments(workers: int) -> list[str]:
+    return [] if workers <= 1 else ["-n", str(workers), "--dist", "loadfile"]
+
+
+def compare(
+    variants: list[tuple[str, Path, list[str]]], runs: int, extra: list[str], warmup: bool = True
+) -> int:
     """variants: (label, tree, selection arguments); the first is the ratios' base."""
     walls: dict[str, list[float]] = defaultdict(list)
     family_seconds: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for _, tree, selection in variants:  # warm-up: kernels and targets built, keys made
+    for _, tree, selection in variants if warmup else []:  # kernels, targets, keys made
         run(selection, extra, tree)
     for _ in range(runs):
         for label, tree, selection in variants:
@@ -102,9 +117,23 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--machines", help="e.g. pc,microvm: compare machine types")
     parser.add_argument("--against", metavar="REV", help="compare with a worktree of REV")
+    parser.add_argument("--workers", help="e.g. 1,2: compare numbers of pytest-xdist workers")
+    parser.add_argument("--no-warmup", action="store_true", help="no unmeasured first run")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
     machines = args.machines.split(",") if args.machines else []
+    warmup = not args.no_warmup
+    if args.workers:
+        if args.against or machines:
+            print("bench_suite.py: --workers goes alone", file=sys.stderr)
+            return 2
+        counts = [int(n) for n in args.workers.split(",")]
+        return compare(
+            [(f"{n} worker{'s' * (n > 1)}", ROOT, workers_arguments(n)) for n in counts],
+            args.runs,
+            args.extra,
+            warmup,
+        )
     if args.against:
         if len(machines) > 1:
             print("bench_suite.py: --against takes one machine type at most", file=sys.stderr)
@@ -115,9 +144,12 @@ def main() -> int:
                 [(args.against, before, selection), ("current", ROOT, selection)],
                 args.runs,
                 args.extra,
+                warmup,
             )
     if machines:
-        return compare([(m, ROOT, [f"--machine={m}"]) for m in machines], args.runs, args.extra)
+        return compare(
+            [(m, ROOT, [f"--machine={m}"]) for m in machines], args.runs, args.extra, warmup
+        )
     selecting = [
         a for a in args.extra if a in ("-m", "-k") or a.startswith(("-m=", "-k=", "testcases"))
     ]
