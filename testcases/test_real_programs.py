@@ -32,41 +32,110 @@ from harness.probing.functions import (
     instructions_of,
     load_programs,
 )
-from harness.probing.probes import GROUP, TRACEFS, parse_profile
+from harness.probing.probes import (
+    GROUP,
+    TRACEFS,
+    hits_by_offset,
+    parse_definitions,
+    parse_profile_rows,
+)
 from harness.probing.targets import target_from_binary
 from harness.scenarios import PhaseTimer
 
 pytestmark = pytest.mark.realcode
 
 PROGRAMS = load_programs(REPO_ROOT / "testcases" / "real_programs.toml")
-CHUNK = 400  # probes per registration command
+SITES_PER_EVENT = 200  # probes appended to one trace event
+CHUNK = 400  # shell lines per guest command
 
 
-def _register(guest, path: str, entries: list[FunctionEntry]) -> dict[str, str]:
-    """Register and enable one probe per entry; {probe name: why it was refused}."""
+def _one_event_per_site(path: str, entries: list[FunctionEntry]) -> list[str]:
+    """Shell lines registering and enabling each entry as an event of its own, printing
+    "REFUSED NAME STEP ERRNO-TEXT" for each the kernel refuses."""
+    lines = []
+    for entry in entries:
+        name = entry.probe_name
+        definition = shlex.quote(f"p:{GROUP}/{name} {path}:{entry.offset:#x}")
+        enable = f"{TRACEFS}/events/{GROUP}/{name}/enable"
+        lines.append(
+            f"if echo {definition} >> {TRACEFS}/uprobe_events 2>/tmp/uph-err; then "
+            f'echo 1 > {enable} 2>/tmp/uph-err || echo "REFUSED {name} enable '
+            f'$(cat /tmp/uph-err)"; else echo "REFUSED {name} register '
+            f'$(cat /tmp/uph-err)"; fi'
+        )
+    return lines
+
+
+def _definitions(guest) -> list[tuple[str, int]]:
+    return parse_definitions(guest.run(f"cat {TRACEFS}/uprobe_events", check=True).stdout)
+
+
+def _run_lines(guest, lines: list[str]) -> list[str]:
+    out = []
+    for start in range(0, len(lines), CHUNK):
+        out += guest.run("\n".join(lines[start : start + CHUNK]), timeout=600).stdout.splitlines()
+    return out
+
+
+@dataclass
+class Registered:
+    """The probes of one test as the kernel holds them: `definitions` is uprobe_events in
+    the kernel's order, [(event, file offset)], which uprobe_profile follows."""
+
+    refused: dict[str, str]  # {probe name: why the kernel refused it}
+    definitions: list[tuple[str, int]]
+    names: dict[int, str]  # {file offset: probe name}
+
+    def profile(self, guest) -> dict[str, int]:
+        """{probe name: hits so far}."""
+        rows = parse_profile_rows(guest.run(f"cat {TRACEFS}/uprobe_profile", check=True).stdout)
+        return {self.names[o]: n for o, n in hits_by_offset(self.definitions, rows).items()}
+
+
+def _register(guest, path: str, entries: list[FunctionEntry]) -> Registered:
+    """Register and enable a probe on every entry, SITES_PER_EVENT of them appended to one
+    trace event: disabling an event costs 6.12 and later an RCU grace period
+    (uprobe_unregister_sync) whatever its number of probes, so 4,000 events of one probe
+    cost 4,000 of them. An event that cannot be enabled (one refused site makes the kernel
+    roll back the whole event) is removed and its sites registered as events of their own,
+    so each refusal names its site and the kernel's reason."""
+    groups = [entries[i : i + SITES_PER_EVENT] for i in range(0, len(entries), SITES_PER_EVENT)]
+    lines = []
+    for number, group in enumerate(groups):
+        event = f"e_{number}"
+        lines += [
+            f"echo {shlex.quote(f'p:{GROUP}/{event} {path}:{entry.offset:#x}')} >> "
+            f"{TRACEFS}/uprobe_events 2>/dev/null"
+            for entry in group
+        ]
+        lines.append(
+            f"echo 1 > {TRACEFS}/events/{GROUP}/{event}/enable 2>/dev/null "
+            f'|| echo "UNENABLED {number}"'
+        )
+    unenabled = {
+        int(line.split()[1]) for line in _run_lines(guest, lines) if line.startswith("UNENABLED ")
+    }
+    held = {offset for _, offset in _definitions(guest)}
+    removals = [
+        f"echo {shlex.quote(f'-:{GROUP}/e_{n}')} >> {TRACEFS}/uprobe_events" for n in unenabled
+    ]
+    alone = [  # a refused event's sites, and any site the kernel did not append
+        entry
+        for number, group in enumerate(groups)
+        for entry in group
+        if number in unenabled or entry.offset not in held
+    ]
     refused: dict[str, str] = {}
-    for start in range(0, len(entries), CHUNK):
-        lines = []
-        for entry in entries[start : start + CHUNK]:
-            name = entry.probe_name
-            definition = shlex.quote(f"p:{GROUP}/{name} {path}:{entry.offset:#x}")
-            enable = f"{TRACEFS}/events/{GROUP}/{name}/enable"
-            lines.append(
-                f"if echo {definition} >> {TRACEFS}/uprobe_events 2>/tmp/uph-err; then "
-                f'echo 1 > {enable} 2>/tmp/uph-err || echo "REFUSED {name} enable '
-                f'$(cat /tmp/uph-err)"; else echo "REFUSED {name} register '
-                f'$(cat /tmp/uph-err)"; fi'
-            )
-        result = guest.run("\n".join(lines), timeout=600)
-        for line in result.stdout.splitlines():
-            if line.startswith("REFUSED "):
-                _, name, why = line.split(" ", 2)
-                refused[name] = why
-    return refused
-
-
-def _profile(guest) -> dict[str, int]:
-    return parse_profile(guest.run(f"cat {TRACEFS}/uprobe_profile", check=True).stdout)
+    for line in _run_lines(guest, removals + _one_event_per_site(path, alone)):
+        if line.startswith("REFUSED "):
+            _, name, why = line.split(" ", 2)
+            refused[name] = why
+    definitions = _definitions(guest)
+    names = {entry.offset: entry.probe_name for entry in entries}
+    held_names = {names.get(offset) for _, offset in definitions}
+    missing = [e.probe_name for e in entries if e.probe_name not in held_names | refused.keys()]
+    assert not missing, f"{len(missing)} probe(s) neither registered nor refused: {missing[:10]}"
+    return Registered(refused, definitions, names)
 
 
 def _command_line(program: str, argv: list[str], stdin: str) -> str:
@@ -150,9 +219,10 @@ def _probed_differences(
     try:
         guest.run(f"echo 0 > {TRACEFS}/tracing_on", check=True)  # count, do not log
         with phases("register"):
-            refused = _register(guest, path, sites)
+            registered = _register(guest, path, sites)
+        refused = registered.refused
         differences = []
-        before = _profile(guest)  # each command's "after" is the next one's "before"
+        before = registered.profile(guest)  # each command's "after" is the next one's "before"
         for command, plain, expected in zip(
             workload.program.commands, unprobed, counted, strict=True
         ):
@@ -160,7 +230,7 @@ def _probed_differences(
             with phases("probed"):
                 probed = guest.run(f"cd {workload.work} && {line}", timeout=900)
             with phases("profile"):
-                after = _profile(guest)
+                after = registered.profile(guest)
             if (probed.status, probed.stdout, probed.stderr) != (
                 plain.status,
                 plain.stdout,

@@ -55,6 +55,49 @@ def test_parse_profile_both_versions():
     assert probes.parse_profile(text) == {"hit": 12345, "prof": 7}
 
 
+# uprobe_events and uprobe_profile as 6.1's trace_uprobe_show() and
+# probes_profile_seq_show() print them: a multi-probe event "e_0" of two probes, then an
+# event of its own with a reference counter and an argument
+EVENTS = (
+    "p:uph/e_0 /tmp/t/bash:0x0000000000401000\n"
+    "p:uph/e_0 /tmp/t/bash:0x0000000000401010\n"
+    "p:uph/f_4200ff /tmp/t/bash:0x00000000000000ff(0x10) arg1=%ax\n"
+)
+PROFILE = (
+    "  /tmp/t/bash e_0                                                    3\n"
+    "  /tmp/t/bash e_0                                                    0\n"
+    "  /tmp/t/bash f_4200ff                                          123456\n"
+)
+
+
+def test_multi_probe_events_zip_into_counts_per_offset():
+    definitions = probes.parse_definitions(EVENTS)
+    assert definitions == [("e_0", 0x401000), ("e_0", 0x401010), ("f_4200ff", 0xFF)]
+    rows = probes.parse_profile_rows(PROFILE)
+    assert probes.hits_by_offset(definitions, rows) == {0x401000: 3, 0x401010: 0, 0xFF: 123456}
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        PROFILE.splitlines(keepends=True)[0],  # a probe missing
+        "".join(reversed(PROFILE.splitlines(keepends=True))),  # another order
+    ],
+    ids=["missing", "order"],
+)
+def test_listings_that_do_not_agree_are_refused(profile):
+    with pytest.raises(probes.ProbeError, match="same events in the same order"):
+        probes.hits_by_offset(probes.parse_definitions(EVENTS), probes.parse_profile_rows(profile))
+
+
+def test_unreadable_definition_and_duplicate_offset_are_refused():
+    with pytest.raises(probes.ProbeError, match="cannot read"):
+        probes.parse_definitions("p:uph/x /bin/true\n")
+    twice = "p:uph/a /t:0x10\np:uph/b /t:0x10\n"
+    with pytest.raises(probes.ProbeError, match="two probes at offset 0x10"):
+        probes.hits_by_offset(probes.parse_definitions(twice), [("a", 1), ("b", 2)])
+
+
 def test_trace_counts_pipeline_on_a_recorded_trace(tmp_path):
     import subprocess
 

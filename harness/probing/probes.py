@@ -147,13 +147,57 @@ def remove_all_command() -> str:
     )
 
 
-def parse_profile(text: str) -> dict[str, int]:
-    """uprobe_profile lines: '  PATH  EVENT  HITS' (6.1 and 6.12 print the same columns)."""
-    hits = {}
+def parse_profile_rows(text: str) -> list[tuple[str, int]]:
+    """uprobe_profile lines: '  PATH  EVENT  HITS' (6.1 and 6.12 print the same columns),
+    one per probe, in the kernel's order: [(event, hits)]."""
+    rows = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 3 and fields[-1].isdigit():
-            hits[fields[-2]] = int(fields[-1])
+            rows.append((fields[-2], int(fields[-1])))
+    return rows
+
+
+def parse_profile(text: str) -> dict[str, int]:
+    """{event: hits} (an event of one probe each)."""
+    return dict(parse_profile_rows(text))
+
+
+_DEFINITION = re.compile(r"^[pr]:[^/\s]+/(\S+) \S+:0x([0-9a-f]+)(?:\(0x[0-9a-f]+\))?(?: |$)")
+
+
+def parse_definitions(text: str) -> list[tuple[str, int]]:
+    """uprobe_events lines ('p:GROUP/EVENT PATH:0xOFFSET ...'), one per probe, in the kernel's
+    order: [(event, file offset)]. An event may hold many probes (each appended with the
+    same name); uprobe_profile lists the same probes in the same order, as both walk the
+    one list of dynamic events, so the two zip into per-probe counts (`hits_by_offset`)."""
+    rows = []
+    for line in text.splitlines():
+        match = _DEFINITION.match(line)
+        if match is None:
+            if line.strip():
+                raise ProbeError(f"uprobe_events: cannot read {line!r}")
+            continue
+        rows.append((match[1], int(match[2], 16)))
+    return rows
+
+
+def hits_by_offset(
+    definitions: list[tuple[str, int]], profile_rows: list[tuple[str, int]]
+) -> dict[int, int]:
+    """{file offset: hits} from parse_definitions() and parse_profile_rows() of the same
+    probes (one probe per offset); ProbeError unless the two list the same events in the
+    same order."""
+    if [event for event, _ in definitions] != [event for event, _ in profile_rows]:
+        raise ProbeError(
+            f"uprobe_events ({len(definitions)} probes) and uprobe_profile "
+            f"({len(profile_rows)} probes) do not list the same events in the same order"
+        )
+    hits: dict[int, int] = {}
+    for (event, offset), (_, count) in zip(definitions, profile_rows, strict=True):
+        if offset in hits:
+            raise ProbeError(f"uprobe_events: two probes at offset {offset:#x} ({event})")
+        hits[offset] = count
     return hits
 
 
