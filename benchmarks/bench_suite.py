@@ -107,8 +107,8 @@ def compare(
             f"{label:<8} wall median {median:.1f}s "
             f"({', '.join(f'{w:.1f}' for w in walls[label])}), ratio {median / base:.2f}"
         )
-        for family, seconds in sorted(family_seconds[label].items()):
-            print(f"  {family:<10} test time median {statistics.median(seconds):.1f}s")
+        for family, times in sorted(family_seconds[label].items()):
+            print(f"  {family:<10} test time median {statistics.median(times):.1f}s")
     return 0
 
 
@@ -162,11 +162,12 @@ def main() -> int:
         return 2
     run([], args.extra)  # warm-up: kernel and targets built, keys made
     smp = [run(["-m", "smp"], args.extra)[0] for _ in range(args.runs)]
-    full, shares = [], defaultdict(list)
+    full: list[float] = []
+    shares: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.runs):
         elapsed, results = run([], args.extra)
         full.append(elapsed)
-        per_family = defaultdict(float)
+        per_family: dict[str, float] = defaultdict(float)
         for result in results:
             per_family[result.family] += result.seconds
         total = sum(per_family.values()) or 1.0
