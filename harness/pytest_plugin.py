@@ -77,10 +77,19 @@ def pytest_generate_tests(metafunc):
 # -- verdicts ----------------------------------------------------------------------------------
 
 
+_PLAIN = (str, int, float, bool)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    # a pytest-xdist worker sends its reports to the controller through execnet, which
+    # serializes plain values only (a Path property broke the run); JUnit writes str() anyway
+    report.user_properties = [
+        (name, value if isinstance(value, _PLAIN) else str(value))
+        for name, value in report.user_properties
+    ]
     if (
         report.failed
         and call.excinfo is not None
