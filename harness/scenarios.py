@@ -166,7 +166,7 @@ def guest(request, vm_pool) -> Guest:
         ("vcpus", record.vcpus_seen),
         ("xmc_stale", check.xmc_stale),
         ("xmc_runs", check.xmc_runs),
-        ("console_log", str(g.vm.console_log)),
+        ("console_log", g.vm.console_log),
     ):
         request.node.user_properties.append((name, value))
     request.node.stash[GUEST] = g
