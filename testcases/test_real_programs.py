@@ -115,7 +115,8 @@ def _register(guest, path: str, entries: list[FunctionEntry]) -> Registered:
     unenabled = {
         int(line.split()[1]) for line in _run_lines(guest, lines) if line.startswith("UNENABLED ")
     }
-    held = {offset for _, offset in _definitions(guest)}
+    listing = _definitions(guest)
+    held = {offset for _, offset in listing}
     removals = [
         f"echo {shlex.quote(f'-:{GROUP}/e_{n}')} >> {TRACEFS}/uprobe_events" for n in unenabled
     ]
@@ -130,7 +131,7 @@ def _register(guest, path: str, entries: list[FunctionEntry]) -> Registered:
         if line.startswith("REFUSED "):
             _, name, why = line.split(" ", 2)
             refused[name] = why
-    definitions = _definitions(guest)
+    definitions = _definitions(guest) if alone else listing  # a fallback changed the list
     names = {entry.offset: entry.probe_name for entry in entries}
     held_names = {names.get(offset) for _, offset in definitions}
     missing = [e.probe_name for e in entries if e.probe_name not in held_names | refused.keys()]
