@@ -5,9 +5,7 @@ harness.pytest_plugin; testcases/ import check_case from here."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -15,6 +13,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.machine.vm import VM
+from harness.phases import PhaseTimer
 from harness.probing.guest import Guest, Hits
 from harness.probing.probes import Probe, symbol_offset, symbol_offsets
 from harness.probing.targets import compile_target
@@ -309,6 +308,10 @@ def instruction_sweep(request, guest, kernel, vm_pool, _insn_results):
         ]
         try:
             _insn_results[key] = sweep.sweep_guest(guest, kernel, helpers=helpers)
+            timings = _insn_results[key].timings  # where the sweep spent its time
+            request.node.user_properties.append(
+                ("phases", " ".join(f"{name}={t:.1f}" for name, t in timings.items()))
+            )
         except Exception as error:  # one failed sweep, not one per class test
             _insn_results[key] = error
         finally:
@@ -335,26 +338,6 @@ def check_case(request, results, case: str) -> None:
         request.node.user_properties.append(("verdict", "crashed"))
         pytest.fail(f"crashed: kernel {verdict.detail} (while this case ran probed)")
     assert verdict.outcome == "identical", f"{verdict.outcome}: {verdict.detail}"
-
-
-class PhaseTimer:
-    """`with phases("register"): ...` sums the wall time of each named phase; the test's
-    `phases` property reads e.g. "prepare=1.2 register=30.4 probed=8.1" (seconds, in the
-    order the phases first ran), so a report shows where a long test spends its time."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
-
-    def summary(self) -> str:
-        return " ".join(f"{name}={seconds:.1f}" for name, seconds in self.seconds.items())
 
 
 @pytest.fixture

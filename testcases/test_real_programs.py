@@ -40,7 +40,7 @@ from harness.probing.probes import (
     parse_profile_rows,
 )
 from harness.probing.targets import target_from_binary
-from harness.scenarios import PhaseTimer
+from harness.phases import PhaseTimer
 
 pytestmark = pytest.mark.realcode
 

@@ -134,7 +134,7 @@ def _batched_forms(count):
 def test_several_guests_share_the_batches(monkeypatch):
     ran = {}
 
-    def run_batch(guest, number, total, chunk, host_flags):
+    def run_batch(guest, number, total, chunk, host_flags, phases):
         ran.setdefault(guest, []).append(number)
         verdicts = {f.name: transparency.CaseVerdict(f.name, "identical") for f in chunk}
         return verdicts, {}
@@ -146,7 +146,7 @@ def test_several_guests_share_the_batches(monkeypatch):
 
 
 def test_a_guest_that_dies_stops_and_the_others_go_on(monkeypatch):
-    def run_batch(guest, number, total, chunk, host_flags):
+    def run_batch(guest, number, total, chunk, host_flags, phases):
         if guest == "dies":
             raise sweep._MachineDied("Kernel panic")
         return {f.name: transparency.CaseVerdict(f.name, "identical") for f in chunk}, {}
@@ -164,7 +164,7 @@ def test_a_guest_that_dies_stops_and_the_others_go_on(monkeypatch):
 
 
 def test_an_error_in_one_guest_is_raised(monkeypatch):
-    def run_batch(guest, number, total, chunk, host_flags):
+    def run_batch(guest, number, total, chunk, host_flags, phases):
         raise sweep.HarnessError("did not link")
 
     monkeypatch.setattr(sweep, "_run_batch", run_batch)

@@ -118,3 +118,41 @@ def test_a_case_that_is_a_breakpoint_itself_is_never_in_the_batch():
     trap_offset = probes.symbol_places(program.binary, ["probe_1"])["probe_1"][1]
     assert f":{trap_offset:#x}" not in batched and f"p:uph/c1 /tmp/p:{trap_offset:#x}" in alone
     assert verdicts["trap"].outcome == "identical" and verdicts["load"].hits == 2
+
+
+def test_step_seconds_are_the_intervals_between_marks():
+    stderr = (
+        "uph-mark start 100.00\nnoise\nuph-mark clear 100.25\n"
+        "uph-mark register 103.75\nuph-mark bogus x\nuph-mark run 104.00\n"
+    )
+    assert transparency.step_seconds(stderr) == {"clear": 0.25, "register": 3.5, "run": 0.25}
+    assert transparency.step_seconds("") == {}
+
+
+def test_the_scripts_mark_each_step_in_order():
+    """The mark lines of both probed-run scripts, run by a real shell, name every step."""
+    probe = probes.Probe("c0", "/tmp/p", 0x1000)
+    for script in (
+        transparency.batched_run_script("/tmp/p", [probe], transparency.OUTPUT),
+        transparency.probed_run_script("/tmp/p", [probe], transparency.OUTPUT),
+    ):
+        marks = "\n".join(line for line in script.splitlines() if transparency.MARK in line)
+        out = subprocess.run(["sh", "-c", marks], capture_output=True, text=True, check=True)
+        steps = transparency.step_seconds(out.stderr)
+        assert list(steps) == ["clear", "register", "enable", "run", "report", "remove"]
+
+
+def test_run_cases_adds_its_phases(program):
+    from harness.phases import PhaseTimer
+
+    class MarkingGuest(FakeGuest):
+        def run(self, cmd, timeout=None):
+            result = super().run(cmd, timeout)
+            if isinstance(cmd, list):
+                return result
+            return Result(result.status, result.stdout, "uph-mark start 1.0\nuph-mark run 3.5\n")
+
+    phases = PhaseTimer()
+    transparency.run_cases(MarkingGuest(program, -1, -1), program, "/tmp/p", None, phases)
+    assert list(phases.seconds) == ["unprobed", "guest_run", "batched"]
+    assert phases.seconds["guest_run"] == 2.5

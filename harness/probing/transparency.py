@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.machine import console
+from harness.phases import PhaseTimer
 from harness.probing import insn, probes
 from harness.probing.guest import Guest
 from harness.probing.probes import TRACEFS, Probe
@@ -54,6 +55,31 @@ EXECUTION_SUFFIXES = ("", "@2")
 # every probe of a batched run is a location of this one event
 BATCH_EVENT = "batch"
 OUTPUT = "/tmp/uph-insn.out"
+MARK = "uph-mark"  # a guest script's step marks on its stderr: 'uph-mark STEP UPTIME'
+
+
+def _mark(step: str) -> str:
+    """Script line: the guest's uptime (10 ms resolution) at the end of `step`, on stderr."""
+    return f'read t _ < /proc/uptime; echo "{MARK} {step} $t" >&2'
+
+
+def step_seconds(stderr: str) -> dict[str, float]:
+    """{step: seconds since the previous mark} from a script's marks (the first mark only
+    starts the clock)."""
+    seconds: dict[str, float] = {}
+    previous = None
+    for line in stderr.splitlines():
+        words = line.split()
+        if len(words) != 3 or words[0] != MARK:
+            continue
+        try:
+            now = float(words[2])
+        except ValueError:
+            continue
+        if previous is not None:
+            seconds[words[1]] = seconds.get(words[1], 0.0) + now - previous
+        previous = now
+    return seconds
 
 
 def batched_run_script(path: str, program_probes: list[Probe], output: str) -> str:
@@ -66,12 +92,15 @@ def batched_run_script(path: str, program_probes: list[Probe], output: str) -> s
     700 times for a sweep batch of one event per probe. A line 'unbatched ERROR' says the
     event could not be enabled at all."""
     enable = f"{TRACEFS}/events/{probes.GROUP}/{BATCH_EVENT}/enable"
-    lines = _fresh_tracing()
+    lines = [_mark("start"), *_fresh_tracing(), _mark("clear")]
     for probe in program_probes:  # one write per definition (see probed_run_script)
         lines.append(_add(probe, Probe(BATCH_EVENT, probe.path, probe.offset, probe.kind)))
     lines += [
+        _mark("register"),
         f'echo 1 > {enable} 2>/tmp/uph-err || echo "unbatched $(cat /tmp/uph-err)"',
+        _mark("enable"),
         f'{shlex.quote(path)} --kmsg --twice > {shlex.quote(output)} 2>&1; echo "status=$?"',
+        _mark("run"),
         *_report(output, probes.address_counts_command(BATCH_EVENT)),
     ]
     return "\n".join(lines)
@@ -102,7 +131,9 @@ def _report(output: str, counts_command: str) -> list[str]:
         f"cat {shlex.quote(output)}",
         f"echo ===; {counts_command}",
         f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
+        _mark("report"),
         probes.remove_all_command(),
+        _mark("remove"),
     ]
 
 
@@ -115,12 +146,14 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
     ERROR` names it. When none could be enabled, the program is killed instead of run
     ("status=skipped")."""
     group = f"{TRACEFS}/events/{probes.GROUP}"
-    lines = _fresh_tracing() + [
+    lines = [_mark("start"), *_fresh_tracing()] + [
         f"{shlex.quote(path)} --pause --kmsg --twice > {shlex.quote(output)} 2>&1 & pid=$!",
         "n=0; while ! grep -q '^State:.*T' /proc/$pid/status 2>/dev/null && [ $n -lt 500 ]; "
         "do sleep 0.01; n=$((n+1)); done",
     ]
+    lines.append(_mark("clear"))
     lines += [_add(probe, probe) for probe in program_probes]
+    lines.append(_mark("register"))
     if program_probes:
         lines.append(f"echo 1 > {group}/enable 2>/dev/null")
     for probe in program_probes:
@@ -131,17 +164,23 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
             f'echo "refused {probe.name} enable $(cat /tmp/uph-err)"; }}'
         )
     lines += [
+        _mark("enable"),
         # with every probe refused there is nothing to watch: the program is not run
         f"if grep -qx 1 {group}/*/enable 2>/dev/null; then "
         'kill -CONT $pid; wait $pid; echo "status=$?"; '
         'else kill -KILL $pid; wait $pid; echo "status=skipped"; fi',
+        _mark("run"),
         *_report(output, probes.trace_counts_command()),
     ]
     return "\n".join(lines)
 
 
 def run_cases(
-    guest, program: insn.Program, guest_path: str, states: dict | None = None
+    guest,
+    program: insn.Program,
+    guest_path: str,
+    states: dict | None = None,
+    phases: PhaseTimer | None = None,
 ) -> dict[str, CaseVerdict]:
     """{case name: verdict}; with `states`, also fill {case name: [(unprobed, probed) of
     each execution]}.
@@ -150,8 +189,12 @@ def run_cases(
     (batched_run_script); the cases that were reached but never hit (a refused instruction,
     or a probe that does not fire) run again probed one event each, the program stopped
     while they are enabled (probed_run_script), so that a refusal names its error and the
-    verdict of such a case is the one the one-event-per-probe run gives."""
-    unprobed = guest.run([guest_path, "--twice"], timeout=300)
+    verdict of such a case is the one the one-event-per-probe run gives. With `phases`, the
+    wall time of each run (unprobed, batched, alone) and of each step inside the guest's
+    probed-run scripts (guest_register, guest_run, ...) is added there."""
+    timer = phases if phases is not None else PhaseTimer()
+    with timer("unprobed"):
+        unprobed = guest.run([guest_path, "--twice"], timeout=300)
     expected = insn.parse_output(unprobed.stdout)
     places = probes.symbol_places(program.binary, [f"probe_{i}" for i in range(len(program.cases))])
     case_probes = {
@@ -170,9 +213,10 @@ def run_cases(
         if code[places[f"probe_{index}"][1]] == 0xCC
     }
     in_batch = [case for case in program.cases if case.name not in traps]
-    run = _ProbedRun(guest, case_probes, expected, unprobed.status)
+    run = _ProbedRun(guest, case_probes, expected, unprobed.status, timer)
     batched = batched_run_script(guest_path, [case_probes[c.name] for c in in_batch], OUTPUT)
-    verdicts, runs, unbatched = run.verdicts(batched, in_batch, at_address)
+    with timer("batched"):
+        verdicts, runs, unbatched = run.verdicts(batched, in_batch, at_address)
     again = [
         case
         for case in program.cases
@@ -182,7 +226,8 @@ def run_cases(
     ]
     if again:
         alone = probed_run_script(guest_path, [case_probes[c.name] for c in again], OUTPUT)
-        more, more_runs, _ = run.verdicts(alone, again, None)
+        with timer("alone"):
+            more, more_runs, _ = run.verdicts(alone, again, None)
         verdicts.update(more)
         runs.update(more_runs)
     if states is not None:
@@ -198,6 +243,7 @@ class _ProbedRun:
     case_probes: dict[str, Probe]
     expected: dict
     unprobed_status: int
+    phases: PhaseTimer
 
     def verdicts(
         self, script: str, cases: Sequence[insn.Case], at_address: dict[int, str] | None
@@ -210,6 +256,8 @@ class _ProbedRun:
         console_start = guest.vm.console_offset()
         # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
         result = guest.run(script, timeout=600)
+        for step, seconds in step_seconds(result.stderr).items():
+            self.phases.add(f"guest_{step}", seconds)
         time.sleep(0.1)  # let the console drain the last lines
         crashes = crashes_by_case(guest.vm.console_since(console_start))
         main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.phases import PhaseTimer
 from harness.probing import insn, transparency
 from harness.probing.targets import target_from_binary
 from harness.results import known_bugs
@@ -64,7 +65,7 @@ class SweepReport:
     seconds: float
     batches: int
     machines: int = 1
-    timings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # {phase: seconds, summed over the guests}
     stale: dict = field(default_factory=dict)  # {class: [stale known-bugs entry message]}
     known_states: dict = field(default_factory=dict)  # {class: {entry: showed|absent}}
 
@@ -104,11 +105,14 @@ def run_sweep(
     forms: list[sweep_corpus.Form],
     batch: int = DEFAULT_BATCH,
     states: dict | None = None,
+    phases: PhaseTimer | None = None,
 ) -> tuple[dict[str, transparency.CaseVerdict], int]:
     """Run the forms in the guests (each takes the next batch when it is free); {form name:
     verdict} and the number of batches. With `states`, keep {name: (unprobed, probed)} of
-    every form that was not identical. A guest whose machine dies marks its batch "crashed"
-    and takes no more; batches no guest could run are "missing"."""
+    every form that was not identical; with `phases`, add the time of each phase of each
+    batch there. A guest whose machine dies marks its batch "crashed" and takes no more;
+    batches no guest could run are "missing"."""
+    timer = phases if phases is not None else PhaseTimer()
     if batch < 1:
         raise HarnessError(f"sweep: --batch must be at least 1, not {batch}")
     verdicts: dict[str, transparency.CaseVerdict] = {}
@@ -130,7 +134,7 @@ def run_sweep(
                 number, chunk = pending.popleft()
             try:
                 batch_verdicts, batch_states = _run_batch(
-                    guest, number, len(chunks), chunk, host_flags
+                    guest, number, len(chunks), chunk, host_flags, timer
                 )
             except _MachineDied as died:
                 with lock:
@@ -174,28 +178,37 @@ def run_sweep(
 
 
 def _run_batch(
-    guest, number: int, total: int, chunk: list[sweep_corpus.Form], host_flags: set[str]
+    guest,
+    number: int,
+    total: int,
+    chunk: list[sweep_corpus.Form],
+    host_flags: set[str],
+    phases: PhaseTimer,
 ) -> tuple[dict[str, transparency.CaseVerdict], dict]:
     """One batch in one guest: its verdicts and {name: [(unprobed, probed)]}; _MachineDied
     (with the console's last line) when the machine died while it ran."""
     cases = [sweep_corpus.to_case(f) for f in chunk]
-    program = insn.build_program(
-        cases, f"sweep{number}", source="the instruction sweep", bits=chunk[0].bits
-    )
-    problems = sweep_corpus.verify_program(program, chunk)
+    with phases("build"):
+        program = insn.build_program(
+            cases, f"sweep{number}", source="the instruction sweep", bits=chunk[0].bits
+        )
+    with phases("verify"):
+        problems = sweep_corpus.verify_program(program, chunk)
     if problems:
         raise HarnessError(
             f"sweep batch {number}: {len(problems)} form(s) did not link "
             f"as generated ({program.binary.parent}): " + "; ".join(problems[:5])
         )
-    path = guest.upload(target_from_binary(f"sweep{number}", program.binary, program.digest))
+    with phases("upload"):
+        path = guest.upload(target_from_binary(f"sweep{number}", program.binary, program.digest))
     start = time.monotonic()
     try:
         batch_states: dict = {}
-        batch_verdicts = transparency.run_cases(guest, program, path, batch_states)
-        batch_verdicts = check_emulator(
-            guest, path, program, chunk, batch_verdicts, batch_states, host_flags
-        )
+        batch_verdicts = transparency.run_cases(guest, program, path, batch_states, phases)
+        with phases("emulator_check"):
+            batch_verdicts = check_emulator(
+                guest, path, program, chunk, batch_verdicts, batch_states, host_flags
+            )
     except Exception:
         if guest.vm.alive():
             raise
@@ -204,7 +217,8 @@ def _run_batch(
         why = last[-1][:200] if last else "no console output"
         log.warning(f"sweep batch {number}/{total}: the VM died ({why})")
         raise _MachineDied(why) from None
-    batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states, host_flags)
+    with phases("referee"):
+        batch_verdicts = referee_natively(program, chunk, batch_verdicts, batch_states, host_flags)
     odd = sum(v.outcome != "identical" for v in batch_verdicts.values())
     log.info(
         f"sweep batch {number}/{total}: {len(chunk)} forms in "
@@ -383,9 +397,11 @@ def sweep_guest(
     """Generate the corpus for the guest's CPU, run it (sharing the batches with `helpers`,
     more guests of the same kernel), classify, attach known bugs."""
     start = time.monotonic()
-    flags = transparency.guest_cpu_flags(guest)
-    corpus = sweep_corpus.generate(flags)
-    forms = sweep_corpus.select(corpus, list(filters))
+    phases = PhaseTimer()
+    with phases("corpus"):
+        flags = transparency.guest_cpu_flags(guest)
+        corpus = sweep_corpus.generate(flags)
+        forms = sweep_corpus.select(corpus, list(filters))
     if not forms:
         raise HarnessError(f"sweep: no form matches --filter {' '.join(filters)}")
     log.info(
@@ -393,12 +409,13 @@ def sweep_guest(
         f"{sum(corpus.dropped.values())} dropped) in batches of {batch}"
     )
     states: dict = {}
-    verdicts, batches = run_sweep([guest, *helpers], forms, batch, states)
+    verdicts, batches = run_sweep([guest, *helpers], forms, batch, states, phases)
     results = [
         FormResult(f, verdicts[f.name], "", *states.get(f.name, [(None, None)])[0]) for f in forms
     ]
     known_states: dict = {}
-    stale = attach_known_bugs(results, kernel, known_states)
+    with phases("known_bugs"):
+        stale = attach_known_bugs(results, kernel, known_states)
     label = kernel.label + (f" + {kernel.series}" if kernel.series else "")
     return SweepReport(
         label,
@@ -411,6 +428,7 @@ def sweep_guest(
         machines=1 + len(helpers),
         stale=stale if not filters else {},  # a filter may leave out forms
         known_states=known_states if not filters else {},
+        timings=dict(phases.seconds),
     )
 
 
@@ -440,6 +458,11 @@ def format_report(report: SweepReport, limit: int = 0) -> str:
     )
     dropped = ", ".join(f"{reason}: {count}" for reason, count in report.dropped.most_common())
     lines.append(f"generated {report.candidates} candidates; dropped {dropped}")
+    if report.timings:
+        lines.append(
+            "seconds per phase, summed over the machines: "
+            + " ".join(f"{name}={seconds:.1f}" for name, seconds in report.timings.items())
+        )
     refused = Counter(r.verdict.detail for r in report.results if r.outcome == "refused")
     if refused:
         lines.append("refused: " + ", ".join(f"{d} x{n}" for d, n in refused.most_common()))
@@ -468,6 +491,7 @@ def write_json(report: SweepReport, path: Path) -> None:
         "seconds": round(report.seconds, 1),
         "batches": report.batches,
         "machines": report.machines,
+        "timings": {name: round(seconds, 2) for name, seconds in report.timings.items()},
         "table": {k: dict(v) for k, v in report.table().items()},
         "results": [
             {
