@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from harness.paths import REPO_ROOT
+from harness.phases import PhaseTimer
 from harness.probing.functions import (
     FunctionEntry,
     RealProgram,
@@ -40,7 +41,6 @@ from harness.probing.probes import (
     parse_profile_rows,
 )
 from harness.probing.targets import target_from_binary
-from harness.phases import PhaseTimer
 
 pytestmark = pytest.mark.realcode
 
