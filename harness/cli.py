@@ -353,6 +353,7 @@ def cmd_mutate(args) -> int:
             baseline_kernel=args.baseline_kernel,
             baseline_series=args.baseline_series,
             baseline_only=args.baseline_only,
+            resume=args.resume,
         )
     )
     print(mutate.format_outcome(outcome))
@@ -627,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
     p.add_argument("-j", "--jobs", type=int, default=0, help="make -j (default: nproc)")
     p.add_argument("--results", help="results directory (default results/mutate-TIMESTAMP)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --results DIR of an earlier run: take each mutant's saved result "
+        "(DIR/NAME/result.json) when its patches and these options are unchanged, run the rest",
+    )
     p.set_defaults(func=cmd_mutate)
 
     p = sub.add_parser(

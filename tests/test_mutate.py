@@ -239,9 +239,20 @@ def _run_mutant(monkeypatch, tmp_path, fake, scope="declared", run_first=True):
 
     monkeypatch.setattr(kernel, "build", lambda request: Built())
     monkeypatch.setattr(mutate, "run_suite", fake)
-    mutant = mutate.Mutant(
+    mutant = _mutant(tmp_path)
+    options = mutate.RunOptions(tmp_path / "results", scope=scope, run_first=run_first)
+    return mutate.run_mutant(mutant, options)
+
+
+def _mutant(tmp_path, patch=b"--- a/x\n+++ b/x\n"):
+    directory = tmp_path / "m"
+    directory.mkdir(exist_ok=True)
+    (directory / "series").write_text("0001-bug.patch\n")
+    (directory / "0001-bug.patch").write_bytes(patch)
+    (directory / "mutant.toml").write_text("# the spec\n")
+    return mutate.Mutant(
         "m",
-        tmp_path,
+        directory,
         "s",
         "debian:6.1",
         "mech",
@@ -249,8 +260,6 @@ def _run_mutant(monkeypatch, tmp_path, fake, scope="declared", run_first=True):
         ("stack", "fp"),
         ("test_stack.py::a[x]", "test_fp.py::b"),
     )
-    options = mutate.RunOptions(tmp_path, scope=scope, run_first=run_first)
-    return mutate.run_mutant(mutant, options)
 
 
 def test_a_family_its_run_first_tests_catch_is_not_run_again(monkeypatch, tmp_path):
@@ -278,3 +287,55 @@ def test_run_first_without_results_or_switched_off_runs_the_whole_families(monke
         fake = _FakeRuns([("test_stack", "failed")], {f: "failed" for f in mutate.FAMILIES})
         _run_mutant(monkeypatch, tmp_path, fake, scope, run_first)
         assert [c[1] for c in fake.calls] == [()]
+
+
+def test_resume_takes_a_saved_result_only_when_patches_and_options_match(monkeypatch, tmp_path):
+    from harness.build import kernel
+
+    class Built:
+        cached = True
+
+    monkeypatch.setattr(kernel, "build", lambda request: Built())
+    fake = _FakeRuns([], {f: ("failed" if f == "stack" else "passed") for f in mutate.FAMILIES})
+    monkeypatch.setattr(mutate, "run_suite", fake)
+    mutant = _mutant(tmp_path)
+    options = mutate.RunOptions(tmp_path / "results", scope="all", resume=True)
+    first = mutate.run_mutant(mutant, options)
+    assert len(fake.calls) == 1 and not first.resumed_from
+    assert (tmp_path / "results" / "m" / mutate.RESULT_FILE).is_file()
+
+    again = mutate.run_mutant(mutant, options)  # the same: taken, not run
+    assert len(fake.calls) == 1 and again.resumed_from
+    assert again.families == first.families and again.breaks == first.breaks
+    assert again.families["stack"].caught and not again.families["fp"].caught
+    text = mutate.format_outcome(mutate.MutateOutcome([again], None, 1.0, tmp_path))
+    assert f"1 of 1 mutant(s) from saved results (harness {again.resumed_from}): m" in text
+
+    # another --smp, the option off, or a changed patch: run again
+    for changed_options in (
+        mutate.RunOptions(tmp_path / "results", scope="all", smp="1", resume=True),
+        mutate.RunOptions(tmp_path / "results", scope="all", resume=False),
+    ):
+        mutate.run_mutant(mutant, changed_options)
+    assert len(fake.calls) == 3
+    changed = _mutant(tmp_path, b"--- a/x\n+++ b/x\n@@ another bug\n")
+    assert mutate.run_mutant(changed, options).resumed_from == ""
+    assert len(fake.calls) == 4
+
+
+def test_resume_runs_a_mutant_whose_saved_result_was_an_error(monkeypatch, tmp_path):
+    from harness.build import kernel
+
+    def broken_build(request):
+        raise HarnessError("make failed")
+
+    monkeypatch.setattr(kernel, "build", broken_build)
+    mutant = _mutant(tmp_path)
+    options = mutate.RunOptions(tmp_path / "results", scope="all", resume=True)
+    assert mutate.run_mutant(mutant, options).error.startswith("build failed")
+    assert mutate.saved_result(mutant, options) is None
+
+
+def test_resume_needs_the_results_directory(tmp_path):
+    with pytest.raises(HarnessError, match="--results DIR"):
+        mutate.run(mutate.MutateRequest(resume=True))

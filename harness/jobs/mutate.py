@@ -13,11 +13,17 @@ before) run first, alone; a declared family one of them catches is done, and onl
 families they did not catch run in full. The verdict is the same as a full run's (a family
 catches when one of its tests fails), found sooner: mutation tools call this running the
 killing tests first. A stale list costs time, never a verdict.
+
+Each mutant's result is saved in the results directory as it finishes
+(`<name>/result.json`); `--resume` with the same `--results` takes a saved result instead of
+running the mutant again when its patches and the run's options are the same, so a
+`--scope all` table (hours on a small host) can be made over several sittings.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import time
@@ -87,6 +93,7 @@ class MutantResult:
     test_seconds: float = 0.0
     families: dict[str, FamilyVerdict] = field(default_factory=dict)
     error: str = ""
+    resumed_from: str = ""  # the harness version of the run whose saved result this is
 
     @property
     def missed(self) -> list[str]:
@@ -243,6 +250,69 @@ class RunOptions:
     scope: str = "all"  # "all" families, or only the "declared" ones
     jobs: int = 0
     run_first: bool = True  # with scope "declared": the mutants' run_first tests first
+    resume: bool = False  # take a mutant's saved result when its fingerprint matches
+
+
+RESULT_FILE = "result.json"
+
+
+def fingerprint(mutant: Mutant, options: RunOptions) -> dict:
+    """What a saved result must share with this run to be taken instead of running the
+    mutant: its patches (the whole series, in order) and mutant.toml, and the options that
+    change verdicts."""
+    from harness.build import series
+
+    digest = hashlib.sha256()
+    for patch in series.load_series(mutant.directory).patches:
+        digest.update(patch.text + b"\0")
+    digest.update((mutant.directory / "mutant.toml").read_bytes())
+    return {
+        "mutant": mutant.name,
+        "patches_and_spec": digest.hexdigest()[:16],
+        "scope": options.scope,
+        "smp": options.smp,
+        "accel": options.accel,
+        "run_first": options.run_first if options.scope == "declared" else None,
+    }
+
+
+def save_result(result: MutantResult, mutant: Mutant, options: RunOptions) -> None:
+    from harness.nightly.runner import harness_version
+
+    path = options.results_dir / mutant.name / RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "fingerprint": fingerprint(mutant, options),
+        "harness_version": harness_version(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "result": asdict(result),
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def saved_result(mutant: Mutant, options: RunOptions) -> MutantResult | None:
+    """The mutant's saved result in the results directory, if it was made with the same
+    fingerprint and has no error (an error, e.g. a failed build, is worth another try)."""
+    path = options.results_dir / mutant.name / RESULT_FILE
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if payload.get("fingerprint") != fingerprint(mutant, options):
+        return None
+    fields = payload.get("result") or {}
+    if fields.get("error"):
+        return None
+    try:
+        families = {
+            name: FamilyVerdict(**verdict) for name, verdict in fields.pop("families").items()
+        }
+        result = MutantResult(**(fields | {"breaks": tuple(fields["breaks"])}))
+    except (KeyError, TypeError):
+        return None
+    result.families = families
+    result.resumed_from = payload.get("harness_version", "")
+    return result
 
 
 def run_suite(
@@ -276,6 +346,19 @@ def run_suite(
 
 
 def run_mutant(mutant: Mutant, options: RunOptions) -> MutantResult:
+    """The mutant's result: a saved one (with options.resume, see saved_result()), or built
+    and run now and saved."""
+    if options.resume:
+        saved = saved_result(mutant, options)
+        if saved is not None:
+            log.info(f"mutant {mutant.name}: the saved result ({saved.resumed_from})")
+            return saved
+    result = _build_and_run(mutant, options)
+    save_result(result, mutant, options)
+    return result
+
+
+def _build_and_run(mutant: Mutant, options: RunOptions) -> MutantResult:
     from harness.build import kernel
 
     result = MutantResult(mutant.name, mutant.mechanism, mutant.breaks)
@@ -467,6 +550,7 @@ class MutateRequest:
     baseline_kernel: str | None = None  # default: the mutants' kernel
     baseline_series: str | None = None  # default: that kernel's default series
     baseline_only: bool = False  # run the baseline and no mutant
+    resume: bool = False  # take the saved results in results_dir (see saved_result())
 
 
 @dataclass
@@ -516,11 +600,22 @@ def run(request: MutateRequest) -> MutateOutcome:
             "mutation run's baseline is its mutants' own kernel and default series (else "
             "it would not show that their failures are the mutants' doing)."
         )
+    if request.resume and (request.results_dir is None or request.baseline_only):
+        raise HarnessError(
+            "mutate --resume takes the mutants' saved results from an earlier run's results "
+            "directory: give it with --results DIR (the baseline is not resumed)."
+        )
     mutants = [] if request.baseline_only else load_mutants(request.mutants)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = (request.results_dir or Path("results") / f"mutate-{stamp}").resolve()
     options = RunOptions(
-        results_dir, request.smp, request.accel, request.scope, request.jobs, request.run_first
+        results_dir,
+        request.smp,
+        request.accel,
+        request.scope,
+        request.jobs,
+        request.run_first,
+        request.resume,
     )
     start = time.monotonic()
     baseline = None
@@ -542,6 +637,13 @@ def run(request: MutateRequest) -> MutateOutcome:
 
 def format_outcome(outcome: MutateOutcome) -> str:
     lines = [format_table(outcome.results)] if outcome.results else []
+    resumed = [r for r in outcome.results if r.resumed_from]
+    if resumed:
+        versions = sorted({r.resumed_from for r in resumed})
+        lines.append(
+            f"{len(resumed)} of {len(outcome.results)} mutant(s) from saved results "
+            f"(harness {', '.join(versions)}): {', '.join(r.name for r in resumed)}"
+        )
     baseline = outcome.baseline
     if baseline:
         lines.append(
