@@ -34,11 +34,13 @@ from harness.probing.functions import (
     load_programs,
 )
 from harness.probing.probes import (
+    ERR_FILE,
     GROUP,
     TRACEFS,
     hits_by_offset,
     parse_definitions,
     parse_profile_rows,
+    say_error,
 )
 from harness.probing.targets import target_from_binary
 
@@ -58,10 +60,9 @@ def _one_event_per_site(path: str, entries: list[FunctionEntry]) -> list[str]:
         definition = shlex.quote(f"p:{GROUP}/{name} {path}:{entry.offset:#x}")
         enable = f"{TRACEFS}/events/{GROUP}/{name}/enable"
         lines.append(
-            f"if echo {definition} >> {TRACEFS}/uprobe_events 2>/tmp/uph-err; then "
-            f'echo 1 > {enable} 2>/tmp/uph-err || echo "REFUSED {name} enable '
-            f'$(cat /tmp/uph-err)"; else echo "REFUSED {name} register '
-            f'$(cat /tmp/uph-err)"; fi'
+            f"if echo {definition} >> {TRACEFS}/uprobe_events 2>{ERR_FILE}; then "
+            f"echo 1 > {enable} 2>{ERR_FILE} || {say_error(f'REFUSED {name} enable')}; "
+            f"else {say_error(f'REFUSED {name} register')}; fi"
         )
     return lines
 

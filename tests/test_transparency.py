@@ -154,5 +154,20 @@ def test_run_cases_adds_its_phases(program):
 
     phases = PhaseTimer()
     transparency.run_cases(MarkingGuest(program, -1, -1), program, "/tmp/p", None, phases)
-    assert list(phases.seconds) == ["unprobed", "guest_run", "batched"]
-    assert phases.seconds["guest_run"] == 2.5
+    assert list(phases.seconds) == ["unprobed", "batched.run", "batched"]
+    assert phases.seconds["batched.run"] == 2.5
+
+
+def test_comm_recording_is_off_while_probes_are_enabled_and_restored_after():
+    """A refused probe's enable would otherwise register the sched tracepoints again and
+    wait for an RCU grace period (see _fresh_tracing)."""
+    probe = probes.Probe("c0", "/tmp/p", 0x1000)
+    for script in (
+        transparency.batched_run_script("/tmp/p", [probe], transparency.OUTPUT),
+        transparency.probed_run_script("/tmp/p", [probe], transparency.OUTPUT),
+    ):
+        off = script.index("echo 0 > /sys/kernel/tracing/options/record-cmd")
+        on = script.index("echo 1 > /sys/kernel/tracing/options/record-cmd")
+        enable = script.index("echo 1 > /sys/kernel/tracing/events/")
+        assert off < enable < script.index("--kmsg") < on
+        assert on > script.rindex("uprobe_events")

@@ -115,6 +115,15 @@ def symbol_places(elf_path: Path, symbols: list[str]) -> dict[str, tuple[int, in
 # -- tracefs control, as shell commands run in the guest -----------------------------------------
 
 
+ERR_FILE = "/tmp/uph-err"  # a guest script's last tracefs write error (2>ERR_FILE)
+
+
+def say_error(words: str) -> str:
+    """Shell: print 'WORDS ERROR' with the first line of ERR_FILE, by the shell's own `read`
+    (a `$(cat ...)` forks and execs: ~30 ms under TCG, once per refused sweep form)."""
+    return f'{{ read -r e < {ERR_FILE}; echo "{words} $e"; }}'
+
+
 def add_command(probe: Probe) -> str:
     return f"echo {shlex.quote(probe.definition())} >> {TRACEFS}/uprobe_events"
 

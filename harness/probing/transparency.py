@@ -97,7 +97,7 @@ def batched_run_script(path: str, program_probes: list[Probe], output: str) -> s
         lines.append(_add(probe, Probe(BATCH_EVENT, probe.path, probe.offset, probe.kind)))
     lines += [
         _mark("register"),
-        f'echo 1 > {enable} 2>/tmp/uph-err || echo "unbatched $(cat /tmp/uph-err)"',
+        f"echo 1 > {enable} 2>{probes.ERR_FILE} || {probes.say_error('unbatched')}",
         _mark("enable"),
         f'{shlex.quote(path)} --kmsg --twice > {shlex.quote(output)} 2>&1; echo "status=$?"',
         _mark("run"),
@@ -107,20 +107,24 @@ def batched_run_script(path: str, program_probes: list[Probe], output: str) -> s
 
 
 def _fresh_tracing() -> list[str]:
-    """Script lines: no probes left, an empty and large enough trace buffer, tracing on."""
+    """Script lines: no probes left, an empty and large enough trace buffer, tracing on,
+    and no comm recording: with it on, each time the number of enabled events goes 0 -> 1
+    the kernel registers its sched_switch/sched_wakeup probes again
+    (tracing_start_cmdline_record()), and a tracepoint going 1 -> 0 -> 1 waits for an RCU
+    grace period (tp_rcu_cond_sync()): ~28 ms under TCG for every refused probe of a
+    one-event-per-probe run (the trace's comm column reads <...>; nothing parses it)."""
     return [
         probes.remove_all_command(),
         f"echo 16384 > {TRACEFS}/buffer_size_kb; echo > {TRACEFS}/trace; "
-        f"echo 1 > {TRACEFS}/tracing_on",
+        f"echo 0 > {TRACEFS}/options/record-cmd; echo 1 > {TRACEFS}/tracing_on",
     ]
 
 
 def _add(probe: Probe, defined: Probe) -> str:
     """Script line: define `defined` (the probe itself, or the probe as a location of the
     batch event); a refusal is printed as 'refused NAME add ERROR' with the probe's name."""
-    return (
-        f"{probes.add_command(defined)} 2>/tmp/uph-err || "
-        f'echo "refused {probe.name} add $(cat /tmp/uph-err)"'
+    return f"{probes.add_command(defined)} 2>{probes.ERR_FILE} || " + probes.say_error(
+        f"refused {probe.name} add"
     )
 
 
@@ -133,6 +137,7 @@ def _report(output: str, counts_command: str) -> list[str]:
         f"echo ===; cat {TRACEFS}/per_cpu/cpu*/stats",
         _mark("report"),
         probes.remove_all_command(),
+        f"echo 1 > {TRACEFS}/options/record-cmd",  # as the other scenarios expect it
         _mark("remove"),
     ]
 
@@ -160,8 +165,9 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
         enable = f"{group}/{probe.name}/enable"
         lines.append(
             f'[ ! -e {enable} ] || {{ read v < {enable}; [ "$v" = 1 ] || '
-            f"echo 1 > {enable} 2>/tmp/uph-err || "
-            f'echo "refused {probe.name} enable $(cat /tmp/uph-err)"; }}'
+            f"echo 1 > {enable} 2>{probes.ERR_FILE} || "
+            + probes.say_error(f"refused {probe.name} enable")
+            + "; }"
         )
     lines += [
         _mark("enable"),
@@ -191,7 +197,7 @@ def run_cases(
     while they are enabled (probed_run_script), so that a refusal names its error and the
     verdict of such a case is the one the one-event-per-probe run gives. With `phases`, the
     wall time of each run (unprobed, batched, alone) and of each step inside the guest's
-    probed-run scripts (guest_register, guest_run, ...) is added there."""
+    probed-run scripts (batched.register, alone.run, ...) is added there."""
     timer = phases if phases is not None else PhaseTimer()
     with timer("unprobed"):
         unprobed = guest.run([guest_path, "--twice"], timeout=300)
@@ -216,7 +222,7 @@ def run_cases(
     run = _ProbedRun(guest, case_probes, expected, unprobed.status, timer)
     batched = batched_run_script(guest_path, [case_probes[c.name] for c in in_batch], OUTPUT)
     with timer("batched"):
-        verdicts, runs, unbatched = run.verdicts(batched, in_batch, at_address)
+        verdicts, runs, unbatched = run.verdicts(batched, in_batch, at_address, "batched")
     again = [
         case
         for case in program.cases
@@ -227,7 +233,7 @@ def run_cases(
     if again:
         alone = probed_run_script(guest_path, [case_probes[c.name] for c in again], OUTPUT)
         with timer("alone"):
-            more, more_runs, _ = run.verdicts(alone, again, None)
+            more, more_runs, _ = run.verdicts(alone, again, None, "alone")
         verdicts.update(more)
         runs.update(more_runs)
     if states is not None:
@@ -246,18 +252,22 @@ class _ProbedRun:
     phases: PhaseTimer
 
     def verdicts(
-        self, script: str, cases: Sequence[insn.Case], at_address: dict[int, str] | None
+        self,
+        script: str,
+        cases: Sequence[insn.Case],
+        at_address: dict[int, str] | None,
+        label: str,
     ) -> tuple[dict[str, CaseVerdict], dict[str, list], bool]:
         """Run `script` (probing `cases`); their verdicts, their (unprobed, probed) states,
         and whether the script said its multi-probe event could not be enabled. Hits are
         counted per event name, or per address of the batch event (`at_address`:
-        {address: probe name})."""
+        {address: probe name}). The script's steps are timed as "LABEL.STEP"."""
         guest = self.guest
         console_start = guest.vm.console_offset()
         # as a script, not `sh -c SCRIPT`: one argument is limited to 128 KiB (MAX_ARG_STRLEN)
         result = guest.run(script, timeout=600)
         for step, seconds in step_seconds(result.stderr).items():
-            self.phases.add(f"guest_{step}", seconds)
+            self.phases.add(f"{label}.{step}", seconds)
         time.sleep(0.1)  # let the console drain the last lines
         crashes = crashes_by_case(guest.vm.console_since(console_start))
         main_text, counts_text, stats_text = (result.stdout.split("===\n") + ["", ""])[:3]
