@@ -277,7 +277,7 @@ def fingerprint(mutant: Mutant, options: RunOptions) -> dict:
 
 
 def save_result(result: MutantResult, mutant: Mutant, options: RunOptions) -> None:
-    from harness.nightly.runner import harness_version
+    from harness.version import harness_version
 
     path = options.results_dir / mutant.name / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,21 +19,20 @@ import logging
 import os
 import re
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, children
+from harness import children
 from harness.errors import HarnessError
 from harness.jobs import scenario_run
 from harness.nightly.matrix import Cell, Matrix
-from harness.paths import REPO_ROOT
 from harness.results import regressions, report
 from harness.results.db import Result, ResultsDB
 from harness.results.outcome import FAILING
 from harness.results.outcome import severity as outcome_severity
+from harness.version import harness_version
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +62,6 @@ def now() -> str:
 
 def default_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def harness_version() -> str:
-    """Package version + git commit of the harness, + a digest of local changes if dirty."""
-
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short=12", "HEAD")
-    if not commit:
-        return __version__
-    diff = git("diff", "HEAD", "--", "harness", "testcases", "conftest.py")
-    dirty = f"-dirty.{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
-    return f"{__version__}+g{commit}{dirty}"
 
 
 def input_digest(row: dict) -> str:
