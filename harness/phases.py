@@ -32,4 +32,9 @@ class PhaseTimer:
             self.add(name, time.monotonic() - started)
 
     def summary(self) -> str:
-        return " ".join(f"{name}={seconds:.1f}" for name, seconds in self.seconds.items())
+        return summary(self.seconds)
+
+
+def summary(seconds: dict[str, float]) -> str:
+    """{phase: seconds} as "prepare=1.2 register=30.4" (the `phases` property's format)."""
+    return " ".join(f"{name}={value:.1f}" for name, value in seconds.items())

@@ -14,6 +14,7 @@ import pytest
 from harness.errors import HarnessError
 from harness.machine.vm import VM
 from harness.phases import PhaseTimer
+from harness.phases import summary as phase_summary
 from harness.probing.guest import Guest, Hits
 from harness.probing.probes import Probe, symbol_offset, symbol_offsets
 from harness.probing.targets import compile_target
@@ -308,9 +309,9 @@ def instruction_sweep(request, guest, kernel, vm_pool, _insn_results):
         ]
         try:
             _insn_results[key] = sweep.sweep_guest(guest, kernel, helpers=helpers)
-            timings = _insn_results[key].timings  # where the sweep spent its time
+            # where the sweep spent its time
             request.node.user_properties.append(
-                ("phases", " ".join(f"{name}={t:.1f}" for name, t in timings.items()))
+                ("phases", phase_summary(_insn_results[key].timings))
             )
         except Exception as error:  # one failed sweep, not one per class test
             _insn_results[key] = error

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.phases import PhaseTimer
+from harness.phases import summary as phase_summary
 from harness.probing import insn, transparency
 from harness.probing.targets import target_from_binary
 from harness.results import known_bugs
@@ -463,8 +464,7 @@ def format_report(report: SweepReport, limit: int = 0) -> str:
     lines.append(f"generated {report.candidates} candidates; dropped {dropped}")
     if report.timings:
         lines.append(
-            "seconds per phase, summed over the machines: "
-            + " ".join(f"{name}={seconds:.1f}" for name, seconds in report.timings.items())
+            "seconds per phase, summed over the machines: " + phase_summary(report.timings)
         )
     refused = Counter(r.verdict.detail for r in report.results if r.outcome == "refused")
     if refused:
