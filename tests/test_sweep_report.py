@@ -170,3 +170,40 @@ def test_an_error_in_one_guest_is_raised(monkeypatch):
     monkeypatch.setattr(sweep, "_run_batch", run_batch)
     with pytest.raises(sweep.HarnessError, match="did not link"):
         sweep.run_sweep(["a", "b"], _batched_forms(4), batch=2)
+
+
+def test_the_emulator_check_runs_only_the_odd_cases_and_keeps_their_verdicts():
+    """The second unprobed run and the TF run name the forms that were not identical (the
+    driver runs the named cases only); a form whose runs agree keeps its verdict. The guest
+    is faked: the program runs on the host."""
+    import subprocess
+
+    from harness.machine.ssh import Result
+    from harness.probing import insn
+
+    forms = [
+        sweep_corpus.Form("sw-add", "onebyte", bytes.fromhex("4801d8"), False, b"", "add rax, rbx"),
+        sweep_corpus.Form("sw-xor", "onebyte", bytes.fromhex("4831c9"), False, b"", "xor rcx, rcx"),
+    ]
+    program = insn.build_program([sweep_corpus.to_case(f) for f in forms], "emucheck")
+    asked = []
+
+    class Guest:
+        def run(self, cmd, timeout=None):
+            asked.append(cmd[1:])
+            out = subprocess.run([str(program.binary), *cmd[1:]], capture_output=True, text=True)
+            return Result(out.returncode, out.stdout, out.stderr)
+
+    native = insn.parse_output(
+        subprocess.run([str(program.binary), "--twice"], capture_output=True, text=True).stdout
+    )
+    states = {f.name: [(native[f.name], native[f.name])] for f in forms}
+    verdicts = {
+        "sw-add": transparency.CaseVerdict("sw-add", "differs", "rax: 1 != 2", 2),
+        "sw-xor": transparency.CaseVerdict("sw-xor", "identical", "", 2),
+    }
+    checked = sweep.check_emulator(
+        Guest(), "/tmp/p", program, forms, verdicts, states, sweep._host_cpu_flags()
+    )
+    assert asked == [["--twice", "sw-add"], ["--tf", "sw-add"]]
+    assert checked == verdicts  # the same state twice, TF stops where the CPU stops
