@@ -12,6 +12,9 @@ machine would start the vmlinux through PVH (named "<machine>/bzImage"), interle
 --against REV boots REV's kernel, image and machine definition (a worktree of REV, its own
 bench_boot.py, one boot at a time) interleaved with this tree's, and prints the ratio
 after/before; REV must have this script's --json (one JSON line per boot).
+
+--record appends the medians of one machine type to benchmarks/figures.jsonl (figures
+boot_smp1 and boot_smp4; see benchmarks/figures.py), REV's too with --against.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,7 +47,11 @@ def main() -> int:
     parser.add_argument("--bzimage", action="store_true", help="also boot from the bzImage")
     parser.add_argument("--against", metavar="REV", help="compare with a worktree of REV")
     parser.add_argument("--json", action="store_true", help="one JSON line per boot")
+    parser.add_argument("--record", action="store_true", help="record the figures (see above)")
     args = parser.parse_args()
+    if args.record and ("," in args.machines or args.bzimage or args.json):
+        print("bench_boot.py: --record measures one machine type", file=sys.stderr)
+        return 2
     if args.against:
         if "," in args.machines or args.bzimage:
             print(
@@ -85,6 +94,8 @@ def main() -> int:
                     print(json.dumps(boot | dict(accel=accel, seconds=vm.boot_seconds)), flush=True)
         if args.json:
             continue
+        if args.record and figures.defined(f"boot_smp{smp}"):
+            figures.record(f"boot_smp{smp}", times[machines[0]])
         first = statistics.median(times[machines[0]])
         for machine in machines:
             median = statistics.median(times[machine])
@@ -123,6 +134,14 @@ def against(args) -> int:
                     times[label].append(boot["seconds"])
                     machine[label] = f"{boot.get('qemu_machine', boot['machine'])}, {boot['accel']}"
             base = statistics.median(times[args.against])
+            if args.record and figures.defined(f"boot_smp{smp}"):
+                figures.record(
+                    f"boot_smp{smp}",
+                    times[args.against],
+                    figures.BEFORE,
+                    figures.current_rev(before),
+                )
+                figures.record(f"boot_smp{smp}", times["current"])
             for label, _ in trees:
                 median = statistics.median(times[label])
                 print(

@@ -6,7 +6,11 @@ from-scratch build, for one kernel source. Prints medians; run on an idle machin
 Incremental: each run applies a one-line patch to kernel/trace/trace_uprobe.c with a new
 comment, so the artefact key changes and make recompiles that file and relinks.
 From scratch: a fresh build directory (temporary cache), ccache disabled, sources already
-extracted (extraction is reported separately by the harness as prepare_s)."""
+extracted (extraction is reported separately by the harness as prepare_s).
+
+With --scratch-only, --against REV interleaves REV's own from-scratch builds (its
+bench_build.py in a worktree of REV: its config) with this tree's, and --record appends
+make's seconds to benchmarks/figures.jsonl as the figure scratch_build (REV's too)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 from unittest import mock
+
+import figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -66,9 +72,19 @@ def main() -> int:
     parser.add_argument(
         "--scratch-only", action="store_true", help="only the from-scratch build(s), --runs of them"
     )
+    parser.add_argument("--against", metavar="REV", help="with --scratch-only: REV's too")
+    parser.add_argument("--record", action="store_true", help="with --scratch-only: record")
     args = parser.parse_args()
+    if (args.against or args.record) and not args.scratch_only:
+        print("bench_build.py: --against and --record go with --scratch-only", file=sys.stderr)
+        return 2
+    if args.against:
+        return scratch_against(args.kernel, args.runs, args.against, args.record)
     if args.scratch_only:
-        return scratch(args.kernel, args.runs)
+        makes = scratch(args.kernel, args.runs)
+        if args.record:
+            figures.record("scratch_build", makes, note=args.kernel)
+        return 0
 
     baseline_s, base = timed(kernel.BuildRequest(kernel=args.kernel, series="none"))
     print(f"{args.kernel}: baseline build {baseline_s:.1f}s (cached={base.cached})")
@@ -103,8 +119,9 @@ def main() -> int:
     return 0
 
 
-def scratch(kernel_spec: str, runs: int) -> int:
-    """From-scratch builds: a fresh cache each (sources extracted again), ccache disabled."""
+def scratch(kernel_spec: str, runs: int) -> list[float]:
+    """From-scratch builds: a fresh cache each (sources extracted again), ccache disabled;
+    make's seconds of each."""
     makes = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cache:
@@ -128,6 +145,45 @@ def scratch(kernel_spec: str, runs: int) -> int:
             )
     if runs > 1:
         print(f"from scratch: make median {statistics.median(makes):.0f}s of {runs}")
+    return makes
+
+
+def scratch_against(kernel_spec: str, runs: int, rev: str, record: bool) -> int:
+    """From-scratch builds of REV (its own bench_build.py in a worktree) and of this tree,
+    one at a time, interleaved."""
+    import re
+    import subprocess
+
+    from against import worktree
+
+    makes: dict[str, list[float]] = {rev: [], "current": []}
+    with worktree(rev) as before:
+        for _ in range(runs):
+            done = subprocess.run(
+                [sys.executable, "benchmarks/bench_build.py", "--kernel", kernel_spec]
+                + ["--scratch-only", "--runs", "1"],
+                cwd=before,
+                capture_output=True,
+                text=True,
+            )
+            found = re.search(r"make (\d+)s\)", done.stdout)
+            if done.returncode != 0 or not found:
+                raise SystemExit(f"bench_build.py in {before} failed:\n{done.stderr[-2000:]}")
+            print(f"{rev}: {done.stdout.strip()}", flush=True)
+            makes[rev].append(float(found[1]))
+            makes["current"] += scratch(kernel_spec, 1)
+        before_rev = figures.current_rev(before)
+    base = statistics.median(makes[rev])
+    for label, values in makes.items():
+        median = statistics.median(values)
+        print(
+            f"{label}: from scratch, make median {median:.0f}s "
+            f"({', '.join(f'{v:.0f}' for v in values)}), x{median / base:.2f} vs {rev}"
+        )
+    if record:
+        note = kernel_spec
+        figures.record("scratch_build", makes[rev], figures.BEFORE, before_rev, note)
+        figures.record("scratch_build", makes["current"], note=note)
     return 0
 
 

@@ -9,7 +9,10 @@ first, untimed run builds it (ccache shares the objects of debian:6.1, built at 
 place in the sandbox). Each timed run adds another function to uprobes.c, so make
 recompiles it and relinks. Prints the median and every run; run on an idle machine.
 
-  python benchmarks/bench_edit_verdict.py [--runs 3] [--family riprel] [-- PYTEST ARGS]
+  python benchmarks/bench_edit_verdict.py [--runs 3] [--family riprel] [--record] [-- PYTEST ARGS]
+
+--record appends the runs to benchmarks/figures.jsonl as the figure edit_verdict (the
+riprel family, no pytest arguments; see benchmarks/figures.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -87,8 +92,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--family", default="riprel")
+    parser.add_argument("--record", action="store_true", help="record the figure (see above)")
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
+    if args.record and (args.family != "riprel" or args.pytest_args):
+        print("bench_edit_verdict.py: --record measures the riprel family alone", file=sys.stderr)
+        return 2
 
     tree = developer_tree()
     edit_and_commit(tree, 0)
@@ -105,6 +114,8 @@ def main() -> int:
         f"edit -> verdict ({args.family}): median {statistics.median(runs):.1f}s of "
         f"{len(runs)} ({', '.join(f'{s:.1f}' for s in runs)})"
     )
+    if args.record:
+        figures.record("edit_verdict", runs)
     return 0
 
 

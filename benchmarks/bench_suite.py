@@ -27,6 +27,9 @@ interleaved, with the ratio against the first:
 
 --no-warmup skips the first, unmeasured run of each variant (for long selections on a
 kernel that is built and targets that are compiled already).
+
+--record (without a selection of tests, with or without --against REV) appends the
+figures pytest_smp and full_suite to benchmarks/figures.jsonl (see benchmarks/figures.py).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import figures  # noqa: E402
 from against import worktree  # noqa: E402
 
 from harness.results import report  # noqa: E402
@@ -119,10 +123,25 @@ def main() -> int:
     parser.add_argument("--against", metavar="REV", help="compare with a worktree of REV")
     parser.add_argument("--workers", help="e.g. 1,2: compare numbers of pytest-xdist workers")
     parser.add_argument("--no-warmup", action="store_true", help="no unmeasured first run")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="no selection: record pytest_smp and full_suite (with --against, REV's too)",
+    )
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
     machines = args.machines.split(",") if args.machines else []
     warmup = not args.no_warmup
+    selecting = [
+        a for a in args.extra if a in ("-m", "-k") or a.startswith(("-m=", "-k=", "testcases"))
+    ]
+    if args.record and (selecting or args.workers or len(machines) > 1):
+        print(
+            "bench_suite.py: --record measures the two figures (`-m smp` and the full suite) "
+            "on one machine type, without a selection or --workers",
+            file=sys.stderr,
+        )
+        return 2
     if args.workers:
         if args.against or machines:
             print("bench_suite.py: --workers goes alone", file=sys.stderr)
@@ -140,6 +159,14 @@ def main() -> int:
             return 2
         selection = [f"--machine={m}" for m in machines]
         with worktree(args.against) as before:
+            if args.record:  # the two figures, for REV and for this tree
+                return suite_figures(
+                    [(args.against, before), ("current", ROOT)],
+                    args.runs,
+                    args.extra + selection,
+                    warmup,
+                    record=True,
+                )
             return compare(
                 [(args.against, before, selection), ("current", ROOT, selection)],
                 args.runs,
@@ -150,9 +177,6 @@ def main() -> int:
         return compare(
             [(m, ROOT, [f"--machine={m}"]) for m in machines], args.runs, args.extra, warmup
         )
-    selecting = [
-        a for a in args.extra if a in ("-m", "-k") or a.startswith(("-m=", "-k=", "testcases"))
-    ]
     if selecting:
         print(
             f"bench_suite.py: {' '.join(selecting)} would replace the full suite with a "
@@ -160,29 +184,51 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    run([], args.extra)  # warm-up: kernel and targets built, keys made
-    smp = [run(["-m", "smp"], args.extra)[0] for _ in range(args.runs)]
-    full: list[float] = []
-    shares: dict[str, list[float]] = defaultdict(list)
-    for _ in range(args.runs):
-        elapsed, results = run([], args.extra)
-        full.append(elapsed)
-        per_family: dict[str, float] = defaultdict(float)
-        for result in results:
-            per_family[result.family] += result.seconds
-        total = sum(per_family.values()) or 1.0
-        for family, seconds in per_family.items():
-            shares[family].append(100 * seconds / total)
-    print(
-        f"pytest -m smp: median {statistics.median(smp):.1f}s "
-        f"({', '.join(f'{s:.1f}' for s in smp)})"
-    )
-    print(
-        f"full suite:    median {statistics.median(full):.1f}s "
-        f"({', '.join(f'{s:.1f}' for s in full)})"
-    )
-    for family in sorted(shares):
-        print(f"  {family:<8} {statistics.median(shares[family]):5.1f}% of test time")
+    return suite_figures([("current", ROOT)], args.runs, args.extra, warmup, args.record)
+
+
+def suite_figures(
+    trees: list[tuple[str, Path]], runs: int, extra: list[str], warmup: bool, record: bool
+) -> int:
+    """The figures pytest_smp and full_suite for each tree (the last is this one), runs
+    interleaved; with `record`, appended to benchmarks/figures.jsonl."""
+    for _, tree in trees if warmup else []:  # kernel and targets built, keys made
+        run([], extra, tree)
+    smp: dict[str, list[float]] = defaultdict(list)
+    full: dict[str, list[float]] = defaultdict(list)
+    shares: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for _ in range(runs):
+        for label, tree in trees:
+            smp[label].append(run(["-m", "smp"], extra, tree)[0])
+            print(f"  {label}: pytest -m smp {smp[label][-1]:.1f}s", flush=True)
+    for _ in range(runs):
+        for label, tree in trees:
+            elapsed, results = run([], extra, tree)
+            full[label].append(elapsed)
+            outcomes = Counter(r.outcome for r in results)
+            print(
+                f"  {label}: full suite {elapsed:.1f}s, {len(results)} results "
+                f"({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))})",
+                flush=True,
+            )
+            per_family: dict[str, float] = defaultdict(float)
+            for result in results:
+                per_family[result.family] += result.seconds
+            total = sum(per_family.values()) or 1.0
+            for family, seconds in per_family.items():
+                shares[label][family].append(100 * seconds / total)
+    for label, tree in trees:
+        for name, walls in (("pytest -m smp", smp[label]), ("full suite", full[label])):
+            print(
+                f"{label}: {name}: median {statistics.median(walls):.1f}s "
+                f"({', '.join(f'{s:.1f}' for s in walls)})"
+            )
+        for family in sorted(shares[label]):
+            print(f"  {family:<10} {statistics.median(shares[label][family]):5.1f}% of test time")
+        if record:
+            which = figures.NOW if tree == ROOT else figures.BEFORE
+            figures.record("pytest_smp", smp[label], which, figures.current_rev(tree))
+            figures.record("full_suite", full[label], which, figures.current_rev(tree))
     return 0
 
 

@@ -7,6 +7,7 @@ import contextlib
 import re
 import sys
 
+from harness import children
 from harness.errors import HarnessError, InfraError
 from harness.progress import configure_logging
 from harness.results import regressions
@@ -726,7 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        return args.func(args)
+        # SIGTERM unwinds like Ctrl-C: guests shut down, their work directories go
+        with children.sigterm_interrupts():
+            return args.func(args)
     except InfraError as error:
         print(f"uprobe-harness: infrastructure error: {error}", file=sys.stderr)
         return EXIT_INFRA

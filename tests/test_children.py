@@ -143,3 +143,36 @@ def test_children_get_sigint_back_when_the_harness_ignores_it():
     )
     assert not ignored & (1 << (signal.SIGINT - 1)), "the child inherited an ignored SIGINT"
     assert not ignored & (1 << (signal.SIGTERM - 1))
+
+
+def test_sigterm_unwinds_every_command_like_ctrl_c():
+    """SIGTERM to `python -m harness ...` runs the command's `finally` clauses (guests shut
+    down, their work directories removed) and exits 130 like Ctrl-C."""
+    script = textwrap.dedent("""
+        import sys, time
+        from harness import cli
+        def slow(args):
+            try:
+                print("ready", flush=True)
+                time.sleep(60)
+            finally:
+                print("unwound", flush=True)
+        cli.cmd_console = slow
+        sys.exit(cli.main(["console", "any.log"]))
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert out == "unwound\n"
+    assert "uprobe-harness: interrupted" in err

@@ -4,10 +4,13 @@ sweep` (QEMU child) on the default kernel, killed with SIGKILL or SIGTERM as soo
 process runs below them."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +31,7 @@ def test_killing_the_harness_leaves_no_process_behind(tmp_path, entry, signum):
     argv = [sys.executable, "-m", "harness", *COMMANDS[entry]]
     if entry == "main":
         argv[4:4] = ["--results", str(tmp_path / "results")]
+    workdirs = set(Path(tempfile.gettempdir()).glob("uph-sweep-*"))
     proc = subprocess.Popen(
         argv,
         cwd=REPO_ROOT,
@@ -56,7 +60,12 @@ def test_killing_the_harness_leaves_no_process_behind(tmp_path, entry, signum):
         assert not left, (
             f"left behind after {signal.Signals(signum).name} of harness {entry}: {left}"
         )
+        new_workdirs = set(Path(tempfile.gettempdir()).glob("uph-sweep-*")) - workdirs
+        if signum == signal.SIGTERM:  # unwinds: the guests' work directories go too
+            assert not new_workdirs, f"work directories left after SIGTERM: {new_workdirs}"
     finally:
+        for leftover in set(Path(tempfile.gettempdir()).glob("uph-sweep-*")) - workdirs:
+            shutil.rmtree(leftover, ignore_errors=True)  # SIGKILL: nothing can clean up
         if proc.poll() is None:
             proc.kill()
             proc.wait()

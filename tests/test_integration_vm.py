@@ -138,16 +138,20 @@ SCRIPT = textwrap.dedent("""
     from harness.machine import image
     from harness.build import kernel
     from harness.machine.vm import VM, MachineSpec
-    vm = VM(kernel.build(kernel.BuildRequest()), image.build_image(), MachineSpec()).start()
+    vm = VM(kernel.build(kernel.BuildRequest()), image.build_image(), MachineSpec(),
+            workdir=sys.argv[1]).start()  # under the test's tmp_path: no /tmp/uph-vm-* left
     print(vm._child.pid, flush=True)
     time.sleep(600)
 """)
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
-def test_qemu_dies_with_the_harness(built, img, how):
+def test_qemu_dies_with_the_harness(built, img, how, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "vm")],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         qemu_pid = int(proc.stdout.readline())

@@ -1,0 +1,94 @@
+"""Newcomer benchmark: the README's first command, `./run main`, in a fresh clone, from the
+command's start to its exit: the virtualenv made and filled from PyPI, the default kernel
+and series (a cache hit: this machine's cache is warm, the Debian packages installed), the
+boot, every scenario, the report. Prints the median and every run with its outcome line.
+
+  python benchmarks/bench_main.py [--runs 3] [--against REV] [--record]
+
+Each run clones this repository afresh (HEAD: committed work only) into a temporary
+directory, which is removed afterwards; --against REV clones REV for runs interleaved with
+HEAD's. `./run main` must exit 0. --record appends the runs to benchmarks/figures.jsonl as
+the figure run_main (REV's too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import figures
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve(rev: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bench_main.py: {rev} is not a commit of {ROOT}")
+    return done.stdout.strip()
+
+
+def one_main(commit: str) -> tuple[float, str]:
+    """Seconds of `./run main` in a fresh clone at `commit`, and pytest's outcome line."""
+    work = Path(tempfile.mkdtemp(prefix="uph-bench-main-"))
+    clone = work / "uprobe-harness"
+    log = work / "run-main.log"
+    try:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--detach", commit], check=True)
+        started = time.monotonic()
+        with open(log, "w") as handle:
+            done = subprocess.run(["./run", "main"], cwd=clone, stdout=handle, stderr=handle)
+        seconds = time.monotonic() - started
+        text = log.read_text(errors="replace")
+        if done.returncode != 0:
+            kept = Path(tempfile.gettempdir()) / f"uph-bench-main-{commit[:12]}.log"
+            shutil.copy(log, kept)
+            raise SystemExit(f"./run main at {commit[:12]} exited {done.returncode}; log: {kept}")
+        outcome = re.findall(r"=+ (.*(?:passed|failed).* in [\d.]+s.*?) =+", text)
+        return seconds, outcome[-1] if outcome else "(no pytest summary line)"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--against", metavar="REV", help="also fresh clones of REV")
+    parser.add_argument("--record", action="store_true", help="record the figure (see above)")
+    args = parser.parse_args()
+    trees = [(args.against, resolve(args.against))] if args.against else []
+    trees.append(("current", resolve("HEAD")))
+    walls: dict[str, list[float]] = {label: [] for label, _ in trees}
+    for _ in range(args.runs):
+        for label, commit in trees:
+            seconds, outcome = one_main(commit)
+            walls[label].append(seconds)
+            print(f"  {label} ({commit[:12]}): {seconds:.0f}s, {outcome}", flush=True)
+    base = statistics.median(walls[trees[0][0]])
+    for label, _ in trees:
+        median = statistics.median(walls[label])
+        print(
+            f"{label}: ./run main in a fresh clone, median {median:.0f}s "
+            f"({', '.join(f'{s:.0f}' for s in walls[label])}), x{median / base:.2f}"
+        )
+    if args.record:
+        for label, commit in trees:
+            which = figures.NOW if label == "current" else figures.BEFORE
+            figures.record("run_main", walls[label], which, commit[:12])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
