@@ -75,15 +75,16 @@ def main() -> int:
                 timed(guest, path, site, args.calls * 10) for _ in range(args.runs)
             )
             probe = probes.Probe("cost", path, probes.symbol_offset(target.binary, symbol), kind)
-            probed = []
+            probed_runs = []
             for _ in range(args.runs):
                 guest.reset_tracing()
                 guest.add_probe(probe)
                 guest.run(f"echo 0 > {probes.TRACEFS}/tracing_on", check=True)
-                probed.append(timed(guest, path, site, args.calls))
+                probed_runs.append(timed(guest, path, site, args.calls))
                 guest.remove_probes()
-            hit = statistics.median(probed) - unprobed
-            rows.append((site, what, unprobed, statistics.median(probed), hit))
+            probed = statistics.median(probed_runs)
+            rows.append((site, what, unprobed, probed, probed - unprobed))
+    assert vm.record is not None  # set once the guest is up
     print(
         f"{built.label}{' + ' + built.series if built.series else ''}, "
         f"{vm.record.accel}/{vm.record.tcg_threads}, 1 vCPU, {args.calls} probed calls, "

@@ -96,7 +96,7 @@ def defined(figure: str) -> bool:
 
 
 def load_records(path: Path = RECORDS) -> list[Record]:
-    records = []
+    records: list[Record] = []
     if not path.exists():
         return records
     for number, line in enumerate(path.read_text().splitlines(), 1):

@@ -271,7 +271,7 @@ def main() -> int:
                             break
                         redrawn += 1
                     problem = problem or cache_answers()
-                    if not problem and before is not None and repo_state(repo[0]) != before:
+                    if not problem and repo and before and repo_state(repo[0]) != before:
                         problem = "the bisected repository changed"
                     tally[name][1] += 1
                     if problem:

@@ -114,6 +114,7 @@ def main() -> int:
     built = kernel.build(
         kernel.BuildRequest(kernel=args.kernel, series=args.series), Progress.quiet()
     )
+    assert built.system_map is not None, f"{built.label}: no System.map"
     symbols = Symbols(Path(built.system_map))
     samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
