@@ -1,5 +1,6 @@
 """The layering written in pyproject.toml ([tool.importlinter]) holds, and the checker can
-see a broken layer; mypy is clean on the package and the benchmarks. (The README's Layout tree is checked in test_readme.)"""
+see a broken layer; mypy is clean on the package and the benchmarks. (The README's Layout
+tree is checked in test_readme.)"""
 
 import shutil
 import subprocess
