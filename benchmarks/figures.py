@@ -115,15 +115,16 @@ def current_rev(tree: Path = ROOT) -> str:
     rev = subprocess.run(
         [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    dirty = subprocess.run(  # the records themselves do not make a measured tree dirty
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RECORDS.relative_to(ROOT)}"],
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
-SESSION = os.environ.get("UPH_BENCH_SESSION") or (
-    datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + f"-{os.getpid()}"
-)
+# one benchmark invocation: its own tree's runs and REV's (--against), interleaved
+SESSION = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + f"-{os.getpid()}"
 
 
 def record(
