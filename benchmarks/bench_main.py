@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,8 @@ def main() -> int:
     parser.add_argument("--against", metavar="REV", help="also fresh clones of REV")
     parser.add_argument("--record", action="store_true", help="record the figure (see above)")
     args = parser.parse_args()
+    # SIGTERM unwinds: the running command is killed, clones and worktrees are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     trees = [(args.against, resolve(args.against))] if args.against else []
     trees.append(("current", resolve("HEAD")))
     walls: dict[str, list[float]] = {label: [] for label, _ in trees}

@@ -135,13 +135,18 @@ def main() -> int:
     selecting = [
         a for a in args.extra if a in ("-m", "-k") or a.startswith(("-m=", "-k=", "testcases"))
     ]
-    if args.record and (selecting or args.workers or len(machines) > 1):
+    configuring = [a for a in args.extra if a.startswith(("--kernel", "--series"))]
+    if args.record and (selecting or configuring or args.workers or len(machines) > 1):
         print(
             "bench_suite.py: --record measures the two figures (`-m smp` and the full suite) "
-            "on one machine type, without a selection or --workers",
+            "on the default kernel and one machine type, without a selection, --kernel, "
+            "--series or --workers",
             file=sys.stderr,
         )
         return 2
+    if args.record and not args.against:
+        selection = [f"--machine={m}" for m in machines]
+        return suite_figures([("current", ROOT)], args.runs, args.extra + selection, warmup, True)
     if args.workers:
         if args.against or machines:
             print("bench_suite.py: --workers goes alone", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def main() -> int:
     parser.add_argument("--no-warmup", action="store_true", help="no unmeasured first run")
     parser.add_argument("--record", action="store_true", help="record the figure (see above)")
     args = parser.parse_args()
+    # SIGTERM unwinds: the running command is killed, clones and worktrees are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     figure = f"sweep_{args.kernel.replace(':', '_')}"
     if args.record and (args.series or not figures.defined(figure)):
         print(

@@ -115,8 +115,9 @@ def current_rev(tree: Path = ROOT) -> str:
     rev = subprocess.run(
         [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    dirty = subprocess.run(  # the records themselves do not make a measured tree dirty
-        [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RECORDS.relative_to(ROOT)}"],
+    records = f":!{RECORDS.relative_to(ROOT)}"  # they do not make a measured tree dirty
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", records],
         capture_output=True,
         text=True,
     ).stdout.strip()

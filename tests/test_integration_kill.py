@@ -31,6 +31,7 @@ def test_killing_the_harness_leaves_no_process_behind(tmp_path, entry, signum):
     argv = [sys.executable, "-m", "harness", *COMMANDS[entry]]
     if entry == "main":
         argv[4:4] = ["--results", str(tmp_path / "results")]
+    # the sweep's guests work in the temporary directory (main's under its --results)
     workdirs = set(Path(tempfile.gettempdir()).glob("uph-sweep-*"))
     proc = subprocess.Popen(
         argv,
