@@ -355,6 +355,7 @@ def cmd_mutate(args) -> int:
             baseline_series=args.baseline_series,
             baseline_only=args.baseline_only,
             resume=args.resume,
+            saved_only=args.saved_only,
         )
     )
     print(mutate.format_outcome(outcome))
@@ -634,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --results DIR of an earlier run: take each mutant's saved result "
         "(DIR/NAME/result.json) when its patches and these options are unchanged, run the rest",
+    )
+    p.add_argument(
+        "--saved-only",
+        action="store_true",
+        help="with --results DIR: print the table of the saved results (those whose "
+        "patches and options still match) and the mutants still to run; run nothing",
     )
     p.set_defaults(func=cmd_mutate)
 

@@ -1,5 +1,6 @@
 """Mutant metadata, classification and the mutation table (no kernel builds here)."""
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -339,3 +340,35 @@ def test_resume_runs_a_mutant_whose_saved_result_was_an_error(monkeypatch, tmp_p
 def test_resume_needs_the_results_directory(tmp_path):
     with pytest.raises(HarnessError, match="--results DIR"):
         mutate.run(mutate.MutateRequest(resume=True))
+
+
+def test_saved_only_prints_the_saved_results_and_what_is_left_and_runs_nothing(
+    monkeypatch, tmp_path
+):
+    from harness.build import kernel
+
+    class Built:
+        cached = True
+
+    monkeypatch.setattr(kernel, "build", lambda request: Built())
+    fake = _FakeRuns([], {f: ("failed" if f == "stack" else "passed") for f in mutate.FAMILIES})
+    monkeypatch.setattr(mutate, "run_suite", fake)
+    (tmp_path / "other").mkdir()
+    done = _mutant(tmp_path)
+    left = dataclasses.replace(_mutant(tmp_path / "other"), name="left")
+    results = tmp_path / "results"
+    mutate.run_mutant(done, mutate.RunOptions(results, scope="all", resume=True))
+    assert len(fake.calls) == 1
+    monkeypatch.setattr(mutate, "load_mutants", lambda names: [done, left])
+    monkeypatch.setattr(mutate, "run_mutant", lambda *a: pytest.fail("ran a mutant"))
+    outcome = mutate.run(mutate.MutateRequest(results_dir=results, saved_only=True))
+    assert [r.name for r in outcome.results] == ["m"] and outcome.pending == ["left"]
+    assert outcome.results[0].families["stack"].caught  # fp, declared too, missed it:
+    assert not outcome.ok and outcome.problems() == ["mutant m: not caught by fp"]
+    assert "1 of 2 mutants have a saved result; still to run: left" in mutate.format_outcome(
+        outcome
+    )
+    with pytest.raises(HarnessError, match="--results DIR"):
+        mutate.run(mutate.MutateRequest(saved_only=True))
+    with pytest.raises(HarnessError, match="no --baseline-runs"):
+        mutate.run(mutate.MutateRequest(results_dir=results, saved_only=True, baseline_runs=1))

@@ -551,6 +551,7 @@ class MutateRequest:
     baseline_series: str | None = None  # default: that kernel's default series
     baseline_only: bool = False  # run the baseline and no mutant
     resume: bool = False  # take the saved results in results_dir (see saved_result())
+    saved_only: bool = False  # run nothing: the table of the saved results, what is left
 
 
 @dataclass
@@ -559,6 +560,7 @@ class MutateOutcome:
     baseline: Baseline | None
     seconds: float
     results_dir: Path
+    pending: list[str] = field(default_factory=list)  # saved_only: mutants without a result
 
     @property
     def failed(self) -> list[MutantResult]:
@@ -600,10 +602,13 @@ def run(request: MutateRequest) -> MutateOutcome:
             "mutation run's baseline is its mutants' own kernel and default series (else "
             "it would not show that their failures are the mutants' doing)."
         )
-    if request.resume and (request.results_dir is None or request.baseline_only):
+    if (request.resume or request.saved_only) and (
+        request.results_dir is None or request.baseline_only or request.baseline_runs
+    ):
         raise HarnessError(
-            "mutate --resume takes the mutants' saved results from an earlier run's results "
-            "directory: give it with --results DIR (the baseline is not resumed)."
+            f"mutate {'--saved-only' if request.saved_only else '--resume'} takes the "
+            "mutants' saved results from an earlier run's results directory: give it with "
+            "--results DIR (the baseline is not saved: no --baseline-runs)."
         )
     mutants = [] if request.baseline_only else load_mutants(request.mutants)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -618,6 +623,15 @@ def run(request: MutateRequest) -> MutateOutcome:
         request.resume,
     )
     start = time.monotonic()
+    if request.saved_only:
+        saved = {m.name: saved_result(m, options) for m in mutants}
+        return MutateOutcome(
+            [r for r in saved.values() if r is not None],
+            None,
+            time.monotonic() - start,
+            results_dir,
+            pending=[name for name, r in saved.items() if r is None],
+        )
     baseline = None
     if request.baseline_runs:
         kernels = sorted({m.kernel for m in mutants}) or ["debian:6.1"]
@@ -643,6 +657,11 @@ def format_outcome(outcome: MutateOutcome) -> str:
         lines.append(
             f"{len(resumed)} of {len(outcome.results)} mutant(s) from saved results "
             f"(harness {', '.join(versions)}): {', '.join(r.name for r in resumed)}"
+        )
+    if outcome.pending:
+        lines.append(
+            f"{len(outcome.results)} of {len(outcome.results) + len(outcome.pending)} "
+            f"mutants have a saved result; still to run: {', '.join(outcome.pending)}"
         )
     baseline = outcome.baseline
     if baseline:
