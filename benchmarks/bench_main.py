@@ -17,7 +17,6 @@ import argparse
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,7 @@ import time
 from pathlib import Path
 
 import figures
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve(rev: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"bench_main.py: {rev} is not a commit of {ROOT}")
-    return done.stdout.strip()
+from against import ROOT, medians, resolve
 
 
 def one_main(commit: str) -> tuple[float, str]:
@@ -79,13 +66,7 @@ def main() -> int:
             seconds, outcome = one_main(commit)
             walls[label].append(seconds)
             print(f"  {label} ({commit[:12]}): {seconds:.0f}s, {outcome}", flush=True)
-    base = statistics.median(walls[trees[0][0]])
-    for label, _ in trees:
-        median = statistics.median(walls[label])
-        print(
-            f"{label}: ./run main in a fresh clone, median {median:.0f}s "
-            f"({', '.join(f'{s:.0f}' for s in walls[label])}), x{median / base:.2f}"
-        )
+    print("\n".join(medians(walls, "./run main in a fresh clone", digits=0)))
     if args.record:
         for label, commit in trees:
             which = figures.NOW if label == "current" else figures.BEFORE

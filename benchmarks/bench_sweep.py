@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import figures
-from against import ROOT, worktree
+from against import ROOT, medians, worktree
 
 
 def one_sweep(tree: Path, kernel: str, series: str | None) -> tuple[float, str]:
@@ -74,13 +73,7 @@ def main() -> int:
                 seconds, summary = one_sweep(tree, args.kernel, args.series)
                 walls[label].append(seconds)
                 print(f"  {label}: {seconds:.1f}s, {summary}", flush=True)
-        base = statistics.median(walls[trees[0][0]])
-        for label, _ in trees:
-            median = statistics.median(walls[label])
-            print(
-                f"{label}: sweep of {args.kernel}, median {median:.1f}s "
-                f"({', '.join(f'{s:.1f}' for s in walls[label])}), x{median / base:.2f}"
-            )
+        print("\n".join(medians(walls, f"sweep of {args.kernel}")))
         if args.record:
             if before is not None:
                 figures.record(
