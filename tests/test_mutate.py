@@ -370,5 +370,5 @@ def test_saved_only_prints_the_saved_results_and_what_is_left_and_runs_nothing(
     )
     with pytest.raises(HarnessError, match="--results DIR"):
         mutate.run(mutate.MutateRequest(saved_only=True))
-    with pytest.raises(HarnessError, match="no --baseline-runs"):
+    with pytest.raises(HarnessError, match="without --baseline-runs"):
         mutate.run(mutate.MutateRequest(results_dir=results, saved_only=True, baseline_runs=1))

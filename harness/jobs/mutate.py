@@ -602,13 +602,16 @@ def run(request: MutateRequest) -> MutateOutcome:
             "mutation run's baseline is its mutants' own kernel and default series (else "
             "it would not show that their failures are the mutants' doing)."
         )
-    if (request.resume or request.saved_only) and (
-        request.results_dir is None or request.baseline_only or request.baseline_runs
-    ):
+    if request.resume and (request.results_dir is None or request.baseline_only):
         raise HarnessError(
-            f"mutate {'--saved-only' if request.saved_only else '--resume'} takes the "
-            "mutants' saved results from an earlier run's results directory: give it with "
-            "--results DIR (the baseline is not saved: no --baseline-runs)."
+            "mutate --resume takes the mutants' saved results from an earlier run's results "
+            "directory: give it with --results DIR (the baseline is not resumed)."
+        )
+    if request.saved_only and (request.results_dir is None or request.baseline_runs):
+        raise HarnessError(
+            "mutate --saved-only prints the mutants' saved results of an earlier run's "
+            "results directory and runs nothing: give it with --results DIR and without "
+            "--baseline-runs."
         )
     mutants = [] if request.baseline_only else load_mutants(request.mutants)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
