@@ -140,13 +140,12 @@ def against(args) -> int:
                     machine[label] = f"{boot.get('qemu_machine', boot['machine'])}, {boot['accel']}"
             base = statistics.median(times[args.against])
             if args.record and figures.defined(f"boot_smp{smp}"):
-                figures.record(
+                figures.record_against(
                     f"boot_smp{smp}",
                     times[args.against],
-                    figures.BEFORE,
                     figures.current_rev(before),
+                    times["current"],
                 )
-                figures.record(f"boot_smp{smp}", times["current"])
             for label, _ in trees:
                 median = statistics.median(times[label])
                 print(

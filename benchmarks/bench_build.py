@@ -157,7 +157,7 @@ def scratch_against(kernel_spec: str, runs: int, rev: str, record: bool) -> int:
     import re
     import subprocess
 
-    from against import worktree
+    from against import medians, worktree
 
     makes: dict[str, list[float]] = {rev: [], "current": []}
     with worktree(rev) as before:
@@ -176,16 +176,9 @@ def scratch_against(kernel_spec: str, runs: int, rev: str, record: bool) -> int:
             makes[rev].append(float(found[1]))
             makes["current"] += [round(m) for m in scratch(kernel_spec, 1)]  # as REV's
         before_rev = figures.current_rev(before)
-    base = statistics.median(makes[rev])
-    for label, values in makes.items():
-        median = statistics.median(values)
-        print(
-            f"{label}: from scratch, make median {median:.0f}s "
-            f"({', '.join(f'{v:.0f}' for v in values)}), x{median / base:.2f} vs {rev}"
-        )
+    print("\n".join(medians(makes, "from scratch, make", digits=0)))
     if record:
-        figures.record("scratch_build", makes[rev], figures.BEFORE, before_rev)
-        figures.record("scratch_build", makes["current"])
+        figures.record_against("scratch_build", makes[rev], before_rev, makes["current"])
     return 0
 
 

@@ -74,11 +74,11 @@ def main() -> int:
                 walls[label].append(seconds)
                 print(f"  {label}: {seconds:.1f}s, {summary}", flush=True)
         print("\n".join(medians(walls, f"sweep of {args.kernel}")))
-        if args.record:
-            if before is not None:
-                figures.record(
-                    figure, walls[args.against], figures.BEFORE, figures.current_rev(before)
-                )
+        if args.record and before is not None:
+            figures.record_against(
+                figure, walls[args.against], figures.current_rev(before), walls["current"]
+            )
+        elif args.record:
             figures.record(figure, walls["current"])
     return 0
 

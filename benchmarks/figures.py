@@ -156,6 +156,12 @@ def record(
     return entry
 
 
+def record_against(figure: str, before: list[float], before_rev: str, now: list[float]) -> None:
+    """Record REV's runs ("before") and this tree's of one --against invocation."""
+    record(figure, before, BEFORE, before_rev)
+    record(figure, now)
+
+
 def rows(figures: list[Figure], records: list[Record]) -> list[Row]:
     """Each figure with the latest session that measured this tree ("now")."""
     table = []
