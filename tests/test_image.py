@@ -252,6 +252,9 @@ def test_init_is_valid_sh(tmp_path, modules):
         assert f"mnt {fs} " in text
     assert "10.0.2.15/24" in text and "via 10.0.2.2" in text
     assert "/etc/rc.local" in text
+    # comm recording off before any scenario (see init.sh.j2)
+    assert "echo 0 > /sys/kernel/tracing/options/record-cmd" in text
+    assert text.index("mnt tracefs") < text.index("options/record-cmd")
     positions = [text.index(f"insmod /lib/modules/{m}") for m in modules]
     assert positions == sorted(positions)
     if modules:

@@ -158,16 +158,17 @@ def test_run_cases_adds_its_phases(program):
     assert phases.seconds["batched.run"] == 2.5
 
 
-def test_comm_recording_is_off_while_probes_are_enabled_and_restored_after():
-    """A refused probe's enable would otherwise register the sched tracepoints again and
-    wait for an RCU grace period (see _fresh_tracing)."""
-    probe = probes.Probe("c0", "/tmp/p", 0x1000)
-    for script in (
-        transparency.batched_run_script("/tmp/p", [probe], transparency.OUTPUT),
-        transparency.probed_run_script("/tmp/p", [probe], transparency.OUTPUT),
-    ):
-        off = script.index("echo 0 > /sys/kernel/tracing/options/record-cmd")
-        on = script.index("echo 1 > /sys/kernel/tracing/options/record-cmd")
-        enable = script.index("echo 1 > /sys/kernel/tracing/events/")
-        assert off < enable < on
-        assert on > script.rindex("uprobe_events")
+def test_probed_run_enables_each_probe_once_by_its_own_file():
+    """No write to the group's enable file: it would try every probe, and a refused one
+    would then be tried again alone to name its error (each refused attempt waits for RCU
+    grace periods). A probe whose definition was refused has no enable file."""
+    named = [probes.Probe(f"c{i}", "/tmp/p", 0x1000 + 16 * i) for i in range(3)]
+    script = transparency.probed_run_script("/tmp/p", named, transparency.OUTPUT)
+    group = f"/sys/kernel/tracing/events/{probes.GROUP}"
+    assert f"echo 1 > {group}/enable" not in script  # (remove_all disables it: echo 0)
+    for probe in named:
+        enable = f"{group}/{probe.name}/enable"
+        assert script.count(f"echo 1 > {enable}") == 1
+        assert f"[ ! -e {enable} ] ||" in script
+        assert f"refused {probe.name} enable" in script
+    assert "record-cmd" not in script
