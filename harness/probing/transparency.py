@@ -144,8 +144,8 @@ def probed_run_script(path: str, program_probes: list[Probe], output: str) -> st
     piece for a definition) and enabled by its own write, once (a write to the group's enable
     file would try every probe, and a refused one would be tried again alone to name its
     error: each refused attempt registers and unregisters, waiting for RCU grace periods),
-    so that `refused NAME add|enable ERROR` names it. When none could be enabled, the program is killed instead of run
-    ("status=skipped")."""
+    so that `refused NAME add|enable ERROR` names it. When none could be enabled, the
+    program is killed instead of run ("status=skipped")."""
     group = f"{TRACEFS}/events/{probes.GROUP}"
     lines = [_mark("start"), *_fresh_tracing()] + [
         f"{shlex.quote(path)} --pause --kmsg --twice > {shlex.quote(output)} 2>&1 & pid=$!",
