@@ -1,6 +1,14 @@
+import signal
 import subprocess
 
 import pytest
+
+# A run started in the background by a non-interactive shell (`./run tests &`, nohup, some CI
+# runners) inherits SIGINT ignored, and an ignored signal stays ignored across exec: every
+# process a test starts would ignore it too, and the tests that interrupt a harness with
+# SIGINT would wait for nothing. A handler (not inherited across exec) gives them the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
