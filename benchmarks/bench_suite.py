@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -49,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import figures  # noqa: E402
 from against import worktree  # noqa: E402
 
+from harness.jobs import scenario_run  # noqa: E402
 from harness.results import report  # noqa: E402
 
 
@@ -71,10 +70,9 @@ def run(
             *selection,
             *extra,
         ]
-        started = time.monotonic()
-        subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        elapsed = time.monotonic() - started
-        return elapsed, report.read_junit(junit)
+        # stopped with its VMs when this benchmark gets SIGINT or SIGTERM
+        finished = scenario_run.run(cmd, junit, log=Path(tmp) / "pytest.log", cwd=cwd)
+        return finished.seconds, report.read_junit(junit)
 
 
 def workers_arguments(workers: int) -> list[str]:
