@@ -153,6 +153,26 @@ static bool condition(unsigned cc, unsigned long long flags)
 	return base[cc >> 1 & 7] != (cc & 1);
 }
 
+/* a push/pop on the trapped child's stack: 0, or -1 (nothing moved) when it cannot be accessed */
+static int push(pid_t pid, struct user_regs_struct *regs, unsigned long long value)
+{
+	if (ptrace(PTRACE_POKEDATA, pid, (void *)(regs->rsp - 8), (void *)value))
+		return -1;
+	regs->rsp -= 8;
+	return 0;
+}
+
+static int pop(pid_t pid, struct user_regs_struct *regs, unsigned long long *value)
+{
+	errno = 0;
+	long word = ptrace(PTRACE_PEEKDATA, pid, (void *)regs->rsp, NULL);
+	if (errno)
+		return -1;
+	regs->rsp += 8;
+	*value = (unsigned long long)word;
+	return 0;
+}
+
 /* the site's instruction carried out on the trapped child (trapped: its registers `at`):
  * 1 done, 0 not emulated, -1 the child's stack could not be read or written; on 0 and -1
  * the child's registers are still `at` (the caller steps the instruction: it faults as it
@@ -160,52 +180,42 @@ static bool condition(unsigned cc, unsigned long long flags)
 static int emulate(pid_t pid, const struct site *site, const struct user_regs_struct *at)
 {
 	struct user_regs_struct copy = *at, *regs = &copy;
-	uint64_t next = site->addr + site->length;
-	long value;
+	unsigned long long value;
+	regs->rip = site->addr + site->length; /* the next insn; jumps add their displacement */
 	switch (site->how) {
 	case ENDBR64:
-		regs->rip = next;
 		break;
-	case PUSH:
-		value = (long)*reg_field(regs, site->reg); /* push rsp: the value before */
-		if (ptrace(PTRACE_POKEDATA, pid, (void *)(regs->rsp - 8), (void *)value))
+	case PUSH: /* push rsp: the value before the push */
+		if (push(pid, regs, *reg_field(regs, site->reg)))
 			return -1;
-		regs->rsp -= 8, regs->rip = next;
 		break;
-	case POP:
-		errno = 0;
-		value = ptrace(PTRACE_PEEKDATA, pid, (void *)regs->rsp, NULL);
-		if (errno)
+	case POP: /* pop rsp: the value read wins over the increment */
+		if (pop(pid, regs, &value))
 			return -1;
-		regs->rsp += 8; /* pop rsp: the value read wins */
-		*reg_field(regs, site->reg) = (unsigned long long)value;
-		regs->rip = next;
+		*reg_field(regs, site->reg) = value;
 		break;
 	case MOV64:
 		*reg_field(regs, site->reg) = *reg_field(regs, site->src);
-		regs->rip = next;
 		break;
 	case MOV32:
 		*reg_field(regs, site->reg) = (uint32_t)*reg_field(regs, site->src);
-		regs->rip = next;
 		break;
 	case JMP:
-		regs->rip = next + (int64_t)site->displacement;
+		regs->rip += (int64_t)site->displacement;
 		break;
 	case JCC:
-		regs->rip = next + (condition(site->reg, regs->eflags) ? (int64_t)site->displacement : 0);
+		if (condition(site->reg, regs->eflags))
+			regs->rip += (int64_t)site->displacement;
 		break;
 	case CALL:
-		if (ptrace(PTRACE_POKEDATA, pid, (void *)(regs->rsp - 8), (void *)next))
+		if (push(pid, regs, regs->rip))
 			return -1;
-		regs->rsp -= 8, regs->rip = next + (int64_t)site->displacement;
+		regs->rip += (int64_t)site->displacement;
 		break;
 	case RET:
-		errno = 0;
-		value = ptrace(PTRACE_PEEKDATA, pid, (void *)regs->rsp, NULL);
-		if (errno)
+		if (pop(pid, regs, &value))
 			return -1;
-		regs->rsp += 8, regs->rip = (unsigned long long)value;
+		regs->rip = value;
 		break;
 	default:
 		return 0;
