@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import figures
-from against import ROOT, medians, resolve
+from against import ROOT, medians, resolve, run_stoppable
 
 
 def one_main(commit: str) -> tuple[float, str]:
@@ -37,7 +37,7 @@ def one_main(commit: str) -> tuple[float, str]:
         subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--detach", commit], check=True)
         started = time.monotonic()
         with open(log, "w") as handle:
-            done = subprocess.run(["./run", "main"], cwd=clone, stdout=handle, stderr=handle)
+            done = run_stoppable(["./run", "main"], clone, stdout=handle)
         seconds = time.monotonic() - started
         text = log.read_text(errors="replace")
         if done.returncode != 0:

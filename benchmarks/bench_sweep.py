@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import figures
-from against import ROOT, medians, worktree
+from against import ROOT, medians, run_stoppable, worktree
 
 
 def one_sweep(tree: Path, kernel: str, series: str | None) -> tuple[float, str]:
@@ -31,7 +30,7 @@ def one_sweep(tree: Path, kernel: str, series: str | None) -> tuple[float, str]:
     cmd = [sys.executable, "-m", "harness", "sweep", "--kernel", kernel]
     cmd += ["--series", series] if series else []
     started = time.monotonic()
-    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    done = run_stoppable(cmd, tree)
     seconds = time.monotonic() - started
     if done.returncode not in (0, 1):
         raise SystemExit(
