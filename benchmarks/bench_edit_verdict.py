@@ -11,21 +11,26 @@ recompiles it and relinks. Prints the median and every run; run on an idle machi
 
   python benchmarks/bench_edit_verdict.py [--runs 3] [--family riprel] [--record] [-- PYTEST ARGS]
 
---record appends the runs to benchmarks/figures.jsonl as the figure edit_verdict (the
-riprel family, no pytest arguments; see benchmarks/figures.py).
+--against REV runs REV's pytest (a worktree of REV: its harness, config and family) on the
+same tree, edits interleaved with this tree's (each harness has its own build directory of
+the tree, so every timed run is one edited file for either). --record appends the runs to
+benchmarks/figures.jsonl as the figure edit_verdict (the riprel family, no pytest arguments,
+REV's too; see benchmarks/figures.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import re
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import figures
+from against import medians, worktree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -59,22 +64,25 @@ def edit_and_commit(tree: Path, number: int) -> None:
     subprocess.run([*GIT, "commit", "-qam", f"bench: edit {number}"], cwd=tree, check=True)
 
 
-def verdict(tree: Path, family: str, extra: list[str]) -> tuple[float, str]:
-    """Seconds from now to pytest's exit, and pytest's summary line (it must pass)."""
+def verdict(
+    tree: Path, family: str, extra: list[str], harness: Path = REPO_ROOT
+) -> tuple[float, str]:
+    """Seconds from now to pytest's exit in `harness` (this tree or REV's worktree), and
+    pytest's summary line (it must pass)."""
     started = time.monotonic()
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "pytest",
-            str(REPO_ROOT / "testcases" / f"test_{family}.py"),
+            str(harness / "testcases" / f"test_{family}.py"),
             f"--kernel={tree}@HEAD",
             "-q",
             "-p",
             "no:cacheprovider",
             *extra,
         ],
-        cwd=REPO_ROOT,
+        cwd=harness,
         capture_output=True,
         text=True,
     )
@@ -92,30 +100,37 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--family", default="riprel")
+    parser.add_argument("--against", metavar="REV", help="also REV's harness, interleaved")
     parser.add_argument("--record", action="store_true", help="record the figure (see above)")
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
     if args.record and (args.family != "riprel" or args.pytest_args):
         print("bench_edit_verdict.py: --record measures the riprel family alone", file=sys.stderr)
         return 2
-
-    tree = developer_tree()
-    edit_and_commit(tree, 0)
-    seconds, summary = verdict(tree, args.family, args.pytest_args)
-    print(f"warm-up (the tree's first build): {seconds:.1f}s, {summary}")
-    runs = []
-    for number in range(1, args.runs + 1):
-        started = time.monotonic()
-        edit_and_commit(tree, number)
-        _, summary = verdict(tree, args.family, args.pytest_args)
-        runs.append(time.monotonic() - started)
-        print(f"run {number}: {runs[-1]:.1f}s, {summary}")
-    print(
-        f"edit -> verdict ({args.family}): median {statistics.median(runs):.1f}s of "
-        f"{len(runs)} ({', '.join(f'{s:.1f}' for s in runs)})"
-    )
-    if args.record:
-        figures.record("edit_verdict", runs)
+    with worktree(args.against) if args.against else contextlib.nullcontext() as before:
+        harnesses = [(args.against, before)] if before else []
+        harnesses.append(("current", REPO_ROOT))
+        tree = developer_tree()
+        edits = itertools.count()
+        for label, harness in harnesses:
+            edit_and_commit(tree, next(edits))
+            seconds, summary = verdict(tree, args.family, args.pytest_args, harness)
+            print(f"{label}: warm-up (the tree's first build): {seconds:.1f}s, {summary}")
+        runs: dict[str, list[float]] = {label: [] for label, _ in harnesses}
+        for number in range(1, args.runs + 1):
+            for label, harness in harnesses:
+                started = time.monotonic()
+                edit_and_commit(tree, next(edits))
+                _, summary = verdict(tree, args.family, args.pytest_args, harness)
+                runs[label].append(time.monotonic() - started)
+                print(f"{label}: run {number}: {runs[label][-1]:.1f}s, {summary}", flush=True)
+        print("\n".join(medians(runs, f"edit -> verdict ({args.family})")))
+        if args.record and before is not None:
+            figures.record_against(
+                "edit_verdict", runs[args.against], figures.current_rev(before), runs["current"]
+            )
+        elif args.record:
+            figures.record("edit_verdict", runs["current"])
     return 0
 
 
