@@ -34,7 +34,11 @@ def one_main(commit: str) -> tuple[float, str]:
     log = work / "run-main.log"
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--detach", commit], check=True)
+        subprocess.run(
+            ["git", "-C", str(clone), "-c", "advice.detachedHead=false", "checkout", "-q"]
+            + ["--detach", commit],
+            check=True,
+        )
         started = time.monotonic()
         with open(log, "w") as handle:
             done = run_stoppable(["./run", "main"], clone, stdout=handle)
