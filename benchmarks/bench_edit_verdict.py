@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import figures
-from against import medians, worktree
+from against import medians, run_stoppable, worktree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,7 +70,7 @@ def verdict(
     """Seconds from now to pytest's exit in `harness` (this tree or REV's worktree), and
     pytest's summary line (it must pass)."""
     started = time.monotonic()
-    result = subprocess.run(
+    result = run_stoppable(
         [
             sys.executable,
             "-m",
@@ -82,9 +82,7 @@ def verdict(
             "no:cacheprovider",
             *extra,
         ],
-        cwd=harness,
-        capture_output=True,
-        text=True,
+        harness,
     )
     seconds = time.monotonic() - started
     summary = next(
