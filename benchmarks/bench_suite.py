@@ -75,6 +75,15 @@ def run(
         return finished.seconds, report.read_junit(junit)
 
 
+PROBLEMS = ("failed", "crashed", "error")
+
+
+def unexpected(results: list[report.TestResult]) -> str:
+    """The tests of a run that failed, crashed or errored, named (the run keeps no JUnit)."""
+    bad = [f"{r.module}::{r.name} ({r.outcome})" for r in results if r.outcome in PROBLEMS]
+    return f"\n    unexpected: {'; '.join(bad)}" if bad else ""
+
+
 def workers_arguments(workers: int) -> list[str]:
     return [] if workers <= 1 else ["-n", str(workers), "--dist", "loadfile"]
 
@@ -99,7 +108,8 @@ def compare(
             outcomes = Counter(r.outcome for r in results)
             print(
                 f"  {label}: {elapsed:.1f}s, {len(results)} results "
-                f"({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))})",
+                f"({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))})"
+                + unexpected(results),
                 flush=True,
             )
     base = statistics.median(walls[variants[0][0]])
@@ -211,7 +221,8 @@ def suite_figures(
             outcomes = Counter(r.outcome for r in results)
             print(
                 f"  {label}: full suite {elapsed:.1f}s, {len(results)} results "
-                f"({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))})",
+                f"({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))})"
+                + unexpected(results),
                 flush=True,
             )
             per_family: dict[str, float] = defaultdict(float)
