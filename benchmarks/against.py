@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from harness import children  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the benchmarks that import this module import its harness
 
 
 def resolve(rev: str) -> str:
@@ -59,25 +57,3 @@ def worktree(rev: str) -> Iterator[Path]:
         subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)
         shutil.rmtree(parent, ignore_errors=True)
         subprocess.run([*git, "prune"], check=False)  # whatever `remove` could not
-
-
-def run_stoppable(cmd: list[str], cwd: Path, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
-    """subprocess.run of a harness command (`./run main`, `harness sweep`) that never outlives
-    the benchmark: in its own session, killed with us on SIGKILL (children.popen), and on
-    SIGINT or SIGTERM stopped with its VMs (SIGINT to its session, SIGKILL after a while)
-    before the signal unwinds the benchmark (its clones and worktrees are removed). Text
-    output; stderr is captured, or goes where stdout goes when that is a file."""
-    child = children.popen(
-        cmd,
-        cwd=cwd,
-        stdout=stdout,
-        stderr=subprocess.PIPE if stdout == subprocess.PIPE else subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    with children.sigterm_interrupts():
-        try:
-            out, err = child.communicate()
-        finally:
-            children.stop(child)
-    return subprocess.CompletedProcess(cmd, child.returncode, out, err)

@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 
 import figures
-from against import medians, run_stoppable, worktree
+from against import medians, worktree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import children  # noqa: E402
 from harness.build import sources  # noqa: E402
 from harness.paths import REPO_ROOT, cache_dir  # noqa: E402
 
@@ -70,7 +71,7 @@ def verdict(
     """Seconds from now to pytest's exit in `harness` (this tree or REV's worktree), and
     pytest's summary line (it must pass)."""
     started = time.monotonic()
-    result = run_stoppable(
+    result = children.run(
         [
             sys.executable,
             "-m",
@@ -82,7 +83,10 @@ def verdict(
             "no:cacheprovider",
             *extra,
         ],
-        harness,
+        cwd=harness,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seconds = time.monotonic() - started
     summary = next(

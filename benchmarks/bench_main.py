@@ -22,9 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from subprocess import STDOUT
 
 import figures
-from against import ROOT, medians, resolve, run_stoppable
+from against import ROOT, medians, resolve
+
+from harness import children  # noqa: E402 (against put this tree's harness on sys.path)
 
 
 def one_main(commit: str) -> tuple[float, str]:
@@ -41,7 +44,7 @@ def one_main(commit: str) -> tuple[float, str]:
         )
         started = time.monotonic()
         with open(log, "w") as handle:
-            done = run_stoppable(["./run", "main"], clone, stdout=handle)
+            done = children.run(["./run", "main"], cwd=clone, stdout=handle, stderr=STDOUT)
         seconds = time.monotonic() - started
         text = log.read_text(errors="replace")
         if done.returncode != 0:

@@ -119,6 +119,20 @@ def stop(child: subprocess.Popen, timeout: float | None = None) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run of a child in its own session that never outlives us: it dies with us
+    (`popen`), and SIGINT or SIGTERM to us stop its whole session (`stop`: pytest shuts its
+    VMs down) before the signal unwinds our caller. `kwargs` go to Popen (stdout, stderr,
+    text, cwd, ...); output not sent to a pipe is None in the result."""
+    child = popen(cmd, start_new_session=True, **kwargs)
+    with sigterm_interrupts():
+        try:
+            out, err = child.communicate()
+        finally:
+            stop(child)
+    return subprocess.CompletedProcess(cmd, child.returncode, out, err)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 

@@ -176,3 +176,26 @@ def test_sigterm_unwinds_every_command_like_ctrl_c():
     assert proc.returncode == 130, err
     assert out == "unwound\n"
     assert "uprobe-harness: interrupted" in err
+
+
+def test_sigterm_during_children_run_takes_the_whole_session_down(tmp_path):
+    """children.run (pytest from main, the benchmarks' harness commands): SIGTERM to us stops
+    the command and what it started in the background, which ignores SIGINT (a background
+    job of `sh`), SIGKILLed with the session after the command itself has gone."""
+    pids = tmp_path / "pids"
+    command = f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; wait"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from harness import children
+        children.run(["sh", "-c", {command!r}], cwd={str(tmp_path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+    assert _wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, 20)
+    background, command_pid = (int(p) for p in pids.read_text().split())
+    assert not _gone(background) and not _gone(command_pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=40) != 0
+    assert _wait_until(lambda: _gone(background) and _gone(command_pid), 5), (
+        "the command or its background child outlived us"
+    )

@@ -75,18 +75,9 @@ def run(cmd: list[str], junit: Path, *, log: Path | None = None, cwd: Path = REP
     started = time.monotonic()
     out = open(log, "wb") if log else None
     try:
-        child = children.popen(
-            cmd,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,
-        )
-        with children.sigterm_interrupts():
-            try:
-                status = child.wait()
-            finally:
-                children.stop(child)
+        status = children.run(
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None
+        ).returncode
     finally:
         if out:
             out.close()
