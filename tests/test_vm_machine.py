@@ -102,10 +102,50 @@ def test_microvm_gets_the_host_tsc_frequency_and_pc_does_not(tmp_path, monkeypat
     assert not any(a.startswith("tsc_early_khz=") for a in guest._cmdline().split())
 
 
+def test_microvm_presets_the_delay_loop_from_the_host_tsc_and_the_kernels_hz(tmp_path, monkeypatch):
+    """Each AP would otherwise calibrate its delay loop against the tick (~0.1 s per AP under
+    TCG); the preset is the kernel's own formula, TSC cycles per jiffy."""
+    monkeypatch.setattr(vm.tsc, "host_tsc_khz", lambda: 2596080)
+    guest = _unstarted_vm(tmp_path, "microvm")
+    assert not any(a.startswith("lpj=") for a in guest._cmdline().split())  # HZ unknown
+    config = tmp_path / ".config"
+    config.write_text("CONFIG_SMP=y\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n")
+    guest.kernel.config = config
+    # the value 6.1 printed for this TSC when it calibrated itself: "(lpj=10384320)"
+    assert "lpj=10384320" in guest._cmdline().split()
+    guest.machine = "pc"
+    assert not any(a.startswith("lpj=") for a in guest._cmdline().split())
+
+
 def test_the_host_tsc_frequency_is_measured():
     khz = vm.tsc.host_tsc_khz()
     # any x86-64 host of the last twenty years: between 500 MHz and 10 GHz
     assert khz is not None and 500_000 < khz < 10_000_000
+
+
+def test_the_host_tsc_frequency_is_measured_once_per_host_boot(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPROBE_HARNESS_CACHE", str(tmp_path / "cache"))
+    boot_id = tmp_path / "boot_id"
+    monkeypatch.setattr(vm.tsc, "BOOT_ID", boot_id)
+    measured = []
+    monkeypatch.setattr(
+        vm.tsc, "_measure", lambda binary: measured.append(1) or 2596080 + len(measured)
+    )
+
+    def fresh_process():
+        vm.tsc.host_tsc_khz.cache_clear()
+        return vm.tsc.host_tsc_khz()
+
+    try:
+        boot_id.write_text("one\n")
+        assert fresh_process() == 2596081
+        assert fresh_process() == 2596081 and len(measured) == 1  # kept for this host boot
+        boot_id.write_text("two\n")
+        assert fresh_process() == 2596082 and len(measured) == 2  # measured again
+        kept = list((tmp_path / "cache").rglob("khz-*"))
+        assert [p.name for p in kept] == ["khz-two"]  # the other boot's value is gone
+    finally:
+        vm.tsc.host_tsc_khz.cache_clear()
 
 
 def _kernel_files(tmp_path, *options, vmlinux=True):

@@ -46,7 +46,9 @@ class MachineType(data.Spec):
     nic: str  # the virtio-net device for that machine's bus
     requires: list[str]  # kernel options "auto" needs in the kernel's .config
     bios: str = ""  # firmware; "": QEMU's default
-    tsc_from_host: bool = False  # pass the host's TSC frequency as tsc_early_khz=
+    # pass the host's TSC frequency as tsc_early_khz=, and the delay loop's calibration it
+    # implies as lpj= where the kernel's CONFIG_HZ is known
+    tsc_from_host: bool = False
     cmdline: list[str] = []  # kernel arguments this machine type needs, after the common ones
     # boot the uncompressed vmlinux through its PVH entry point when the kernel has one
     # (CONFIG_PVH and a vmlinux next to the bzImage): no decompression, no real-mode setup
@@ -177,6 +179,20 @@ def _config_options(config: Path | None) -> set[str] | None:
         if sep and value in ("y", "m") and name.startswith("CONFIG_"):
             options.add(name)
     return options
+
+
+def _config_number(config: Path | None, name: str) -> int | None:
+    """The integer value of option NAME in a kernel .config; None when unknown."""
+    if config is None or not Path(config).is_file():
+        return None
+    prefix = f"{name}="
+    for line in Path(config).read_text(errors="replace").splitlines():
+        if line.startswith(prefix):
+            try:
+                return int(line[len(prefix) :])
+            except ValueError:
+                return None
+    return None
 
 
 def kernel_image(kernel, machine_type: MachineType, pvh: bool = True) -> Path:
@@ -438,6 +454,9 @@ class VM:
         args += self.machine_type.cmdline
         if self.machine_type.tsc_from_host and (khz := tsc.host_tsc_khz()):
             args.append(f"tsc_early_khz={khz}")
+            hz = _config_number(getattr(self.kernel, "config", None), "CONFIG_HZ")
+            if hz:
+                args.append(f"lpj={tsc.loops_per_jiffy(khz, hz)}")
         if self.spec.oops_panic:
             args.append("oops=panic")
         args += list(self.spec.extra_cmdline)
