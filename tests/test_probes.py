@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 
 from harness.probing import probes
@@ -130,3 +132,43 @@ def test_symbol_offsets_in_one_pass_agree_with_symbol_offset(hits_binary):
     assert offsets == {n: probes.symbol_offset(hits_binary, n) for n in names}
     with pytest.raises(probes.ProbeError, match="no_such_symbol"):
         probes.symbol_offsets(hits_binary, ["no_such_symbol"])
+
+
+STATS = (
+    "entries: {entries}\noverrun: 0\ncommit overrun: 0\nbytes: 0\n"
+    "oldest event ts:  12.345678\nnow ts:  13.000001\ndropped events: {dropped}\nread events: 0\n"
+)
+
+
+def _fake_tracefs(tmp_path, size: str, per_cpu: list[tuple[int, int]]):
+    root = tmp_path / "tracing"
+    for cpu, (entries, dropped) in enumerate(per_cpu):
+        stats = root / "per_cpu" / f"cpu{cpu}" / "stats"
+        stats.parent.mkdir(parents=True)
+        stats.write_text(STATS.format(entries=entries, dropped=dropped))
+    for name, text in [("buffer_size_kb", size), ("trace", "OLD"), ("tracing_on", "0")]:
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    "size, per_cpu, resized, emptied",
+    [
+        # (a trailing blank tells the file as it was from the harness's write of 8192)
+        ("8192 \n", [(0, 0), (0, 0)], False, False),  # as a reset left it: nothing to wait for
+        ("8192 \n", [(0, 0), (5, 0)], False, True),  # events left on one CPU
+        ("8192 \n", [(0, 0), (0, 2)], False, True),  # dropped events counted: must go
+        ("1408 (expanded: 8192)\n", [(0, 0)], True, False),  # another size
+    ],
+)
+def test_reset_resizes_and_empties_the_ring_buffer_only_when_needed(
+    tmp_path, size, per_cpu, resized, emptied
+):
+    root = _fake_tracefs(tmp_path, size, per_cpu)
+    script = probes.reset_command(8192, tracefs=str(root))
+    done = subprocess.run(["busybox", "sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert ((root / "buffer_size_kb").read_text() == "8192\n") == resized
+    assert ((root / "trace").read_text() == "\n") == emptied
+    assert (root / "tracing_on").read_text() == "1\n"
+    assert (root / "uprobe_events").read_text() == "\n"  # every definition removed

@@ -90,11 +90,7 @@ class Guest:
 
     # -- uprobes ----------------------------------------------------------------------------------
     def reset_tracing(self, buffer_kb: int = 8192) -> None:
-        self.run(
-            f"{probes.remove_all_command()}; echo {buffer_kb} > {TRACEFS}/buffer_size_kb; "
-            f"echo > {TRACEFS}/trace; echo 1 > {TRACEFS}/tracing_on",
-            check=True,
-        )
+        self.run(probes.reset_command(buffer_kb), check=True)
 
     def add_probe(self, probe: Probe) -> None:
         result = self.run(probes.add_command(probe))
