@@ -140,12 +140,16 @@ STATS = (
 )
 
 
-def _fake_tracefs(tmp_path, size: str, per_cpu: list[tuple[int, int]]):
+def _fake_tracefs(tmp_path, size: str, per_cpu: list[tuple[int, int] | None]):
     root = tmp_path / "tracing"
-    for cpu, (entries, dropped) in enumerate(per_cpu):
+    root.mkdir()
+    for cpu, counters in enumerate(per_cpu):
         stats = root / "per_cpu" / f"cpu{cpu}" / "stats"
         stats.parent.mkdir(parents=True)
-        stats.write_text(STATS.format(entries=entries, dropped=dropped))
+        if counters is None:
+            stats.write_text("events 0\nlost 0\n")
+        else:
+            stats.write_text(STATS.format(entries=counters[0], dropped=counters[1]))
     for name, text in [("buffer_size_kb", size), ("trace", "OLD"), ("tracing_on", "0")]:
         (root / name).write_text(text)
     return root
@@ -159,6 +163,8 @@ def _fake_tracefs(tmp_path, size: str, per_cpu: list[tuple[int, int]]):
         ("8192 \n", [(0, 0), (5, 0)], False, True),  # events left on one CPU
         ("8192 \n", [(0, 0), (0, 2)], False, True),  # dropped events counted: must go
         ("1408 (expanded: 8192)\n", [(0, 0)], True, False),  # another size
+        ("8192 \n", [], False, True),  # no per-CPU stats to read: emptied anyway
+        ("8192 \n", [None], False, True),  # stats of another layout: emptied anyway
     ],
 )
 def test_reset_resizes_and_empties_the_ring_buffer_only_when_needed(

@@ -171,9 +171,11 @@ def reset_command(buffer_kb: int, tracefs: str = TRACEFS) -> str:
         f"{remove_all_command(tracefs)}; "
         f"read -r kb rest < {tracefs}/buffer_size_kb; "
         f'[ "$kb" = {int(buffer_kb)} ] || echo {int(buffer_kb)} > {tracefs}/buffer_size_kb; '
-        f"dirty=0; for stats in {tracefs}/per_cpu/cpu*/stats; do "
-        f'while IFS=: read -r key value; do case "$key" in {counters}) '
-        f"[ $value = 0 ] || dirty=1 ;; esac; done < $stats; done; "
+        f"dirty=0; seen=0; for stats in {tracefs}/per_cpu/cpu*/stats; do "
+        f'while IFS=: read -r key value; do case "$key" in {counters}) seen=$((seen + 1)); '
+        f"[ $value = 0 ] || dirty=1 ;; esac; done < $stats; done 2>/dev/null; "
+        # no counter read at all (another layout of the files): emptied as before
+        f"[ $seen -gt 0 ] || dirty=1; "
         f"[ $dirty = 0 ] || echo > {tracefs}/trace; echo 1 > {tracefs}/tracing_on"
     )
 
