@@ -11,7 +11,9 @@ machine would start the vmlinux through PVH (named "<machine>/bzImage"), interle
 
 --against REV boots REV's kernel, image and machine definition (a worktree of REV, its own
 bench_boot.py, one boot at a time) interleaved with this tree's, and prints the ratio
-after/before; REV must have this script's --json (one JSON line per boot).
+after/before. A REV whose bench_boot.py has no --json (before the speed work) gets this
+script's boots run with REV's harness, configuration and image (UPH_BENCH_HARNESS=its
+worktree, as bench_build.py does).
 
 --record appends the medians of one machine type to benchmarks/figures.jsonl (figures
 boot_smp1 and boot_smp4; see benchmarks/figures.py), REV's too with --against.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +31,10 @@ from pathlib import Path
 
 import figures
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# UPH_BENCH_HARNESS=TREE: that tree's harness (its kernel config, machine definition, init
+# and VM code) instead of this one's, for `--against REV` when REV's own bench_boot.py
+# predates --json
+sys.path.insert(0, os.environ.get("UPH_BENCH_HARNESS") or str(Path(__file__).resolve().parents[1]))
 
 from harness.build import kernel  # noqa: E402
 from harness.machine import image
@@ -83,11 +89,12 @@ def main() -> int:
         for _ in range(args.runs):
             for machine in machines:
                 machine_type, _, from_bzimage = machine.partition("/")
+                # (pvh only where asked: a harness before PVH has no such field)
                 spec = MachineSpec(
                     smp=smp,
                     tcg_threads=args.tcg_threads,
                     machine=machine_type,
-                    pvh=not from_bzimage,
+                    **({"pvh": False} if from_bzimage else {}),  # type: ignore[arg-type]
                 )
                 with VM(built, img, spec) as vm:
                     assert vm.record is not None and vm.record.vcpus_seen == smp
@@ -118,11 +125,14 @@ def against(args) -> int:
     from against import ROOT, worktree
 
     def one_boot(tree: Path, smp: int) -> dict:
-        cmd = [sys.executable, "benchmarks/bench_boot.py", "--kernel", args.kernel]
+        script, env = tree / "benchmarks" / "bench_boot.py", dict(os.environ)
+        if "--json" not in script.read_text():  # REV's harness, this measurement
+            script, env["UPH_BENCH_HARNESS"] = Path(__file__).resolve(), str(tree)
+        cmd = [sys.executable, str(script), "--kernel", args.kernel]
         cmd += ["--series", args.series] if args.series else []
         cmd += ["--smp", str(smp), "--runs", "1", "--machines", args.machines]
         cmd += ["--tcg-threads", args.tcg_threads, "--json"]
-        done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
             raise SystemExit(f"bench_boot.py in {tree} failed:\n{done.stderr[-2000:]}")
