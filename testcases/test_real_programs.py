@@ -12,9 +12,10 @@ silently skipped at a later mmap). Address-space randomization is off meanwhile.
 Oracles, per command of the workload (testcases/real_programs.toml): the unprobed run's
 output and exit status; a ptrace breakpoint counter (testcases/targets/bpcount.c, no uprobes
 involved) for how often each site ran, which must equal uprobe_profile's count (it emulates
-the simplest first instructions, endbr64, push, pop, mov between registers, jumps, call and
-ret, instead of single-stepping them: tests/test_bpcount.py holds it to single-stepping's
-counts on the host).
+the simple forms that make up most of the hits, endbr64, push, pop, mov, jumps, call, ret,
+add/or/and/sub/xor/cmp/test between registers or with an immediate or a memory operand it
+only reads, loads and movsxd, instead of single-stepping them: tests/test_bpcount.py holds
+it to single-stepping's counts and results on the host).
 """
 
 import hashlib

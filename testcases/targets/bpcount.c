@@ -5,10 +5,15 @@
  * change one byte, write back), so sites may be adjacent instructions. An oracle for uprobes
  * hit counts that shares none of their code (only the int3).
  *
- * Most function entries start with one of a few simple instructions (endbr64, push, mov
- * between registers, a jump, a call, ret): those are emulated on the trap with the child's
- * registers (and, for push/pop/call/ret, its stack), one stop per hit instead of two and no
- * text written. Every other instruction is single-stepped as above. BPCOUNT_STEP_ONLY=1 in
+ * Most instructions real code runs at function entries and in hot loops are a few simple
+ * forms (endbr64, push, pop, mov between registers, a jump, a call, ret; add, or, and, sub,
+ * xor, cmp and test between registers or with an immediate, or reading a memory operand;
+ * mov of an immediate, a load, movsxd): those are emulated on the trap with the child's
+ * registers (and, for push/pop/call/ret and the memory operands, its memory), one stop per
+ * hit instead of two and no text written. Memory operands: [rip + disp32] and [base reg +
+ * disp] (no SIB byte), only ever read. Flags as the CPU sets them (AF cleared by the logical
+ * forms, where it is undefined). Every other instruction (any other prefix or form, a
+ * memory operand that cannot be read) is single-stepped as above. BPCOUNT_STEP_ONLY=1 in
  * the environment turns emulation off (tests/test_bpcount.py compares both ways).
  *
  * usage: bpcount ADDRFILE -- CMD [ARG...]
@@ -31,7 +36,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum emulation { UNDECODED, STEP, ENDBR64, PUSH, POP, MOV64, MOV32, JMP, JCC, CALL, RET };
+enum emulation {
+	UNDECODED, STEP, ENDBR64, PUSH, POP, MOV64, MOV32, JMP, JCC, CALL, RET,
+	ALU,	/* op: rm (register or memory) with reg or imm */
+	MOVIMM, /* reg <- imm */
+	LOAD,	/* reg <- the r/m operand (memory) */
+	MOVSXD, /* reg <- the 32-bit r/m operand, sign-extended */
+};
+/* ALU operations: the /digit of opcodes 0x81/0x83 (ADD..CMP), and TEST */
+enum alu { ADD = 0, OR = 1, AND = 4, SUB = 5, XOR = 6, CMP = 7, TEST = 8 };
+enum operand { REGISTER, BASED, RIP_RELATIVE }; /* the r/m operand */
 
 struct site {
 	uint64_t addr;
@@ -39,8 +53,18 @@ struct site {
 	uint64_t count;
 	enum emulation how; /* decoded on the first hit */
 	uint8_t length; /* of the instruction */
-	uint8_t reg, src; /* PUSH/POP: the register; MOV: destination, source; JCC: condition */
-	int32_t displacement; /* JMP, JCC, CALL */
+	/* PUSH/POP: the register; MOV: destination, source; JCC: condition; ALU, MOVIMM,
+	 * LOAD, MOVSXD: the ModRM reg field (or the register of b8+r) */
+	uint8_t reg, src;
+	int32_t displacement; /* JMP, JCC, CALL; a memory operand's */
+	/* ALU, MOVIMM, LOAD, MOVSXD */
+	uint8_t op;	       /* enum alu */
+	bool wide;	       /* 64-bit operands (REX.W), else 32-bit */
+	bool immediate;	       /* ALU: the second operand is imm, not reg */
+	bool to_reg;	       /* ALU: reg is the destination (else rm) */
+	enum operand operand;  /* the r/m operand */
+	uint8_t rm;	       /* its register, or its base register */
+	int64_t imm;	       /* sign-extended */
 };
 
 static struct site *sites;
@@ -99,6 +123,88 @@ static int original_code(pid_t pid, uint64_t addr, uint8_t code[16])
 	return 0;
 }
 
+/* the ModRM byte at m and the displacement after it: the r/m operand into site; their
+ * length, or 0 for a form not emulated (a SIB byte) */
+static unsigned modrm(const uint8_t *m, unsigned rex, struct site *site)
+{
+	unsigned mod = m[0] >> 6, low = m[0] & 7;
+	site->reg = (m[0] >> 3 & 7) | (rex & 4) << 1;
+	site->rm = low | (rex & 1) << 3;
+	site->displacement = 0;
+	if (mod == 3) {
+		site->operand = REGISTER;
+		return 1;
+	}
+	if (low == 4)
+		return 0; /* SIB */
+	if (mod == 0 && low == 5) {
+		site->operand = RIP_RELATIVE;
+		memcpy(&site->displacement, m + 1, 4);
+		return 5;
+	}
+	site->operand = BASED;
+	if (mod == 1)
+		site->displacement = (int8_t)m[1];
+	else if (mod == 2)
+		memcpy(&site->displacement, m + 1, 4);
+	return mod == 0 ? 1 : mod == 1 ? 2 : 5;
+}
+
+/* the ALU forms with a ModRM byte (opcode op, REX rex at the start of c, the opcode at
+ * c[prefix]): 0x01.. (add/or/and/sub/xor/cmp rm,reg and reg,rm), 0x85 (test rm,reg),
+ * 0x81/0x83 (rm, imm32/imm8); the others movimm (0xc7 /0), load (0x8b with memory),
+ * movsxd (REX.W 0x63). A written memory destination is never emulated. true: decoded */
+static bool decode_modrm(const uint8_t *c, unsigned prefix, unsigned rex, struct site *site)
+{
+	static const int8_t alu_of[0x40] = {
+		[0x01] = ADD + 1, [0x03] = ADD + 1, [0x09] = OR + 1,  [0x0b] = OR + 1,
+		[0x21] = AND + 1, [0x23] = AND + 1, [0x29] = SUB + 1, [0x2b] = SUB + 1,
+		[0x31] = XOR + 1, [0x33] = XOR + 1, [0x39] = CMP + 1, [0x3b] = CMP + 1,
+	};
+	uint8_t opcode = c[prefix];
+	unsigned n = modrm(c + prefix + 1, rex, site), imm_length = 0;
+	if (!n)
+		return false;
+	site->wide = rex & 8;
+	site->immediate = false;
+	site->to_reg = false;
+	if (opcode < 0x40 && alu_of[opcode]) {
+		site->how = ALU, site->op = alu_of[opcode] - 1;
+		site->to_reg = opcode & 2;
+	} else if (opcode == 0x85) {
+		site->how = ALU, site->op = TEST;
+	} else if (opcode == 0x81 || opcode == 0x83) {
+		unsigned digit = site->reg & 7;
+		if (digit == 2 || digit == 3) /* adc, sbb */
+			return false;
+		site->how = ALU, site->op = digit, site->immediate = true;
+		imm_length = opcode == 0x83 ? 1 : 4;
+	} else if (opcode == 0xc7 && (site->reg & 7) == 0 && site->operand == REGISTER) {
+		site->how = MOVIMM, site->reg = site->rm, imm_length = 4;
+	} else if (opcode == 0x8b && site->operand != REGISTER) {
+		site->how = LOAD;
+	} else if (opcode == 0x63 && site->wide) {
+		site->how = MOVSXD;
+	} else {
+		return false;
+	}
+	bool writes_rm = site->how == ALU && !site->to_reg && site->op != CMP && site->op != TEST;
+	if (writes_rm && site->operand != REGISTER) {
+		site->how = STEP; /* e.g. or [rdi], imm: a store */
+		return false;
+	}
+	const uint8_t *imm = c + prefix + 1 + n;
+	if (imm_length == 1) {
+		site->imm = (int8_t)imm[0];
+	} else if (imm_length == 4) {
+		int32_t value;
+		memcpy(&value, imm, 4);
+		site->imm = value;
+	}
+	site->length = prefix + 1 + n + imm_length;
+	return true;
+}
+
 /* what to do with a site's instruction: one of the emulated forms, or STEP */
 static void decode(pid_t pid, struct site *site)
 {
@@ -124,6 +230,20 @@ static void decode(pid_t pid, struct site *site)
 		site->reg = op[0] == 0x89 ? rm : reg;
 		site->src = op[0] == 0x89 ? reg : rm;
 		site->length = length + 2;
+	} else if (op[0] >= 0xb8 && op[0] <= 0xbf) {
+		/* mov r32, imm32 (zero-extended) or, with REX.W, r64, imm64 */
+		site->how = MOVIMM, site->reg = (op[0] & 7) | (rex & 1) << 3;
+		site->wide = rex & 8;
+		if (site->wide) {
+			memcpy(&site->imm, op + 1, 8);
+		} else {
+			uint32_t value;
+			memcpy(&value, op + 1, 4);
+			site->imm = value;
+		}
+		site->length = length + 1 + (site->wide ? 8 : 4);
+	} else if (decode_modrm(c, length, rex, site)) {
+		/* an ALU form, movimm, load or movsxd: decode_modrm filled site in */
 	} else if (rex) {
 		/* another REX-prefixed instruction: stepped */
 	} else if (c[0] == 0xeb || (c[0] >= 0x70 && c[0] <= 0x7f)) {
@@ -173,6 +293,64 @@ static int pop(pid_t pid, struct user_regs_struct *regs, unsigned long long *val
 	return 0;
 }
 
+/* the value of the site's r/m operand, 8 or (wide false) 4 bytes, zero-extended: 0, or -1
+ * when its memory cannot be read */
+static int read_rm(pid_t pid, const struct site *site, const struct user_regs_struct *regs,
+		   bool wide, unsigned long long *value)
+{
+	if (site->operand == REGISTER) {
+		*value = *reg_field((struct user_regs_struct *)regs, site->rm);
+	} else {
+		uint64_t base = site->operand == RIP_RELATIVE ?
+					site->addr + site->length :
+					*reg_field((struct user_regs_struct *)regs, site->rm);
+		errno = 0;
+		long word = ptrace(PTRACE_PEEKDATA, pid, (void *)(base + site->displacement), NULL);
+		if (errno)
+			return -1;
+		*value = (unsigned long long)word;
+	}
+	if (!wide)
+		*value = (uint32_t)*value;
+	return 0;
+}
+
+/* a OP b at 64 or 32 bits: the result (zero-extended), the arithmetic flags set in *flags
+ * as the CPU sets them (the logical operations clear CF, OF and the undefined AF) */
+static unsigned long long alu(unsigned op, unsigned long long a, unsigned long long b, bool wide,
+			      unsigned long long *flags)
+{
+	unsigned long long mask = wide ? ~0ULL : 0xffffffffULL;
+	unsigned long long sign = wide ? 1ULL << 63 : 1ULL << 31;
+	unsigned long long r, f = *flags & ~0x8d5ULL; /* CF PF AF ZF SF OF */
+	a &= mask, b &= mask;
+	switch (op) {
+	case ADD:
+		r = (a + b) & mask;
+		f |= (r < a) | ((a ^ r) & (b ^ r) & sign ? 0x800 : 0) | ((a ^ b ^ r) & 0x10);
+		break;
+	case SUB:
+	case CMP:
+		r = (a - b) & mask;
+		f |= (a < b) | ((a ^ b) & (a ^ r) & sign ? 0x800 : 0) | ((a ^ b ^ r) & 0x10);
+		break;
+	case OR:
+		r = a | b;
+		break;
+	case AND:
+	case TEST:
+		r = a & b;
+		break;
+	default: /* XOR */
+		r = a ^ b;
+		break;
+	}
+	f |= (r == 0 ? 0x40 : 0) | (r & sign ? 0x80 : 0);
+	f |= __builtin_parity(r & 0xff) ? 0 : 0x4;
+	*flags = f;
+	return r;
+}
+
 /* the site's instruction carried out on the trapped child (trapped: its registers `at`):
  * 1 done, 0 not emulated, -1 the child's stack could not be read or written; on 0 and -1
  * the child's registers are still `at` (the caller steps the instruction: it faults as it
@@ -216,6 +394,32 @@ static int emulate(pid_t pid, const struct site *site, const struct user_regs_st
 		if (pop(pid, regs, &value))
 			return -1;
 		regs->rip = value;
+		break;
+	case ALU: {
+		unsigned long long rm, other = site->immediate ? (unsigned long long)site->imm :
+								 *reg_field(regs, site->reg);
+		if (read_rm(pid, site, regs, site->wide, &rm))
+			return -1;
+		unsigned long long result = site->to_reg ?
+						    alu(site->op, other, rm, site->wide, &regs->eflags) :
+						    alu(site->op, rm, other, site->wide, &regs->eflags);
+		if (site->op != CMP && site->op != TEST)
+			*reg_field(regs, site->to_reg ? site->reg : site->rm) = result;
+		break;
+	}
+	case MOVIMM:
+		*reg_field(regs, site->reg) =
+			site->wide ? (unsigned long long)site->imm : (uint32_t)site->imm;
+		break;
+	case LOAD:
+		if (read_rm(pid, site, regs, site->wide, &value))
+			return -1;
+		*reg_field(regs, site->reg) = value;
+		break;
+	case MOVSXD:
+		if (read_rm(pid, site, regs, false, &value))
+			return -1;
+		*reg_field(regs, site->reg) = (unsigned long long)(int64_t)(int32_t)value;
 		break;
 	default:
 		return 0;

@@ -1,10 +1,11 @@
-/* Calls forms() (bpcount_forms.S) with operand pairs that set every flag combination cmp
- * gives, three times each, and prints what it computed. */
+/* Calls forms() and alu_forms() (bpcount_forms.S) with operand pairs that set every flag
+ * combination cmp gives, three times each, and prints what they computed. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 
 uint64_t forms(uint64_t a, uint64_t b, uint64_t out[4]);
+uint64_t alu_forms(uint64_t a, uint64_t b);
 
 int main(void)
 {
@@ -17,8 +18,9 @@ int main(void)
 		for (unsigned i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
 			uint64_t out[4];
 			uint64_t back = forms(pairs[i][0], pairs[i][1], out);
-			printf("%" PRIx64 " %" PRIx64 " %" PRIx64 " %" PRIx64 " %" PRIx64 "\n",
-			       out[0], out[1], out[2], out[3], back);
+			uint64_t alu = alu_forms(pairs[i][0], pairs[i][1]);
+			printf("%" PRIx64 " %" PRIx64 " %" PRIx64 " %" PRIx64 " %" PRIx64 " %" PRIx64 "\n",
+			       out[0], out[1], out[2], out[3], back, alu);
 		}
 	return 0;
 }
