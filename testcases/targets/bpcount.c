@@ -304,10 +304,18 @@ static int read_rm(pid_t pid, const struct site *site, const struct user_regs_st
 		uint64_t base = site->operand == RIP_RELATIVE ?
 					site->addr + site->length :
 					*reg_field((struct user_regs_struct *)regs, site->rm);
+		uint64_t address = base + site->displacement;
 		errno = 0;
-		long word = ptrace(PTRACE_PEEKDATA, pid, (void *)(base + site->displacement), NULL);
+		long word = ptrace(PTRACE_PEEKDATA, pid, (void *)address, NULL);
 		if (errno)
 			return -1;
+		/* as when stepped: the site's own byte is the original then, other sites' int3s
+		 * stay (code reading itself, rare) */
+		if (site->addr >= address && site->addr < address + 8) {
+			unsigned shift = 8 * (unsigned)(site->addr - address);
+			word = (long)(((uint64_t)word & ~(0xffULL << shift)) |
+				      (uint64_t)site->byte << shift);
+		}
 		*value = (unsigned long long)word;
 	}
 	if (!wide)

@@ -195,6 +195,8 @@ site_load_base:		mov	(%r8), %rdx		/* 49 8b 10 */
 	fold	%rdx, ARITH
 site_load_base_disp8:	mov	8(%r8), %edx		/* 41 8b 50 08 */
 	fold	%rdx, ARITH
+site_load_self:	mov	site_load_self(%rip), %rcx	/* reads its own bytes: 48 8b 0d ... */
+	fold	%rcx, ARITH
 site_movsxd_reg:	movslq	%esi, %rcx		/* 48 63 ce */
 	fold	%rcx, ARITH
 site_movsxd_mem:	movslq	alu_data(%rip), %rcx	/* 48 63 0d disp32 */
