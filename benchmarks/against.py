@@ -6,6 +6,7 @@ afterwards. REV's own benchmark script does its runs (it must know the flags use
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -15,7 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the benchmarks that import this module import its harness
+# UPH_BENCH_HARNESS=TREE: the harness (code, kernel config, machine definition, image) of
+# TREE instead of this one's, for `--against REV` where REV's own benchmark script predates
+# the interface this one drives it by: this script's measurement is then run with REV's code
+HARNESS_ENV = "UPH_BENCH_HARNESS"
+# the benchmarks that import this module import its harness, or the one HARNESS_ENV names
+sys.path.insert(0, os.environ.get(HARNESS_ENV) or str(ROOT))
+
+
+def script_for(tree: Path, this_script: str, needs: str) -> tuple[Path, dict[str, str]]:
+    """(script, environment) measuring TREE (a worktree of REV): TREE's own copy of
+    this_script (a benchmark's __file__) if its text has NEEDS (the flag this script passes
+    it), else this script run with TREE's harness."""
+    script, env = tree / "benchmarks" / Path(this_script).name, dict(os.environ)
+    if needs not in script.read_text():
+        script, env[HARNESS_ENV] = Path(this_script).resolve(), str(tree)
+    return script, env
 
 
 def resolve(rev: str) -> str:

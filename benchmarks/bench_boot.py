@@ -12,8 +12,7 @@ machine would start the vmlinux through PVH (named "<machine>/bzImage"), interle
 --against REV boots REV's kernel, image and machine definition (a worktree of REV, its own
 bench_boot.py, one boot at a time) interleaved with this tree's, and prints the ratio
 after/before. A REV whose bench_boot.py has no --json (before the speed work) gets this
-script's boots run with REV's harness, configuration and image (UPH_BENCH_HARNESS=its
-worktree, as bench_build.py does).
+script's boots run with REV's harness, configuration and image (against.script_for).
 
 --record appends the medians of one machine type to benchmarks/figures.jsonl (figures
 boot_smp1 and boot_smp4; see benchmarks/figures.py), REV's too with --against.
@@ -23,18 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import figures
-
-# UPH_BENCH_HARNESS=TREE: that tree's harness (its kernel config, machine definition, init
-# and VM code) instead of this one's, for `--against REV` when REV's own bench_boot.py
-# predates --json
-sys.path.insert(0, os.environ.get("UPH_BENCH_HARNESS") or str(Path(__file__).resolve().parents[1]))
+from against import script_for  # (the import puts this tree's or REV's harness on sys.path)
 
 from harness.build import kernel  # noqa: E402
 from harness.machine import image
@@ -125,9 +119,7 @@ def against(args) -> int:
     from against import ROOT, worktree
 
     def one_boot(tree: Path, smp: int) -> dict:
-        script, env = tree / "benchmarks" / "bench_boot.py", dict(os.environ)
-        if "--json" not in script.read_text():  # REV's harness, this measurement
-            script, env["UPH_BENCH_HARNESS"] = Path(__file__).resolve(), str(tree)
+        script, env = script_for(tree, __file__, "--json")
         cmd = [sys.executable, str(script), "--kernel", args.kernel]
         cmd += ["--series", args.series] if args.series else []
         cmd += ["--smp", str(smp), "--runs", "1", "--machines", args.machines]

@@ -12,7 +12,7 @@ With --scratch-only, --against REV interleaves REV's own from-scratch builds (it
 bench_build.py in a worktree of REV: its config) with this tree's, and --record appends
 make's seconds to benchmarks/figures.jsonl as the figure scratch_build (REV's too). A REV
 whose bench_build.py has no --scratch-only (before the speed work) gets this script's
-scratch builds run with REV's harness and config (UPH_BENCH_HARNESS=its worktree)."""
+scratch builds run with REV's harness and config (against.script_for)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,7 @@ from pathlib import Path
 from unittest import mock
 
 import figures
-
-# UPH_BENCH_HARNESS=TREE: that tree's harness (its build code and config) instead of this
-# one's, for `--against REV` when REV's own bench_build.py predates --scratch-only
-sys.path.insert(0, os.environ.get("UPH_BENCH_HARNESS") or str(Path(__file__).resolve().parents[1]))
+from against import script_for  # (the import puts this tree's or REV's harness on sys.path)
 
 from harness.build import kernel  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
@@ -165,9 +162,7 @@ def scratch_against(kernel_spec: str, runs: int, rev: str, record: bool) -> int:
 
     makes: dict[str, list[float]] = {rev: [], "current": []}
     with worktree(rev) as before:
-        script, env = before / "benchmarks" / "bench_build.py", dict(os.environ)
-        if "--scratch-only" not in script.read_text():  # REV's harness, this measurement
-            script, env["UPH_BENCH_HARNESS"] = Path(__file__).resolve(), str(before)
+        script, env = script_for(before, __file__, "--scratch-only")
         for _ in range(runs):
             done = subprocess.run(
                 [sys.executable, str(script), "--kernel", kernel_spec]

@@ -109,8 +109,8 @@ class SSHSession:
         client = self._pinned_client()
         pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key_file))
         # Nagle's algorithm off: SSH sends small messages back to back, and with it on each
-        # second one waited for the guest's delayed ACK (~40 ms): a handshake took 145 ms
-        # instead of 67, a command 56 ms instead of 16 (benchmarks/bench_ssh.py)
+        # second one waited for the guest's delayed ACK (~40 ms): a handshake took 150 ms
+        # instead of 63, a command 56 ms instead of 14 (benchmarks/bench_ssh.py)
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay))
         try:

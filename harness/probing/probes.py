@@ -164,7 +164,7 @@ RESET_COUNTERS = ("entries", "overrun", "commit overrun", "dropped events", "rea
 def reset_command(buffer_kb: int, tracefs: str = TRACEFS) -> str:
     """Remove every probe, size the ring buffer to BUFFER_KB per CPU, empty it and turn
     tracing on. Both the size write and the emptying wait for the kernel (the latter for an
-    RCU grace period: ~37 and ~22 ms of a 60-ms command under TCG), so each is done only
+    RCU grace period: ~22 and ~37 ms of a 60-ms command under TCG), so each is done only
     when needed: the size when it differs, the emptying when a counter is not 0."""
     counters = " | ".join(f'"{c}"' for c in RESET_COUNTERS)
     return (
