@@ -136,14 +136,16 @@ class SSHSession:
             transport.set_keepalive(5)
         self._client = client
 
-    def wait_ready(self, deadline: float, alive=lambda: True) -> None:
-        """Connect and run `true`, retrying until the monotonic deadline."""
+    def wait_ready(self, deadline: float, command: str = "true", alive=lambda: True) -> Result:
+        """Connect and run COMMAND, retrying until the monotonic deadline; its result (the
+        first answered with status 0)."""
         last_error: Exception | None = None
         while time.monotonic() < deadline and alive():
             try:
                 self.connect(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-                if self.run("true", timeout=10).ok:
-                    return
+                result = self.run(command, timeout=10)
+                if result.ok:
+                    return result
             except paramiko.BadHostKeyException as error:
                 raise InfraError(
                     f"The guest's SSH host key does not match the pinned key "

@@ -33,7 +33,7 @@ from harness import children, data
 from harness.errors import BootError, InfraError
 from harness.machine import tsc
 from harness.machine.console import ConsoleWatch
-from harness.machine.ssh import SSHSession
+from harness.machine.ssh import Result, SSHSession
 from harness.paths import CONFIGS_DIR, cache_dir
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ if MACHINE.machine != "auto" and MACHINE.machine not in MACHINE.machines:
     )
 UNIX_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; QEMU refuses longer paths
 _LIVE: set[VM] = set()
+# the first command a booted guest answers: how many CPUs it sees and its kernel release
+SELF_CHECK = "nproc; uname -r"
 SOCKET_DIR_PREFIX = "uph-qmp-"
 
 
@@ -169,30 +171,31 @@ class MachineSpec:
     pvh: bool = True  # False: boot the bzImage even where the machine type could boot PVH
 
 
-def _config_options(config: Path | None) -> set[str] | None:
-    """The options set (=y or =m) in a kernel .config; None when there is none to read."""
+def _config_values(config: Path | None) -> dict[str, str] | None:
+    """A kernel .config's options and their values; None when there is none to read. (Its
+    own reading, not harness.build.kconfig's: machine and build stay independent.)"""
     if config is None or not Path(config).is_file():
         return None
-    options = set()
+    values = {}
     for line in Path(config).read_text(errors="replace").splitlines():
         name, sep, value = line.partition("=")
-        if sep and value in ("y", "m") and name.startswith("CONFIG_"):
-            options.add(name)
-    return options
+        if sep and name.startswith("CONFIG_"):
+            values[name] = value
+    return values
+
+
+def _config_options(config: Path | None) -> set[str] | None:
+    """The options set (=y or =m) in a kernel .config; None when there is none to read."""
+    values = _config_values(config)
+    if values is None:
+        return None
+    return {name for name, value in values.items() if value in ("y", "m")}
 
 
 def _config_number(config: Path | None, name: str) -> int | None:
     """The integer value of option NAME in a kernel .config; None when unknown."""
-    if config is None or not Path(config).is_file():
-        return None
-    prefix = f"{name}="
-    for line in Path(config).read_text(errors="replace").splitlines():
-        if line.startswith(prefix):
-            try:
-                return int(line[len(prefix) :])
-            except ValueError:
-                return None
-    return None
+    value = (_config_values(config) or {}).get(name, "")
+    return int(value) if value.isdigit() else None
 
 
 def kernel_image(kernel, machine_type: MachineType, pvh: bool = True) -> Path:
@@ -433,6 +436,7 @@ class VM:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._ssh: SSHSession | None = None
+        self._first_answer: Result | None = None  # SELF_CHECK's, from _wait_ready
         self.closed = False  # shut down on purpose (not a crash)
 
     # -- context manager ----------------------------------------------------------------------
@@ -591,7 +595,8 @@ class VM:
         self._ssh = SSHSession(
             "127.0.0.1", self.port, self.image.client_key, self.image.host_key_line
         )
-        self._ssh.wait_ready(deadline, alive=self.alive)
+        # the first command answered is the self-check's: no round trip of its own
+        self._first_answer = self._ssh.wait_ready(deadline, SELF_CHECK, alive=self.alive)
 
     def _raise_boot_failure(self, why: str) -> None:
         text = self.console_text()
@@ -608,8 +613,8 @@ class VM:
         )
 
     def _self_check(self) -> None:
-        result = self.ssh.run("nproc; uname -r", timeout=30, check=True)
-        nproc_text, release = (result.stdout.split() + ["0", ""])[:2]
+        assert self._first_answer is not None
+        nproc_text, release = (self._first_answer.stdout.split() + ["0", ""])[:2]
         seen = int(nproc_text)
         assert self.accel is not None
         self.record = GuestRecord(

@@ -163,36 +163,35 @@ static bool decode_modrm(const uint8_t *c, unsigned prefix, unsigned rex, struct
 	};
 	uint8_t opcode = c[prefix];
 	unsigned n = modrm(c + prefix + 1, rex, site), imm_length = 0;
+	enum emulation how; /* site->how only once the form is known to be emulated */
 	if (!n)
 		return false;
 	site->wide = rex & 8;
 	site->immediate = false;
 	site->to_reg = false;
 	if (opcode < 0x40 && alu_of[opcode]) {
-		site->how = ALU, site->op = alu_of[opcode] - 1;
+		how = ALU, site->op = alu_of[opcode] - 1;
 		site->to_reg = opcode & 2;
 	} else if (opcode == 0x85) {
-		site->how = ALU, site->op = TEST;
+		how = ALU, site->op = TEST;
 	} else if (opcode == 0x81 || opcode == 0x83) {
 		unsigned digit = site->reg & 7;
 		if (digit == 2 || digit == 3) /* adc, sbb */
 			return false;
-		site->how = ALU, site->op = digit, site->immediate = true;
+		how = ALU, site->op = digit, site->immediate = true;
 		imm_length = opcode == 0x83 ? 1 : 4;
 	} else if (opcode == 0xc7 && (site->reg & 7) == 0 && site->operand == REGISTER) {
-		site->how = MOVIMM, site->reg = site->rm, imm_length = 4;
+		how = MOVIMM, site->reg = site->rm, imm_length = 4;
 	} else if (opcode == 0x8b && site->operand != REGISTER) {
-		site->how = LOAD;
+		how = LOAD;
 	} else if (opcode == 0x63 && site->wide) {
-		site->how = MOVSXD;
+		how = MOVSXD;
 	} else {
 		return false;
 	}
-	bool writes_rm = site->how == ALU && !site->to_reg && site->op != CMP && site->op != TEST;
-	if (writes_rm && site->operand != REGISTER) {
-		site->how = STEP; /* e.g. or [rdi], imm: a store */
-		return false;
-	}
+	bool writes_rm = how == ALU && !site->to_reg && site->op != CMP && site->op != TEST;
+	if (writes_rm && site->operand != REGISTER)
+		return false; /* e.g. or [rdi], imm: a store */
 	const uint8_t *imm = c + prefix + 1 + n;
 	if (imm_length == 1) {
 		site->imm = (int8_t)imm[0];
@@ -201,6 +200,7 @@ static bool decode_modrm(const uint8_t *c, unsigned prefix, unsigned rex, struct
 		memcpy(&value, imm, 4);
 		site->imm = value;
 	}
+	site->how = how;
 	site->length = prefix + 1 + n + imm_length;
 	return true;
 }
